@@ -1,0 +1,467 @@
+"""Configuration: Structs mirroring pict-rs's configuration tree (same section and key names).
+
+``load()`` merges defaults < TOML file < ``PICTRS__SECTION__KEY`` environment < CLI flags and
+converts once with unknown keys forbidden. Pure: the caller passes the environment in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import tomli_w
+
+from pictrs_trio import layered
+from pictrs_trio.layered import ConfigError as ConfigError  # re-exported: raised by load()
+from pictrs_trio.layered import Layer, Tree
+from pictrs_trio.layered import nest as nest  # re-exported for the CLI
+
+Frozen = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+# pict-rs's integer widths, so out-of-range values fail at load like they do there.
+U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Quality = Annotated[int, msgspec.Meta(ge=0)]  # above the cap is clamped, see _clamp
+
+
+def _clamp(struct: msgspec.Struct, cap: int) -> None:
+    """pict-rs clamps quality settings instead of rejecting them; do the same (frozen Struct,
+    so through force_setattr, which is meant for __post_init__)."""
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        if isinstance(value, int) and value > cap:
+            msgspec.structs.force_setattr(struct, name, cap)
+
+
+class Server(msgspec.Struct, **Frozen):
+    address: str = "0.0.0.0:8080"
+    api_key: str | None = None
+    read_only: bool = False
+    danger_dummy_mode: bool = False
+    max_file_count: U32 = 1
+    temporary_directory: str | None = None  # None: the OS temp dir
+    cleanup_temporary_directory: bool = True
+    certificate: str | None = None
+    private_key: str | None = None
+    # pictrs-trio additions
+    workers: Positive = 1  # hypercorn worker processes sharing the repo
+    shutdown_timeout: Seconds = 30.0  # seconds in-flight requests get after SIGTERM
+
+
+class Client(msgspec.Struct, **Frozen):
+    timeout: Seconds = 30.0
+
+
+class Upgrade(msgspec.Struct, **Frozen):
+    concurrency: Positive = 32
+
+
+class Logging(msgspec.Struct, **Frozen):
+    format: Literal["compact", "json", "normal", "pretty"] = "normal"
+    targets: str = "info"
+    log_spans: bool = False
+    no_ansi: bool = False
+    log_requests: bool = False
+
+
+class Console(msgspec.Struct, **Frozen):
+    address: str | None = None
+    buffer_capacity: Count = 102400
+
+
+class OpenTelemetry(msgspec.Struct, **Frozen):
+    url: str | None = None
+    service_name: str = "pict-rs"
+    targets: str = "info"
+
+
+class Tracing(msgspec.Struct, **Frozen):
+    logging: Logging = Logging()
+    console: Console = Console()
+    opentelemetry: OpenTelemetry = OpenTelemetry()
+
+
+class Metrics(msgspec.Struct, **Frozen):
+    prometheus_address: str | None = None
+
+
+class OldRepo(msgspec.Struct, **Frozen):
+    path: str | None = None
+
+
+class Retention(msgspec.Struct, **Frozen):
+    variants: str = "7d"
+    proxy: str = "7d"
+
+
+class Magick(msgspec.Struct, **Frozen):
+    """Accepted for compatibility with pict-rs configs; our engine is libvips, so these only
+    cap the engine (max_width/max_height/max_area) and are otherwise unused."""
+
+    max_width: U16 = 10000
+    max_height: U16 = 10000
+    max_area: U32 = 20000
+    memory: Count = 256
+    map: Count = 512
+    disk: Count = 1024
+
+
+class ImageQuality(msgspec.Struct, **Frozen):
+    avif: Quality | None = None
+    png: Quality | None = None
+    jpeg: Quality | None = None
+    jxl: Quality | None = None
+    webp: Quality | None = None
+
+    def __post_init__(self) -> None:
+        _clamp(self, 100)
+
+
+class Image(msgspec.Struct, **Frozen):
+    max_width: U16 = 10000
+    max_height: U16 = 10000
+    max_area: U32 = 40_000_000
+    max_file_size: Count = 40
+    format: Literal["avif", "png", "jpeg", "jxl", "webp"] | None = None
+    quality: ImageQuality = ImageQuality()
+
+
+class AnimationQuality(msgspec.Struct, **Frozen):
+    apng: Quality | None = None
+    avif: Quality | None = None
+    webp: Quality | None = None
+
+    def __post_init__(self) -> None:
+        _clamp(self, 100)
+
+
+class Animation(msgspec.Struct, **Frozen):
+    max_width: U16 = 1920
+    max_height: U16 = 1920
+    max_area: U32 = 2_073_600
+    max_file_size: Count = 40
+    max_frame_count: U32 = 900
+    format: Literal["apng", "avif", "gif", "webp"] | None = None
+    quality: AnimationQuality = AnimationQuality()
+
+
+class VideoQuality(msgspec.Struct, **Frozen):
+    crf_240: Quality | None = None
+    crf_360: Quality | None = None
+    crf_480: Quality | None = None
+    crf_720: Quality | None = None
+    crf_1080: Quality | None = None
+    crf_1440: Quality | None = None
+    crf_2160: Quality | None = None
+    crf_max: Quality = 32
+
+    def __post_init__(self) -> None:
+        _clamp(self, 63)
+
+
+class Video(msgspec.Struct, **Frozen):
+    enable: bool = True
+    allow_audio: bool = False
+    max_width: U16 = 3840
+    max_height: U16 = 3840
+    max_area: U32 = 8_294_400
+    max_file_size: Count = 40
+    max_frame_count: U32 = 900
+    video_codec: Literal["av1", "h264", "h265", "vp8", "vp9"] | None = None
+    audio_codec: Literal["aac", "opus", "vorbis"] | None = None
+    quality: VideoQuality = VideoQuality()
+
+
+DEFAULT_FILTERS = ("blur", "crop", "identity", "resize", "thumbnail")
+
+
+class Media(msgspec.Struct, **Frozen):
+    external_validation: str | None = None
+    external_validation_timeout: Seconds = 30.0
+    max_file_size: Count = 40
+    process_timeout: Seconds = 30.0
+    preprocess_steps: str | None = None
+    filters: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FILTERS))
+    retention: Retention = Retention()
+    magick: Magick = Magick()
+    image: Image = Image()
+    animation: Animation = Animation()
+    video: Video = Video()
+    # pictrs-trio addition: engine worker processes (0 = number of cores)
+    engine_workers: Count = 0
+
+
+class SqliteRepo(msgspec.Struct, tag="sqlite", tag_field="type", **Frozen):
+    path: str = "/mnt/sqlite-repo"  # directory; the database is <path>/pictrs.sqlite3
+
+
+class FilesystemStore(msgspec.Struct, tag="filesystem", tag_field="type", **Frozen):
+    path: str = "/mnt/files"
+
+
+class ObjectStorageStore(msgspec.Struct, tag="object_storage", tag_field="type", **Frozen):
+    endpoint: str
+    bucket_name: str
+    region: str
+    access_key: str
+    secret_key: str
+    use_path_style: bool = False
+    session_token: str | None = None
+    client_timeout: Seconds = 30.0
+    public_endpoint: str | None = None
+    signature_duration: int | None = None  # accepted from old configs, unused
+
+
+class Config(msgspec.Struct, **Frozen):
+    server: Server = Server()
+    client: Client = Client()
+    upgrade: Upgrade = Upgrade()
+    tracing: Tracing = Tracing()
+    metrics: Metrics = Metrics()
+    old_repo: OldRepo = OldRepo()
+    media: Media = Media()
+    repo: SqliteRepo = SqliteRepo()
+    store: FilesystemStore | ObjectStorageStore = FilesystemStore()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: defaults < file < environment < command line, merged as dicts, converted once.
+
+ENV_PREFIX = "PICTRS__"
+# The environment has no list syntax (spec §2), so list keys take a comma-separated string.
+ENV_LIST_KEYS = frozenset({("media", "filters")})
+# Tagged sections: `type` picks the Struct. section -> (default type, supported types)
+TAGGED = {
+    "store": ("filesystem", ("filesystem", "object_storage")),
+    "repo": ("sqlite", ("sqlite",)),
+}
+TAG_DEFAULTS = {section: default for section, (default, _) in TAGGED.items()}
+
+# Keys pict-rs 0.5 moved; it ignores the old names silently, we say where they went.
+MOVED = {
+    "media.format": "media.image.format",
+    "media.max_width": "media.image.max_width",
+    "media.max_height": "media.image.max_height",
+    "media.max_area": "media.image.max_area",
+    "media.gif": "media.animation",
+    "media.enable_silent_video": "media.video.enable",
+    "media.enable_full_video": "media.video.allow_audio",
+    "media.video_codec": "media.video.video_codec",
+    "media.audio_codec": "media.video.audio_codec",
+    "media.max_frame_count": "media.video.max_frame_count",
+    "store.signature_expiration": "store.signature_duration",
+}
+REMOVED = {
+    "server.worker_id": "removed in pict-rs 0.5; delete it",
+    "media.skip_validate_imports": "removed in pict-rs 0.5; delete it",
+}
+
+SLED_MESSAGE = (
+    "the sled repo is not supported: pictrs-trio keeps its metadata in an embedded SQLite "
+    'database. Use `[repo] type = "sqlite"` with `path = "/var/lib/pictrs-trio/sqlite"` in '
+    "the config file, or PICTRS__REPO__TYPE=sqlite and PICTRS__REPO__PATH=..., or `run ... "
+    "sqlite -p PATH`. To keep the data of an existing pict-rs sled repo, first convert it "
+    "with pict-rs itself while pict-rs is stopped: `pict-rs migrate-repo sled -p "
+    "/mnt/sled-repo postgres -u postgres://USER:PASSWORD@HOST/DB`; then import that "
+    "database into pictrs-trio (the import command is not available in this version yet)"
+)
+POSTGRES_MESSAGE = (
+    "the postgres repo is not supported yet: pictrs-trio currently has only the embedded "
+    'SQLite repo (`[repo] type = "sqlite"`, `path = "..."`)'
+)
+
+
+def load(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Tree | None = None,
+) -> Config:
+    """The Config from built-in defaults < ``file`` < ``env`` < ``overrides``.
+
+    ``overrides`` is a nested dict (``{"server": {"address": ...}}``) of only what was given
+    on the command line. Raises ConfigError naming the key path, its source and the problem.
+    """
+    layers: list[Layer] = []
+    if file is not None:
+        layers.append(Layer(data=layered.read_file(file), source=f"file {file}"))
+    if env and env.get("RUST_LOG"):  # pict-rs: RUST_LOG sets the log filter, below PICTRS__
+        rust_log: Tree = {"tracing": {"logging": {"targets": env["RUST_LOG"]}}}
+        layers.append(Layer(data=rust_log, source="environment variable RUST_LOG"))
+    if env and (env_layer := layered.env_layer(env, ENV_PREFIX, ENV_LIST_KEYS)):
+        layers.append(env_layer)
+    if overrides:
+        layers.append(Layer(data=overrides, source="command line"))
+    problems = [problem for layer in layers for problem in _moved_keys(layer)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    merged: Tree = {}
+    for layer in layers:
+        layered.merge(merged, layer.data, TAG_DEFAULTS)
+    _check_tags(merged, layers)
+    try:
+        config = msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX) from None
+    _validate(config, layers)
+    return config
+
+
+def _moved_keys(layer: Layer) -> list[str]:
+    """pict-rs 0.4 keys in a layer, each with its 0.5 name."""
+    problems = []
+    for old, new in MOVED.items():
+        for tail in layered.leaves(layered.get(layer.data, tuple(old.split(".")))):
+            path, moved = (*old.split("."), *tail), (*new.split("."), *tail)
+            renamed = layered.dotted(moved)
+            if layer.env_prefix:
+                renamed = layered.env_name(layer.env_prefix, moved)
+            problems.append(
+                f"{layered.dotted(path)} ({layer.describe(path)}): "
+                f"moved to {renamed} in pict-rs 0.5"
+            )
+    for old, why in REMOVED.items():
+        path = tuple(old.split("."))
+        if layered.get(layer.data, path) is not layered.MISSING:
+            problems.append(f"{old} ({layer.describe(path)}): {why}")
+    return problems
+
+
+def _check_tags(merged: Tree, layers: list[Layer]) -> None:
+    """Fill in the default ``type`` of the tagged sections and reject the unsupported ones."""
+    for section, (default, supported) in TAGGED.items():
+        value = merged.get(section)
+        if not isinstance(value, dict):
+            continue  # absent (defaults apply) or not a table (conversion says so)
+        kind = value.setdefault("type", default)
+        if kind in supported:
+            continue
+        where = f'{section}.type = "{kind}" ({layered.source(layers, (section, "type"))})'
+        if section == "repo" and kind == "sled":
+            raise ConfigError(f"{where}: {SLED_MESSAGE}")
+        if section == "repo" and kind == "postgres":
+            raise ConfigError(f"{where}: {POSTGRES_MESSAGE}")
+        expected = ", ".join(f'"{t}"' for t in supported)
+        raise ConfigError(f"{where}: unknown {section} type; expected {expected}")
+
+
+def _validate(config: Config, layers: list[Layer]) -> None:
+    """Checks msgspec cannot express: addresses, retention strings, TLS pairs."""
+    checks: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("server.address", config.server.address, parse_address),
+        ("metrics.prometheus_address", config.metrics.prometheus_address, parse_address),
+        ("tracing.console.address", config.tracing.console.address, parse_address),
+        ("media.retention.variants", config.media.retention.variants, parse_retention),
+        ("media.retention.proxy", config.media.retention.proxy, parse_retention),
+    ]
+    for key, value, parse in checks:
+        if value is None:
+            continue
+        try:
+            parse(value)
+        except ValueError as exc:
+            path = tuple(key.split("."))
+            where = layered.source(layers, path)
+            raise ConfigError(f"{key} = {value!r} ({where}): {exc}") from None
+    # pict-rs silently serves plain HTTP when only one of the pair is set; refuse instead.
+    if (config.server.certificate is None) != (config.server.private_key is None):
+        raise ConfigError(
+            "server.certificate and server.private_key enable HTTPS together; set both or neither"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parsers for values kept as strings (pict-rs's formats).
+
+_RETENTION = re.compile(r"(\d+)(m|minutes?|h|hours?|d|days?|y|years?)")
+_RETENTION_UNITS = {"m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+
+
+def parse_retention(text: str) -> datetime.timedelta:
+    """``7d`` / ``1h`` / ``30m`` / ``2y`` (also ``7day``, ``1hour``, ...) as a timedelta.
+
+    Raises ValueError.
+    """
+    match = _RETENTION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            "expected a retention like 7d, 12h, 30m or 1y (number then m/h/d/y or "
+            "minute/hour/day/year)"
+        )
+    return datetime.timedelta(seconds=int(match[1]) * _RETENTION_UNITS[match[2][0]])
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` with an IP literal host (like a Rust SocketAddr).
+
+    Returns ``(host, port)`` with the brackets removed. Raises ValueError.
+    """
+    if match := re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})", text):
+        host, port, family = match[1], match[2], 6
+    else:
+        host, sep, port = text.rpartition(":")
+        family = 4
+        if not sep or not port.isdigit() or ":" in host:
+            raise ValueError(
+                "expected IP:PORT, like 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 "
+                "(an IPv6 address goes in brackets)"
+            )
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (host names are not accepted)") from None
+    if ip.version != family:
+        raise ValueError("an IPv6 address goes in brackets, like [::1]:8080")
+    if not 0 <= int(port) <= 0xFFFF:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return str(ip), int(port)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing (--save-to) and introspection (CLI flag types, the docs guard test).
+
+
+def dump(config: Config) -> str:
+    """The whole effective configuration as TOML; loading it alone gives ``config`` back.
+
+    Unset optional keys are left out, as TOML has no null.
+    """
+    header = "# Effective pictrs-trio configuration, written by --save-to.\n\n"
+    tree = _drop_none(msgspec.to_builtins(config))
+    assert isinstance(tree, dict)
+    return header + tomli_w.dumps(tree)
+
+
+def save_to(path: Path, config: Config) -> None:
+    """Write ``dump(config)`` to ``path`` (mode 0600: it may hold api_key or S3 secrets)."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(dump(config))
+    os.replace(temporary, path)
+
+
+def _drop_none(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def leaf_keys() -> list[str]:
+    """Every key of Config, dotted (``media.image.quality.jpeg``); ``store.*`` lists the keys
+    of both store types."""
+    return layered.leaf_keys(Config)
+
+
+def leaf_type(key: str) -> object:
+    """The type of a key without None and constraints (``int``, ``Literal[...]``)."""
+    return layered.leaf_type(Config, key)

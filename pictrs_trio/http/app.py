@@ -1,0 +1,81 @@
+"""create_app(state): the quart-trio application with every route and the error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from pictrs_trio.errors import FileTooLarge, PictrsError, error_response
+from pictrs_trio.http import health, image
+from pictrs_trio.http.deadline import deadline_middleware
+from pictrs_trio.http.state import EXTENSION_KEY
+from pictrs_trio.state import AppState
+from pictrs_trio.validate import MIB
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """Unwrap single-member exception groups that nurseries add around one failure."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if isinstance(inner, PictrsError):
+                return inner
+    return exc
+
+
+DRAIN_SECONDS = 120.0
+
+
+async def drain_body() -> None:
+    """Read and drop what is left of the request body before an error answer goes out.
+
+    A handler may fail before reading the body (a bad query, a size limit). hypercorn
+    closes a keep-alive connection whose body was not fully read, and clients such as httpx
+    send the whole body before reading the answer, so they would see a dead connection.
+    pict-rs has the same drainer. Bounded in time; Quart bounds the size.
+    """
+    with trio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for _ in request.body:
+                pass
+        except Exception:  # the body was over Quart's limit or the client went away
+            return
+
+
+async def handle_error(exc: Exception) -> Response:
+    await drain_body()
+    exc2 = _innermost(exc)
+    if isinstance(exc2, RequestEntityTooLarge):
+        exc2 = FileTooLarge("Request body is larger than the upload limit")
+    if isinstance(exc2, HTTPException) and not isinstance(exc2, RequestEntityTooLarge):
+        # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405.
+        return Response(b"", status=exc2.code or 500)
+    if not isinstance(exc2, PictrsError):
+        logger.opt(exception=exc2).error("unhandled error")
+    elif exc2.status >= 500:
+        logger.warning("request failed: {} ({})", exc2.msg, exc2.code)
+    status, body = error_response(exc2)
+    return Response(body, status=status, content_type="application/json")
+
+
+def create_app(state: AppState) -> Any:
+    """Build the app. Returns the ASGI callable with the deadline middleware outermost."""
+    app = QuartTrio(__name__)
+    media = state.config.media
+    # Quart's own body cap: every file at its largest plus room for the multipart framing.
+    app.config["MAX_CONTENT_LENGTH"] = (
+        media.max_file_size * MIB * max(1, state.config.server.max_file_count) + MIB
+    )
+    app.config["BODY_TIMEOUT"] = 60
+    app.extensions[EXTENSION_KEY] = state
+    app.register_blueprint(image.bp)
+    app.register_blueprint(health.bp)
+    app.register_error_handler(Exception, handle_error)
+    app.asgi_app = deadline_middleware(app.asgi_app)  # type: ignore[method-assign]
+    return app

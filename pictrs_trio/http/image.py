@@ -1,0 +1,188 @@
+"""Public /image routes: upload, originals, details, delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from contextlib import aclosing
+
+import trio
+from loguru import logger
+from quart import Blueprint, Response, request
+
+from pictrs_trio import ids
+from pictrs_trio.errors import (
+    AliasNotFound,
+    InvalidDeleteToken,
+    InvalidQuery,
+    ProxyNotFound,
+    ReadOnly,
+)
+from pictrs_trio.http.multipart import iter_file_parts
+from pictrs_trio.http.query import parse_upload_query
+from pictrs_trio.http.serve import serve_stored
+from pictrs_trio.http.state import app_state
+from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
+from pictrs_trio.ingest import CLEANUP_SECONDS, IngestSession, ingest
+from pictrs_trio.repo.records import Details
+from pictrs_trio.state import AppState
+
+bp = Blueprint("image", __name__)
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="application/json")
+
+
+def empty(status: int) -> Response:
+    return Response(b"", status=status)
+
+
+def _check_writable(state: AppState) -> None:
+    if state.config.server.read_only:
+        raise ReadOnly("Server is in read-only mode")
+
+
+@bp.post("/image")
+async def upload() -> Response:
+    state = app_state()
+    limits, _operations = parse_upload_query(request.args.items(multi=True))
+    # TODO(issue 3): apply _operations as preprocess steps once the engine processes images.
+    files: list[UploadedFile] = []
+    parts = iter_file_parts(
+        request.headers.get("Content-Type"),
+        request.body,
+        max_files=state.config.server.max_file_count,
+    )
+    async with IngestSession(state) as session, aclosing(parts):
+        async for part in parts:
+            _check_writable(state)
+            done = await ingest(state, session, part.chunks(), limits=limits)
+            files.append(
+                UploadedFile(
+                    delete_token=done.delete_token,
+                    details=wire_details(done.details),
+                    file=done.alias,
+                )
+            )
+        session.disarm()
+    return json_response(encode(UploadResponse(files=files)), 201)
+
+
+def _alias_from(raw: str) -> str | None:
+    try:
+        return ids.parse_alias(raw)
+    except ValueError:
+        return None
+
+
+def _query_alias() -> str | None:
+    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). None: the alias cannot exist."""
+    if "proxy" in request.args:
+        # Media proxy arrives with the job journal; until then no URL was ever proxied.
+        raise ProxyNotFound("No proxied media for that URL")
+    raw = request.args.get("alias")
+    if raw is None:
+        raise InvalidQuery("Invalid query: expected alias or proxy")
+    return _alias_from(raw)
+
+
+async def _original(alias: str | None) -> Response:
+    state = app_state()
+    hash_ = await state.repo.alias_hash(alias) if alias is not None else None
+    if hash_ is None:
+        return empty(404)
+    identifier = await state.repo.hash_identifier(hash_)
+    if identifier is None:
+        return empty(404)
+    details = await ensure_details(state, identifier)
+    return await serve_stored(
+        state.store,
+        identifier,
+        details,
+        method=request.method,
+        range_header=request.headers.get("Range"),
+        if_none_match=request.headers.get("If-None-Match"),
+        etag=etag_for(identifier),
+    )
+
+
+def etag_for(identifier: str) -> str:
+    return '"' + hashlib.blake2b(identifier.encode(), digest_size=12).hexdigest() + '"'
+
+
+async def ensure_details(state: AppState, identifier: str) -> Details:
+    """Stored details, computed from the file when missing (older records)."""
+    details = await state.repo.details(identifier)
+    if details is not None:
+        return details
+    _check_writable(state)
+    path = await state.store.local_path(identifier)
+    if path is None:
+        raise AliasNotFound("Details are missing and the file cannot be read locally")
+    found = await state.media.discover(path)
+    details = Details(
+        width=found.width,
+        height=found.height,
+        frames=found.frames,
+        format=found.format,
+        created_at=dt.datetime.now(dt.UTC),
+    )
+    await state.repo.relate_details(identifier, details)
+    return details
+
+
+@bp.route("/image/original/<alias>", methods=["GET", "HEAD"])
+async def original_path(alias: str) -> Response:
+    return await _original(_alias_from(alias))
+
+
+@bp.route("/image/original", methods=["GET", "HEAD"])
+async def original_query() -> Response:
+    return await _original(_query_alias())
+
+
+async def _details(alias: str | None) -> Response:
+    state = app_state()
+    hash_ = await state.repo.alias_hash(alias) if alias is not None else None
+    identifier = await state.repo.hash_identifier(hash_) if hash_ is not None else None
+    if identifier is None:
+        raise AliasNotFound("Alias not found")
+    details = await ensure_details(state, identifier)
+    return json_response(encode(wire_details(details)))
+
+
+@bp.get("/image/details/original/<alias>")
+async def details_path(alias: str) -> Response:
+    return await _details(_alias_from(alias))
+
+
+@bp.get("/image/details/original")
+async def details_query() -> Response:
+    return await _details(_query_alias())
+
+
+@bp.route("/image/delete/<token>/<alias>", methods=["GET", "DELETE"])
+async def delete(token: str, alias: str) -> Response:
+    state = app_state()
+    _check_writable(state)
+    canonical = _alias_from(alias)
+    if canonical is None:
+        return empty(204)
+    stored_token = await state.repo.delete_token(canonical)
+    if stored_token is None:
+        if await state.repo.alias_hash(canonical) is None:
+            return empty(204)  # unknown alias: already deleted
+        raise InvalidDeleteToken("Invalid delete token")
+    if not ids.tokens_equal(ids.normalise_token(token), stored_token):
+        raise InvalidDeleteToken("Invalid delete token")
+    removed = await state.repo.remove_alias(canonical)
+    if removed is not None and removed.orphaned_identifiers:
+        # The rows are gone; remove the files now (the journal takes this over later).
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            for identifier in removed.orphaned_identifiers:
+                try:
+                    await state.store.remove(identifier)
+                except Exception:
+                    logger.exception("could not remove {}", identifier)
+    return empty(204)

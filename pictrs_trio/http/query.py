@@ -1,0 +1,52 @@
+"""Typed query-string values, parsed the way pict-rs's serde_urlencoded does. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pictrs_trio.errors import InvalidProcessPath, InvalidQuery
+from pictrs_trio.validate import UploadLimits
+
+PROCESS_OPERATIONS = frozenset({"identity", "thumbnail", "resize", "crop", "blur"})
+_LIMIT_INTS = ("max_width", "max_height", "max_area", "max_frame_count", "max_file_size")
+_LIMIT_BOOLS = ("allow_image", "allow_animation", "allow_video")
+_MAX = {"max_width": 0xFFFF, "max_height": 0xFFFF}
+
+
+def parse_bool(key: str, value: str) -> bool:
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise InvalidQuery(f"Invalid query: {key} must be true or false")
+
+
+def parse_uint(key: str, value: str, maximum: int = 0xFFFF_FFFF) -> int:
+    if not value.isascii() or not value.lstrip("+").isdigit():
+        raise InvalidQuery(f"Invalid query: {key} must be a non-negative integer")
+    n = int(value)
+    if n > maximum:
+        raise InvalidQuery(f"Invalid query: {key} is out of range")
+    return n
+
+
+def parse_upload_query(
+    pairs: Iterable[tuple[str, str]],
+) -> tuple[UploadLimits, list[tuple[str, str]]]:
+    """Split an upload's query into limits and preprocess operations (in query order).
+
+    A key that is neither a limit nor an operation name fails the upload with
+    invalid-process-path, as pict-rs does.
+    """
+    limits: dict[str, int | bool] = {}
+    operations: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key in _LIMIT_INTS:
+            limits[key] = parse_uint(key, value, _MAX.get(key, 0xFFFF_FFFF))
+        elif key in _LIMIT_BOOLS:
+            limits[key] = parse_bool(key, value)
+        elif key.lower() in PROCESS_OPERATIONS:
+            operations.append((key, value))
+        else:
+            raise InvalidProcessPath(f"Invalid process path: unknown operation {key!r}")
+    return UploadLimits(**limits), operations  # type: ignore[arg-type]

@@ -1,0 +1,220 @@
+"""Ingest: turn an uploaded byte stream into a stored file, a hash, details and an alias.
+
+    spool (size cap, 60 s) -> discover (sniff + header probe) -> validate -> decide
+      -> strip / convert / video -> hash -> store.save_file -> repo.commit_upload
+
+Everything an attempt creates is recorded on an ``IngestSession``; unless the caller
+disarms it after success, leaving the session removes it all again, so a failed or
+cancelled upload leaves nothing behind (pict-rs ``src/ingest.rs`` ``Session``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterable
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+import trio
+from loguru import logger
+
+from pictrs_trio import ids, policy
+from pictrs_trio.errors import EmptyFile, FileTooLarge, StreamTooSlow
+from pictrs_trio.media import Discovery
+from pictrs_trio.repo.records import Details, Hash
+from pictrs_trio.state import AppState
+from pictrs_trio.validate import UploadLimits, validate
+
+UPLOAD_SECONDS = 60.0  # the whole file must arrive within this (pict-rs: stream-too-slow)
+CLEANUP_SECONDS = 10.0
+WRITE_BATCH = 1024 * 1024
+
+
+class Ingested(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    delete_token: str
+    details: Details
+
+
+class IngestSession:
+    """Tracks temp files, stored identifiers and aliases one request created."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+        self._temps: list[Path] = []
+        self._identifiers: list[str] = []
+        self._aliases: list[str] = []
+        self._armed = True
+
+    def temp_path(self, suffix: str = "") -> Path:
+        path = self._state.tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+        self._temps.append(path)
+        return path
+
+    def stored(self, identifier: str) -> None:
+        self._identifiers.append(identifier)
+
+    def committed(self, alias: str, identifier: str) -> None:
+        """The repo now owns ``identifier`` through ``alias``: undoing removes the alias and
+        deletes only what the repo reports orphaned (another upload may share the file)."""
+        self._aliases.append(alias)
+        self._identifiers.remove(identifier)
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    async def __aenter__(self) -> IngestSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Bounded cleanup: it must run even when the request was cancelled.
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            temps, self._temps = self._temps, []
+            await trio.to_thread.run_sync(_unlink_all, temps)
+            if self._armed:
+                await self._undo()
+
+    async def _undo(self) -> None:
+        repo, store = self._state.repo, self._state.store
+        orphans: list[str] = list(self._identifiers)
+        for alias in self._aliases:
+            try:
+                removed = await repo.remove_alias(alias)
+            except Exception:
+                logger.exception("could not remove alias {} of a failed upload", alias)
+                continue
+            if removed is not None:
+                orphans.extend(removed.orphaned_identifiers)
+        for identifier in dict.fromkeys(orphans):
+            try:
+                await store.remove(identifier)
+            except Exception:
+                logger.exception("could not remove {} of a failed upload", identifier)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int) -> int:
+    """Write the stream to ``dest``; raise FileTooLarge past ``cap`` bytes, StreamTooSlow
+    when it takes longer than ``UPLOAD_SECONDS``. Returns the size."""
+    size = 0
+    buf = bytearray()
+    fd = await trio.to_thread.run_sync(
+        lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    )
+    try:
+        with trio.fail_after(UPLOAD_SECONDS):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    raise FileTooLarge(f"File is larger than {cap // (1024 * 1024)} MB")
+                buf += chunk
+                if len(buf) >= WRITE_BATCH:
+                    data, buf = bytes(buf), bytearray()
+                    await trio.to_thread.run_sync(_write_all, fd, data)
+            if buf:
+                await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
+    except trio.TooSlowError:
+        raise StreamTooSlow("Upload was not received in time") from None
+    finally:
+        os.close(fd)
+    return size
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _hash_file(path: Path) -> tuple[bytes, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            h.update(block)
+            size += len(block)
+    return h.digest(), size
+
+
+async def ingest(
+    state: AppState,
+    session: IngestSession,
+    chunks: AsyncIterable[bytes],
+    *,
+    limits: UploadLimits,
+    alias: str | None = None,
+) -> Ingested:
+    """Ingest one file. Raises the PictrsError of the first step that refuses it."""
+    media_cfg = state.config.media
+    raw = session.temp_path()
+    size = await spool(chunks, raw, limits.byte_cap(media_cfg))
+    if size == 0:
+        raise EmptyFile("Uploaded file is empty")
+
+    source = await state.media.discover(raw)
+    validate(source, size, limits, media_cfg)
+    plan = policy.decide(source, media_cfg)
+
+    final: Discovery
+    if plan.action == "strip":
+        # No suffix: exiftool's -o treats a suffix unlike the source's as "create a new file".
+        out = session.temp_path()
+        await state.media.strip(raw, out, source.format)
+        final = source  # stripping changes no dimension, frame or format
+    elif plan.action == "convert":
+        out = session.temp_path(plan.output.extension)
+        final = await state.media.convert(raw, out, source=source, plan=plan)
+    else:
+        out = session.temp_path(plan.output.extension)
+        final = await state.media.video(raw, out, source=source, plan=plan)
+
+    sha, stored_size = await trio.to_thread.run_sync(_hash_file, out)
+    fmt = final.format
+    details = Details(
+        width=final.width,
+        height=final.height,
+        frames=final.frames,
+        format=fmt,
+        created_at=dt.datetime.now(dt.UTC),
+    )
+    identifier = await state.store.save_file(
+        out, extension=fmt.extension, content_type=fmt.content_type
+    )
+    session.stored(identifier)
+
+    new_alias = alias if alias is not None else ids.new_alias(fmt.extension)
+    token = ids.new_delete_token()
+    commit = await state.repo.commit_upload(
+        hash=Hash(sha256=sha, size=stored_size, format=fmt),
+        identifier=identifier,
+        details=details,
+        alias=new_alias,
+        delete_token=token,
+    )
+    session.committed(new_alias, identifier)
+    if commit.deduplicated:
+        # Same content is stored already: our copy is redundant and no row points at it.
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            await state.store.remove(identifier)
+    logger.bind(alias=new_alias).info(
+        "ingested {} {}x{} {} bytes{}",
+        fmt.content_type,
+        details.width,
+        details.height,
+        stored_size,
+        " (deduplicated)" if commit.deduplicated else "",
+    )
+    return Ingested(alias=new_alias, delete_token=token, details=commit.details)

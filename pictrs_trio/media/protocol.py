@@ -1,0 +1,83 @@
+"""Wire protocol between the server and its engine workers (``vips_worker``).
+
+Frames are a 4-byte big-endian length followed by msgpack. Requests and replies are tagged
+unions of frozen Structs so new job kinds (thumbnails, resizes) are new Structs, nothing more.
+Imports nothing heavy: the worker loads this before libvips, the server never loads libvips.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 16 * 1024 * 1024  # replies are small; a bigger length means a broken stream
+
+Frozen = {"frozen": True, "kw_only": True, "tag_field": "op"}
+
+
+class Probe(msgspec.Struct, tag="probe", **Frozen):
+    """Header-only look at a file with the loader for its sniffed type (no pixel decode)."""
+
+    path: str
+    sniffed: str  # formats.Sniffed value: jpeg, png, gif, webp, avif
+
+
+class Convert(msgspec.Struct, tag="convert", **Frozen):
+    """Decode ``src`` with its sniffed loader, re-encode to ``dst`` without metadata."""
+
+    src: str
+    sniffed: str
+    dst: str
+    out_fmt: str  # jpeg, png, webp, avif, gif
+    quality: int | None = None
+    autorot: bool = True
+    page: int | None = None  # one page of a multi-page input; None keeps all (animations)
+    animated: bool = False  # load every page and keep the animation
+
+
+class Sleep(msgspec.Struct, tag="sleep", **Frozen):
+    """Test aid: a job that takes ``seconds`` (proves time limits and kill-on-timeout)."""
+
+    seconds: float
+
+
+Request = Probe | Convert | Sleep
+
+
+class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
+    width: int
+    height: int
+    pages: int
+    orientation: int | None
+    loader: str
+    has_alpha: bool
+
+
+class ConvertResult(msgspec.Struct, tag="convert_result", **Frozen):
+    width: int
+    height: int
+    pages: int
+
+
+class Slept(msgspec.Struct, tag="slept", **Frozen):
+    pass
+
+
+class Ready(msgspec.Struct, tag="ready", **Frozen):
+    """Sent once by a worker when libvips is loaded and warmed up."""
+
+
+class Failed(msgspec.Struct, tag="failed", **Frozen):
+    """The job failed; ``media`` says whether the input (not the engine) was at fault."""
+
+    message: str
+    media: bool
+
+
+Reply = ProbeResult | ConvertResult | Slept | Ready | Failed
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload

@@ -1,0 +1,86 @@
+"""The one wrapper for short-lived tool processes (ffprobe, ffmpeg, cjxl, djxl, jxlinfo).
+
+Every call runs under a ``CapacityLimiter`` (CPU is the scarce resource) and a deadline the
+caller owns (``media.process_timeout``). Cancellation kills the child at once: media tools do
+nothing useful with SIGTERM that we would wait for.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import trio
+
+from pictrs_trio.errors import ErrorCode, MediaToolError
+
+STDERR_EXCERPT = 300  # characters of a failing tool's stderr kept in the error message
+
+
+async def _kill_now(proc: trio.Process) -> None:
+    proc.kill()
+
+
+def stderr_excerpt(raw: bytes) -> str:
+    """The tail of a tool's stderr, one line, short enough for a log line or error body."""
+    text = raw.decode("utf-8", "replace").strip().replace("\n", " | ")
+    return text[-STDERR_EXCERPT:]
+
+
+async def run_tool(
+    argv: Sequence[str | Path],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the per-command deadline is owned here (STYLE §4)
+    limiter: trio.CapacityLimiter,
+    stdin: bytes | None = None,
+    capture_stdout: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> bytes:
+    """Run one tool to completion and return its stdout (``b""`` when not captured).
+
+    Raises MediaToolError with code ``command-not-found`` / ``command-permission-denied``
+    (500) when it cannot start, ``command-timeout`` (400) past ``timeout`` seconds and
+    ``command-failure`` (400) on a non-zero exit, naming the tool and the end of its stderr.
+    """
+    args = [os.fspath(a) for a in argv]
+    tool = Path(args[0]).name
+    options: dict[str, object] = {}
+    if env is not None:
+        options["env"] = {**os.environ, **env}
+    if not capture_stdout:
+        options["stdout"] = subprocess.DEVNULL  # never onto the server's own stdout
+    try:
+        async with limiter:
+            with trio.fail_after(timeout):
+                done = await trio.run_process(
+                    args,
+                    stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                    capture_stdout=capture_stdout,
+                    capture_stderr=True,
+                    check=False,
+                    deliver_cancel=_kill_now,
+                    **options,
+                )
+    except trio.TooSlowError:
+        raise MediaToolError(
+            f"{tool} timed out after {timeout:g}s", code=ErrorCode.COMMAND_TIMEOUT, status=400
+        ) from None
+    except FileNotFoundError as exc:
+        raise MediaToolError(
+            f"{tool} not found", code=ErrorCode.COMMAND_NOT_FOUND, status=500
+        ) from exc
+    except PermissionError as exc:
+        raise MediaToolError(
+            f"{tool} not executable", code=ErrorCode.COMMAND_PERMISSION_DENIED, status=500
+        ) from exc
+    except OSError as exc:
+        raise MediaToolError(f"{tool} could not start: {exc}") from exc
+    if done.returncode != 0:
+        raise MediaToolError(
+            f"{tool} failed (exit {done.returncode}): {stderr_excerpt(done.stderr)}",
+            code=ErrorCode.COMMAND_FAILURE,
+            status=400,
+        )
+    return done.stdout if capture_stdout else b""

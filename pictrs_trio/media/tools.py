@@ -1,0 +1,184 @@
+"""``MediaTools``: the one object ingest (and later processing) uses for native media work.
+
+``open_media_tools`` starts the supervised helpers (one exiftool ``-stay_open`` process, the
+engine worker pool) in its own nursery and stops them on exit: every child killed and reaped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from pictrs_trio.config import Media
+from pictrs_trio.errors import MediaToolError
+from pictrs_trio.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.media import Discovery, Plan
+from pictrs_trio.media import discover as discovery
+from pictrs_trio.media.exiftool import ExifTool
+from pictrs_trio.media.ffmpeg import animation_argv, cjxl_argv, djxl_argv, video_argv
+from pictrs_trio.media.protocol import Convert, Reply, Request
+from pictrs_trio.media.run import run_tool
+from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
+
+ENGINE_ANIMATIONS = frozenset({Fmt.GIF, Fmt.WEBP})  # what libvips reads and writes animated
+FFMPEG_ANIMATION_INPUTS = frozenset({Fmt.GIF, Fmt.APNG, Fmt.AVIF})
+
+
+class MediaTools:
+    """Discovery, metadata stripping, conversion and video handling, all out of process."""
+
+    def __init__(
+        self,
+        *,
+        config: Media,
+        tmp_dir: Path,
+        engine: EnginePool,
+        exiftool: ExifTool,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self.config = config
+        self.tmp_dir = tmp_dir
+        self.engine = engine
+        self.exiftool = exiftool
+        self.limiter = limiter
+
+    async def run(self, argv: Sequence[str | Path], *, capture_stdout: bool = True) -> bytes:
+        """``run_tool`` with this instance's timeout and limiter."""
+        return await run_tool(
+            argv,
+            timeout=self.config.process_timeout,
+            limiter=self.limiter,
+            capture_stdout=capture_stdout,
+        )
+
+    async def submit(self, job: Request) -> Reply:
+        """A job for the engine pool (see ``media.protocol`` for the kinds)."""
+        return await self.engine.submit(job)
+
+    def temp_path(self, suffix: str = "") -> Path:
+        return self.tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    async def discover(self, path: Path) -> Discovery:
+        """What the file is. Raises UnsupportedMedia (400) or MediaToolError."""
+        return await discovery.discover(path, engine=self.engine, run=self.run)
+
+    async def strip(self, src: Path, dst: Path, fmt: MediaFormat) -> None:
+        """Lossless metadata removal for images and animations (exiftool ``-all=``)."""
+        if fmt.kind is Kind.VIDEO:
+            raise ValueError("videos are stripped by MediaTools.video")
+        await self.exiftool.strip(src, dst, fmt=fmt.fmt)
+
+    async def convert(self, src: Path, dst: Path, *, source: Discovery, plan: Plan) -> Discovery:
+        """Re-encode ``src`` to ``plan.output`` at ``dst`` (autorot, no metadata).
+
+        Returns the discovery of the output. Raises UnsupportedMedia when the input does not
+        decode, MediaToolError for conversions no tool here can do or tool failures.
+        """
+        scratch: list[Path] = []
+        try:
+            if plan.output.kind is Kind.ANIMATION:
+                await self._convert_animation(src, dst, source=source, plan=plan)
+            else:
+                await self._convert_image(src, dst, source=source, plan=plan, scratch=scratch)
+            return await self.discover(dst)
+        finally:
+            for path in scratch:
+                path.unlink(missing_ok=True)
+
+    async def _convert_image(
+        self, src: Path, dst: Path, *, source: Discovery, plan: Plan, scratch: list[Path]
+    ) -> None:
+        sniffed, autorot = source.format.fmt.value, plan.autorot
+        if source.format.fmt is Fmt.APNG:
+            sniffed = "png"  # the engine reads the default image of an APNG
+        if source.format.fmt is Fmt.JXL:
+            decoded = self.temp_path(".png")
+            scratch.append(decoded)
+            await self.run(djxl_argv(src, decoded), capture_stdout=False)
+            src, sniffed, autorot = decoded, "png", False  # djxl already applied orientation
+        out = plan.output.fmt
+        target = dst
+        if out is Fmt.JXL:
+            target = self.temp_path(".png")
+            scratch.append(target)
+        await self.engine.submit(
+            Convert(
+                src=os.fspath(src),
+                sniffed=sniffed,
+                dst=os.fspath(target),
+                out_fmt="png" if out is Fmt.JXL else out.value,
+                quality=None if out is Fmt.JXL else plan.quality,
+                autorot=autorot,
+                page=0 if source.format.kind is Kind.ANIMATION else None,
+            )
+        )
+        if out is Fmt.JXL:
+            await self.run(cjxl_argv(target, dst, plan.quality), capture_stdout=False)
+
+    async def _convert_animation(
+        self, src: Path, dst: Path, *, source: Discovery, plan: Plan
+    ) -> None:
+        src_fmt, out = source.format.fmt, plan.output.fmt
+        if src_fmt in ENGINE_ANIMATIONS and out in ENGINE_ANIMATIONS:
+            job = Convert(
+                src=os.fspath(src),
+                sniffed=src_fmt.value,
+                dst=os.fspath(dst),
+                out_fmt=out.value,
+                quality=plan.quality,
+                autorot=False,
+                animated=True,
+            )
+            await self.engine.submit(job)
+        elif src_fmt in FFMPEG_ANIMATION_INPUTS:
+            argv = animation_argv(src, dst, src_fmt=src_fmt, out=out, quality=plan.quality)
+            await self.run(argv, capture_stdout=False)
+        else:
+            raise MediaToolError(
+                f"converting an animated {src_fmt.value} to {out.value} is not supported"
+            )
+
+    async def video(self, src: Path, dst: Path, *, source: Discovery, plan: Plan) -> Discovery:
+        """ffmpeg remux or transcode per ``plan``, metadata removed; discovery of the output."""
+        await self.run(video_argv(src, dst, plan, has_alpha=source.has_alpha), capture_stdout=False)
+        return await self.discover(dst)
+
+
+@asynccontextmanager
+async def open_media_tools(
+    config: Media,
+    *,
+    tmp_dir: Path,
+    engine_workers: int,
+    limiter: trio.CapacityLimiter | None = None,
+    engine_memory_mb: int = DEFAULT_MEMORY_MB,
+) -> AsyncIterator[MediaTools]:
+    """Start exiftool and ``engine_workers`` engine processes (0 = one per core), yield the
+    tools, and stop everything on exit. ``limiter`` caps short-lived tool processes
+    (default: one per core)."""
+    cores = os.cpu_count() or 1
+    exiftool = ExifTool(timeout=config.process_timeout, warmup_dir=tmp_dir)
+    engine = EnginePool(
+        size=engine_workers if engine_workers > 0 else cores,
+        job_timeout=config.process_timeout,
+        memory_mb=engine_memory_mb,
+    )
+    tools = MediaTools(
+        config=config,
+        tmp_dir=tmp_dir,
+        engine=engine,
+        exiftool=exiftool,
+        limiter=limiter if limiter is not None else trio.CapacityLimiter(cores),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exiftool.supervise)
+        await nursery.start(engine.run)
+        try:
+            yield tools
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,200 @@
+"""Engine worker process: ``python -m pictrs_trio.media.vips_worker``.
+
+Reads framed requests (``media.protocol``) on stdin, answers on stdout, one job at a time.
+This is the only module that imports libvips. Started and supervised by ``media.vips``.
+
+Hardening, because the input is untrusted:
+* an address-space limit (``PICTRS_ENGINE_MEMORY_MB``, set before libvips loads);
+* each sniffed type maps to exactly one loader; the generic ``new_from_file`` is never used
+  (the wheel carries SVG/TIFF loaders), and the ``vips-loader`` of the result is checked again;
+* stdout is moved to a private descriptor, so a stray write by a library cannot corrupt the
+  protocol stream (fd 1 then points at stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from pictrs_trio.media.protocol import (
+    HEADER,
+    MAX_FRAME,
+    Convert,
+    ConvertResult,
+    Failed,
+    Probe,
+    ProbeResult,
+    Ready,
+    Reply,
+    Request,
+    Slept,
+    frame,
+)
+
+if TYPE_CHECKING:
+    import pyvips
+
+MEMORY_ENV = "PICTRS_ENGINE_MEMORY_MB"
+
+# sniffed type -> the one loader allowed for it. AVIF goes through libheif.
+LOADERS: dict[str, str] = {
+    "jpeg": "jpegload",
+    "png": "pngload",
+    "gif": "gifload",
+    "webp": "webpload",
+    "avif": "heifload",
+}
+MULTI_PAGE = frozenset({"gif", "webp", "avif"})
+
+
+class MediaFault(Exception):
+    """The input is bad (wrong type, corrupt): the server maps it to 400."""
+
+
+def _load(vips: type[pyvips.Image], path: str, sniffed: str, **options: object) -> pyvips.Image:
+    loader = LOADERS.get(sniffed)
+    if loader is None:
+        raise MediaFault(f"no loader allowed for {sniffed!r}")
+    image: pyvips.Image = getattr(vips, loader)(path, **options)
+    got = image.get("vips-loader")
+    if got != loader:
+        raise MediaFault(f"loader mismatch: wanted {loader}, libvips used {got}")
+    return image
+
+
+def _field(image: pyvips.Image, name: str) -> object | None:
+    return image.get(name) if image.get_typeof(name) != 0 else None
+
+
+def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
+    # Opening is lazy in libvips: this reads the header only, whatever the pixel count.
+    image = _load(vips, job.path, job.sniffed, access="sequential")
+    pages = _field(image, "n-pages")
+    orientation = _field(image, "orientation")
+    return ProbeResult(
+        width=image.width,
+        height=image.height,
+        pages=pages if isinstance(pages, int) and pages > 0 else 1,
+        orientation=orientation if isinstance(orientation, int) and orientation > 0 else None,
+        loader=str(image.get("vips-loader")),
+        has_alpha=bool(image.hasalpha()),
+    )
+
+
+def _save(image: pyvips.Image, job: Convert) -> None:
+    q = {"Q": job.quality} if job.quality is not None else {}
+    keep = {"keep": "none"}  # no EXIF/XMP/IPTC/ICC in what we store
+    if job.out_fmt == "jpeg":
+        if image.hasalpha():
+            image = image.flatten(background=[255, 255, 255])
+        image.jpegsave(job.dst, optimize_coding=True, **keep, **q)
+    elif job.out_fmt == "png":
+        image.pngsave(job.dst, **keep)
+    elif job.out_fmt == "webp":
+        image.webpsave(job.dst, **keep, **q)
+    elif job.out_fmt == "avif":
+        image.heifsave(job.dst, compression="av1", **keep, **q)
+    elif job.out_fmt == "gif":
+        image.gifsave(job.dst, **keep)
+    else:
+        raise MediaFault(f"engine cannot write {job.out_fmt!r}")
+
+
+def convert(vips: type[pyvips.Image], job: Convert) -> ConvertResult:
+    # Rotating needs random access; without it, sequential decode streams straight to the saver.
+    access = "random" if job.autorot and not job.animated else "sequential"
+    options: dict[str, object] = {"access": access, "fail_on": "error"}
+    if job.sniffed in MULTI_PAGE:
+        if job.animated:
+            options["n"] = -1
+        elif job.page is not None:
+            options["page"] = job.page
+    image = _load(vips, job.src, job.sniffed, **options)
+    if job.autorot and not job.animated:
+        image = image.autorot()
+    _save(image, job)
+    out = _load(vips, job.dst, job.out_fmt)
+    pages = _field(out, "n-pages")
+    return ConvertResult(
+        width=out.width,
+        height=out.height,
+        pages=pages if isinstance(pages, int) and pages > 0 else 1,
+    )
+
+
+def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Reply:
+    try:
+        if isinstance(job, Probe):
+            return probe(vips, job)
+        if isinstance(job, Convert):
+            return convert(vips, job)
+        time.sleep(job.seconds)
+        return Slept()
+    except MediaFault as exc:
+        return Failed(message=str(exc), media=True)
+    except error as exc:  # libvips refused the bytes: corrupt or truncated input
+        return Failed(message=str(exc).strip().splitlines()[0][:300], media=True)
+    except (OSError, ValueError) as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", media=False)
+
+
+def _warm_up(vips: type[pyvips.Image]) -> None:
+    """Pay libvips' lazy first-use costs now, not in the first upload (our own bytes only)."""
+    pixel = vips.black(2, 2, bands=3)
+    for fmt in ("jpeg", "png", "webp", "gif"):
+        getattr(vips, f"{fmt}load_buffer")(getattr(pixel, f"{fmt}save_buffer")()).avg()
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def main() -> None:
+    limit_mb = int(os.environ.get(MEMORY_ENV, "0"))
+    if limit_mb > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    import pyvips  # only here: the server process never loads libvips
+
+    pyvips.cache_set_max(0)  # jobs are unrelated files; an op cache only holds memory
+    _warm_up(pyvips.Image)
+
+    decoder = msgspec.msgpack.Decoder(Request)
+    encoder = msgspec.msgpack.Encoder()
+    _write_all(out_fd, frame(encoder.encode(Ready())))
+    while True:
+        head = _read_exact(0, HEADER.size)
+        if head is None:
+            return  # server closed our stdin: orderly exit
+        (size,) = HEADER.unpack(head)
+        if size > MAX_FRAME:
+            raise SystemExit(f"frame of {size} bytes refused")
+        body = _read_exact(0, size)
+        if body is None:
+            return
+        reply = handle(pyvips.Image, pyvips.Error, decoder.decode(body))
+        _write_all(out_fd, frame(encoder.encode(reply)))
+
+
+if __name__ == "__main__":
+    main()

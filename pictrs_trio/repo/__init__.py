@@ -1,0 +1,76 @@
+"""The metadata repo: the interface the rest of pictrs-trio talks to.
+
+Backends: ``sqlite.SqliteRepo`` (APSW, the embedded default); postgres later. Handlers and
+ingest only ever see ``Repo``; SQL stays in the backend. Backends translate their own
+exceptions into ``RepoError`` (and ``DuplicateAlias`` for a taken alias) in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pictrs_trio.repo.records import Details, Hash, RemovedAlias, UploadCommit
+
+__all__ = ["Details", "Hash", "RemovedAlias", "Repo", "UploadCommit"]
+
+
+class Repo(Protocol):
+    async def health(self) -> None:
+        """Write and read back a value. Raises RepoError when the database does not answer."""
+
+    async def commit_upload(
+        self,
+        *,
+        hash: Hash,
+        identifier: str,
+        details: Details,
+        alias: str,
+        delete_token: str,
+    ) -> UploadCommit:
+        """In one transaction: create the hash (or find it), store details, create the alias.
+
+        If the hash exists already the existing identifier and details are kept and returned
+        with ``deduplicated=True``. Raises DuplicateAlias if ``alias`` is taken (nothing is
+        written then), RepoError on database failure.
+        """
+        ...
+
+    async def alias_hash(self, alias: str) -> Hash | None: ...
+
+    async def delete_token(self, alias: str) -> str | None: ...
+
+    async def hash_identifier(self, hash: Hash) -> str | None: ...
+
+    async def aliases_for_hash(self, hash: Hash) -> list[str]: ...
+
+    async def details(self, identifier: str) -> Details | None: ...
+
+    async def relate_details(self, identifier: str, details: Details) -> None: ...
+
+    async def remove_alias(self, alias: str) -> RemovedAlias | None:
+        """Remove the alias (and its token) in one transaction; None if it did not exist.
+
+        If it was the file's last alias, the hash, its details and its variant rows go too
+        and their identifiers are returned for the caller to delete from the store.
+        """
+        ...
+
+    async def identifiers(self) -> set[str]:
+        """Every store identifier some row references (for orphan sweeps)."""
+        ...
+
+    async def variant_identifier(self, hash: Hash, variant: str) -> str | None:
+        """The stored identifier of ``variant`` (the variant key) of ``hash``, or None."""
+        ...
+
+    async def relate_variant(self, hash: Hash, variant: str, identifier: str) -> str:
+        """Record ``identifier`` as ``variant`` of ``hash``; returns the identifier now on
+        record, an earlier one if another generation won (the caller removes its own file).
+        Raises RepoError, also when the hash is gone."""
+        ...
+
+    async def get_setting(self, key: str) -> bytes | None: ...
+
+    async def set_setting(self, key: str, value: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,133 @@
+"""Schema versions of the SQLite repo, in code.
+
+``PRAGMA user_version`` holds how many entries of ``MIGRATIONS`` a database has had applied.
+``migrate`` applies the missing ones in order, all in one IMMEDIATE transaction, so a crash
+or a second process opening the file at the same moment never sees a half-upgraded schema.
+Migrations are append-only: never edit one that has shipped, add the next.
+
+The tables translate pict-rs's postgres model (jobs-and-repo.md §1, §2.2, §2.4). Times are
+UTC nanoseconds since the epoch in INTEGER columns; hash keys are the raw 39 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import apsw
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate", "schema_version"]
+
+Migration = Callable[[apsw.Connection], None]
+
+
+class SchemaTooNew(Exception):
+    """The file was written by a newer pictrs-trio; refusing to guess at its schema."""
+
+
+def _v1_base(conn: apsw.Connection) -> None:
+    """The postgres V0001–V0009 tables (the job queue lives in ``journal``, not here)."""
+    conn.execute(
+        """
+        CREATE TABLE hashes (
+            hash BLOB PRIMARY KEY CHECK (length(hash) = 39),
+            identifier TEXT NOT NULL UNIQUE,
+            motion_identifier TEXT UNIQUE,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX hashes_created_at ON hashes (created_at, hash);
+
+        CREATE TABLE variants (
+            id INTEGER PRIMARY KEY,
+            hash BLOB NOT NULL REFERENCES hashes (hash) ON DELETE CASCADE,
+            variant TEXT NOT NULL,
+            identifier TEXT NOT NULL,
+            accessed INTEGER NOT NULL,
+            UNIQUE (hash, variant)
+        );
+
+        -- No cascade from hashes: a file must lose its aliases before it can go.
+        CREATE TABLE aliases (
+            alias TEXT PRIMARY KEY,
+            hash BLOB NOT NULL REFERENCES hashes (hash),
+            token TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX aliases_hash ON aliases (hash);
+
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE details (
+            identifier TEXT PRIMARY KEY,
+            json BLOB NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE store_migrations (
+            old_identifier TEXT PRIMARY KEY,
+            new_identifier TEXT NOT NULL UNIQUE
+        ) WITHOUT ROWID;
+
+        -- Removing a proxied alias removes its proxy row with it.
+        CREATE TABLE proxies (
+            url TEXT PRIMARY KEY,
+            alias TEXT NOT NULL REFERENCES aliases (alias) ON DELETE CASCADE,
+            accessed INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX proxies_alias ON proxies (alias);
+        CREATE INDEX proxies_accessed ON proxies (accessed);
+
+        CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            result BLOB,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+def _v2_blurhash_and_access(conn: apsw.Connection) -> None:
+    """postgres V0012 (blurhash) plus an index for variant retention by last access."""
+    conn.execute(
+        """
+        ALTER TABLE hashes ADD COLUMN blurhash TEXT;
+        CREATE INDEX variants_accessed ON variants (accessed);
+        CREATE INDEX variants_hash ON variants (hash);
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_base, _v2_blurhash_and_access)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: apsw.Connection) -> int:
+    version = conn.pragma("user_version")
+    assert isinstance(version, int)
+    return version
+
+
+def migrate(conn: apsw.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database to ``target`` (default: latest); returns the version before.
+
+    Raises SchemaTooNew if the file is ahead of this code, apsw.Error on database failure
+    (the transaction is rolled back then and the file keeps its old version).
+    """
+    # IMMEDIATE: take the write lock before reading the version, so two processes opening a
+    # fresh file at once run the migrations once, one after the other.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        if current > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this program ({len(MIGRATIONS)})"
+            )
+        for step in MIGRATIONS[current:target]:
+            step(conn)
+        if target > current:
+            conn.pragma("user_version", target)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return current

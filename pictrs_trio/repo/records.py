@@ -1,0 +1,68 @@
+"""Records the repo stores and returns. msgspec Structs, frozen; new fields get defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from pictrs_trio.formats import FORMAT_FROM_HASH_BYTE, MediaFormat
+
+
+class Hash(msgspec.Struct, frozen=True, kw_only=True):
+    """Identity of one stored file: sha256 of the stored bytes, their length, their format.
+
+    ``key()`` is pict-rs's 39-byte hash key (sha256 ‖ 48-bit size ‖ format byte).
+    """
+
+    sha256: bytes
+    size: int
+    format: MediaFormat
+
+    def key(self) -> bytes:
+        return (
+            self.sha256
+            + (self.size & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+            + bytes([self.format.hash_byte])
+        )
+
+    @classmethod
+    def from_key(cls, key: bytes) -> Hash:
+        if len(key) != 39:
+            raise ValueError("hash key must be 39 bytes")
+        return cls(
+            sha256=key[:32],
+            size=int.from_bytes(key[32:38], "big"),
+            format=FORMAT_FROM_HASH_BYTE[key[38]],
+        )
+
+
+class Details(msgspec.Struct, frozen=True, kw_only=True):
+    """What we know about one stored file (original, variant, or motion still)."""
+
+    width: int
+    height: int
+    frames: int | None
+    format: MediaFormat
+    created_at: dt.datetime  # aware, UTC
+
+    @property
+    def content_type(self) -> str:
+        return self.format.content_type
+
+
+class UploadCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of ``Repo.commit_upload``."""
+
+    identifier: str  # the identifier now holding the content (the existing one when deduped)
+    details: Details  # the stored details (the existing ones when deduped)
+    deduplicated: bool  # True: the hash existed; the caller's freshly stored file is unused
+
+
+class RemovedAlias(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of ``Repo.remove_alias``."""
+
+    hash: Hash
+    # When the alias was the file's last one, the file's rows are gone too and these are the
+    # store identifiers (original, variants, motion still) to delete; otherwise empty.
+    orphaned_identifiers: list[str] = []

@@ -1,0 +1,460 @@
+"""The embedded metadata repo: APSW/SQLite in WAL mode.
+
+Layout: ``<path>/pictrs.sqlite3`` (plus SQLite's ``-wal`` and ``-shm`` files). Schema in
+``migrations.py``, applied at open.
+
+Threads: SQL lives in the plain ``_q_*``/``_w_*`` functions below, each taking an
+``apsw.Connection``; the async methods run them with ``trio.to_thread.run_sync``. All writes
+go through one writer connection behind a ``CapacityLimiter(1)`` (datasette's
+``execute_write_fn``), in IMMEDIATE transactions so a second process sharing the file waits on
+``busy_timeout`` instead of failing half-way. Reads take a connection from a small pool; in
+WAL they never wait for the writer. ``run_sync`` is not abandoned on cancel, so a connection
+is never used by two threads and a started transaction always commits or rolls back.
+
+Durability: ``synchronous=NORMAL`` in WAL mode loses no committed transaction when the
+process is killed (the WAL is in the OS page cache); only a power cut or kernel crash can
+drop the last transactions. ``synchronous_full=True`` syncs the WAL at every commit too.
+
+Errors: ``apsw`` and ``msgspec`` exceptions are translated once, in ``_translate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
+
+import apsw
+import msgspec
+import trio
+
+from pictrs_trio.errors import DuplicateAlias, PictrsError, RepoError
+from pictrs_trio.repo import migrations
+from pictrs_trio.repo.records import Details, Hash, RemovedAlias, UploadCommit
+
+__all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
+
+DB_FILE_NAME = "pictrs.sqlite3"
+DEFAULT_READERS = 4
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+HEALTH_KEY = "health-value"
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+if TYPE_CHECKING:  # SQLiteValue exists only in apsw's type stubs
+    from typing import TypeAlias
+
+    Row: TypeAlias = tuple[apsw.SQLiteValue, ...]
+
+# Immutable, so module constants (msgspec perf tips: build each once).
+_DETAILS_ENCODER = msgspec.json.Encoder()
+_DETAILS_DECODER = msgspec.json.Decoder(Details)
+
+# (constraint message fragment, error to raise) for apsw.ConstraintError; anything else from
+# the database is a RepoError.
+_CONSTRAINTS: tuple[tuple[str, Callable[[], PictrsError]], ...] = (
+    ("aliases.alias", lambda: DuplicateAlias("Alias already exists")),
+)
+
+
+def _translate(exc: Exception) -> PictrsError:
+    if isinstance(exc, apsw.ConstraintError):
+        text = str(exc)
+        for fragment, make in _CONSTRAINTS:
+            if fragment in text:
+                return make()
+    if isinstance(exc, msgspec.MsgspecError):
+        return RepoError(f"Corrupt record in database: {exc}")
+    return RepoError(f"Database error: {exc}")
+
+
+def _call(fn: Callable[[apsw.Connection, *Ts], T], conn: apsw.Connection, *args: *Ts) -> T:
+    try:
+        return fn(conn, *args)
+    except (apsw.Error, msgspec.MsgspecError) as exc:
+        raise _translate(exc) from exc
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:
+    # fetchall steps the statement to its end, so no read transaction stays open behind an
+    # unfinished cursor (which would pin an old WAL snapshot on a pooled connection).
+    rows = conn.execute(sql, args).fetchall()
+    return rows[0] if rows else None
+
+
+def _as_str(value: apsw.SQLiteValue) -> str:
+    assert isinstance(value, str)
+    return value
+
+
+def _as_bytes(value: apsw.SQLiteValue) -> bytes:
+    assert isinstance(value, bytes)
+    return value
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+def _connect(db_file: Path, *, synchronous_full: bool, busy_timeout_ms: int) -> apsw.Connection:
+    conn = apsw.Connection(str(db_file), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        mode = conn.pragma("journal_mode", "wal")
+        if mode != "wal":
+            raise RepoError(f"SQLite refused WAL mode (journal_mode={mode})")
+        conn.pragma("synchronous", "FULL" if synchronous_full else "NORMAL")
+        conn.pragma("foreign_keys", True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_all(
+    db_file: Path, *, readers: int, synchronous_full: bool, busy_timeout_ms: int
+) -> tuple[apsw.Connection, list[apsw.Connection]]:
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    opened: list[apsw.Connection] = []
+    try:
+        writer = _connect(
+            db_file, synchronous_full=synchronous_full, busy_timeout_ms=busy_timeout_ms
+        )
+        opened.append(writer)
+        migrations.migrate(writer)
+        writer.transaction_mode = "IMMEDIATE"
+        for _ in range(readers):
+            reader = _connect(
+                db_file, synchronous_full=synchronous_full, busy_timeout_ms=busy_timeout_ms
+            )
+            opened.append(reader)
+            reader.pragma("query_only", True)
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return writer, opened[1:]
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def _q_alias_hash(conn: apsw.Connection, alias: str) -> Hash | None:
+    row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
+    return None if row is None else Hash.from_key(_as_bytes(row[0]))
+
+
+def _q_delete_token(conn: apsw.Connection, alias: str) -> str | None:
+    row = _first(conn, "SELECT token FROM aliases WHERE alias = ?", (alias,))
+    return None if row is None else _as_str(row[0])
+
+
+def _q_hash_identifier(conn: apsw.Connection, key: bytes) -> str | None:
+    row = _first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
+    return None if row is None else _as_str(row[0])
+
+
+def _q_aliases_for_hash(conn: apsw.Connection, key: bytes) -> list[str]:
+    rows = conn.execute("SELECT alias FROM aliases WHERE hash = ? ORDER BY alias", (key,))
+    return [_as_str(alias) for (alias,) in rows.fetchall()]
+
+
+def _q_details(conn: apsw.Connection, identifier: str) -> Details | None:
+    row = _first(conn, "SELECT json FROM details WHERE identifier = ?", (identifier,))
+    return None if row is None else _DETAILS_DECODER.decode(_as_bytes(row[0]))
+
+
+def _q_identifiers(conn: apsw.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT identifier FROM hashes"
+        " UNION SELECT motion_identifier FROM hashes WHERE motion_identifier IS NOT NULL"
+        " UNION SELECT identifier FROM variants"
+    ).fetchall()
+    return {_as_str(identifier) for (identifier,) in rows}
+
+
+def _q_setting(conn: apsw.Connection, key: str) -> bytes | None:
+    row = _first(conn, "SELECT value FROM settings WHERE key = ?", (key,))
+    return None if row is None else _as_bytes(row[0])
+
+
+def _q_variant_identifier(conn: apsw.Connection, key: bytes, variant: str) -> str | None:
+    row = _first(
+        conn, "SELECT identifier FROM variants WHERE hash = ? AND variant = ?", (key, variant)
+    )
+    return None if row is None else _as_str(row[0])
+
+
+# --- writes (writer connection; `with conn:` is BEGIN IMMEDIATE there) ------------------------
+
+
+def _w_commit_upload(
+    conn: apsw.Connection,
+    key: bytes,
+    identifier: str,
+    details_json: bytes,
+    alias: str,
+    token: str,
+    now_ns: int,
+) -> tuple[str, bytes, bool]:
+    """Returns (identifier, details JSON, deduplicated)."""
+    with conn:
+        conn.execute(
+            "INSERT INTO hashes (hash, identifier, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (hash) DO NOTHING",
+            (key, identifier, now_ns),
+        )
+        deduplicated = conn.changes() == 0
+        if deduplicated:
+            row = _first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
+            assert row is not None  # we hold the write lock; the row cannot have gone
+            identifier = _as_str(row[0])
+        # First writer wins (as postgres does): for a duplicate the existing details stay.
+        # Same bytes means same media facts, so a missing row is filled from ours.
+        conn.execute(
+            "INSERT INTO details (identifier, json) VALUES (?, ?)"
+            " ON CONFLICT (identifier) DO NOTHING",
+            (identifier, details_json),
+        )
+        if conn.changes() == 0:
+            row = _first(conn, "SELECT json FROM details WHERE identifier = ?", (identifier,))
+            assert row is not None
+            details_json = _as_bytes(row[0])
+        # A taken alias raises ConstraintError here and `with` rolls everything back.
+        conn.execute(
+            "INSERT INTO aliases (alias, hash, token) VALUES (?, ?, ?)", (alias, key, token)
+        )
+    return identifier, details_json, deduplicated
+
+
+def _w_relate_details(conn: apsw.Connection, identifier: str, details_json: bytes) -> None:
+    # Upsert: details are re-extracted when outdated, and the newest extraction should win.
+    conn.execute(
+        "INSERT INTO details (identifier, json) VALUES (?, ?)"
+        " ON CONFLICT (identifier) DO UPDATE SET json = excluded.json",
+        (identifier, details_json),
+    )
+
+
+def _w_remove_alias(conn: apsw.Connection, alias: str) -> tuple[bytes, list[str]] | None:
+    with conn:
+        row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
+        if row is None:
+            return None
+        key = _as_bytes(row[0])
+        conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))  # proxies cascade
+        if _first(conn, "SELECT 1 FROM aliases WHERE hash = ? LIMIT 1", (key,)) is not None:
+            return key, []
+        file_row = _first(
+            conn, "SELECT identifier, motion_identifier FROM hashes WHERE hash = ?", (key,)
+        )
+        orphaned: list[str] = []
+        if file_row is not None:
+            orphaned.extend(_as_str(v) for v in file_row if v is not None)
+        variant_rows = conn.execute(
+            "SELECT identifier FROM variants WHERE hash = ? ORDER BY id", (key,)
+        ).fetchall()
+        orphaned.extend(_as_str(v) for (v,) in variant_rows)
+        conn.execute("DELETE FROM variants WHERE hash = ?", (key,))
+        conn.execute("DELETE FROM hashes WHERE hash = ?", (key,))
+        conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
+    return key, orphaned
+
+
+def _w_set_setting(conn: apsw.Connection, key: str, value: bytes) -> None:
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _w_remove_setting(conn: apsw.Connection, key: str) -> None:
+    conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+
+def _w_bump_health(conn: apsw.Connection) -> int:
+    with conn:
+        old = _q_setting(conn, HEALTH_KEY)
+        value = 0 if old is None else (int.from_bytes(old, "big") + 1) % (1 << 64)
+        _w_set_setting(conn, HEALTH_KEY, value.to_bytes(8, "big"))
+    return value
+
+
+def _w_relate_variant(
+    conn: apsw.Connection, key: bytes, variant: str, identifier: str, now_ns: int
+) -> str:
+    with conn:
+        conn.execute(
+            "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (hash, variant) DO NOTHING",
+            (key, variant, identifier, now_ns),
+        )
+        if conn.changes() == 1:
+            return identifier
+        existing = _q_variant_identifier(conn, key, variant)
+    assert existing is not None
+    return existing
+
+
+class SqliteRepo:
+    """``Repo`` on one SQLite file. Make it with ``open_sqlite_repo``."""
+
+    def __init__(self, db_file: Path, writer: apsw.Connection, readers: list[apsw.Connection]):
+        self.db_file = db_file
+        self._writer = writer
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._readers = list(readers)
+        self._idle_readers = list(readers)
+        self._read_slots = trio.Semaphore(len(readers)) if readers else None
+        self._closed = False
+
+    # -- plumbing --
+
+    async def _write(self, fn: Callable[[apsw.Connection, *Ts], T], *args: *Ts) -> T:
+        if self._closed:
+            raise RepoError("Repo is closed")
+        return await trio.to_thread.run_sync(
+            _call, fn, self._writer, *args, limiter=self._write_limiter
+        )
+
+    async def _read(self, fn: Callable[[apsw.Connection, *Ts], T], *args: *Ts) -> T:
+        if self._closed:
+            raise RepoError("Repo is closed")
+        if self._read_slots is None:  # readers=0: everything on the writer
+            return await self._write(fn, *args)
+        async with self._read_slots:
+            conn = self._idle_readers.pop()
+            try:
+                return await trio.to_thread.run_sync(_call, fn, conn, *args)
+            finally:
+                self._idle_readers.append(conn)
+
+    # -- Repo Protocol --
+
+    async def health(self) -> None:
+        await self._write(_w_bump_health)
+        # Read back on a pooled connection: proves readers see the file too. Another process
+        # may have bumped the counter since, so presence, not equality, is the check.
+        if await self._read(_q_setting, HEALTH_KEY) is None:
+            raise RepoError("Health value written but not read back")
+
+    async def commit_upload(
+        self,
+        *,
+        hash: Hash,
+        identifier: str,
+        details: Details,
+        alias: str,
+        delete_token: str,
+    ) -> UploadCommit:
+        stored_identifier, details_json, deduplicated = await self._write(
+            _w_commit_upload,
+            hash.key(),
+            identifier,
+            _DETAILS_ENCODER.encode(details),
+            alias,
+            delete_token,
+            _now_ns(),
+        )
+        stored = details if not deduplicated else _DETAILS_DECODER.decode(details_json)
+        return UploadCommit(identifier=stored_identifier, details=stored, deduplicated=deduplicated)
+
+    async def alias_hash(self, alias: str) -> Hash | None:
+        return await self._read(_q_alias_hash, alias)
+
+    async def delete_token(self, alias: str) -> str | None:
+        return await self._read(_q_delete_token, alias)
+
+    async def hash_identifier(self, hash: Hash) -> str | None:
+        return await self._read(_q_hash_identifier, hash.key())
+
+    async def aliases_for_hash(self, hash: Hash) -> list[str]:
+        return await self._read(_q_aliases_for_hash, hash.key())
+
+    async def details(self, identifier: str) -> Details | None:
+        return await self._read(_q_details, identifier)
+
+    async def relate_details(self, identifier: str, details: Details) -> None:
+        await self._write(_w_relate_details, identifier, _DETAILS_ENCODER.encode(details))
+
+    async def remove_alias(self, alias: str) -> RemovedAlias | None:
+        removed = await self._write(_w_remove_alias, alias)
+        if removed is None:
+            return None
+        key, orphaned = removed
+        return RemovedAlias(hash=Hash.from_key(key), orphaned_identifiers=orphaned)
+
+    async def identifiers(self) -> set[str]:
+        return await self._read(_q_identifiers)
+
+    # -- beyond the Protocol (settings, variants) --
+
+    async def get_setting(self, key: str) -> bytes | None:
+        return await self._read(_q_setting, key)
+
+    async def set_setting(self, key: str, value: bytes) -> None:
+        await self._write(_w_set_setting, key, value)
+
+    async def remove_setting(self, key: str) -> None:
+        await self._write(_w_remove_setting, key)
+
+    async def variant_identifier(self, hash: Hash, variant: str) -> str | None:
+        return await self._read(_q_variant_identifier, hash.key(), variant)
+
+    async def relate_variant(self, hash: Hash, variant: str, identifier: str) -> str:
+        """Record ``identifier`` as the ``variant`` of ``hash``; returns the identifier now
+        stored, which is an earlier one if another generation got there first (the caller
+        then removes its own file). Raises RepoError (also when the hash does not exist)."""
+        return await self._write(_w_relate_variant, hash.key(), variant, identifier, _now_ns())
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Wait for an in-flight write; readers are back in the pool once their tasks return,
+        # and structured concurrency means no task still uses us when we are closed.
+        async with self._write_limiter:
+            for conn in self._readers:
+                conn.close()
+            self._writer.close()
+
+
+@asynccontextmanager
+async def open_sqlite_repo(
+    path: Path,
+    *,
+    readers: int = DEFAULT_READERS,
+    synchronous_full: bool = False,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> AsyncIterator[SqliteRepo]:
+    """Open (creating and migrating as needed) ``<path>/pictrs.sqlite3``.
+
+    ``readers`` = 0 runs reads on the writer connection. Raises RepoError if the file cannot
+    be opened, refuses WAL, or has a schema newer than this code.
+    """
+    db_file = Path(path) / DB_FILE_NAME
+    try:
+        writer, pool = await trio.to_thread.run_sync(
+            lambda: _open_all(
+                db_file,
+                readers=readers,
+                synchronous_full=synchronous_full,
+                busy_timeout_ms=busy_timeout_ms,
+            )
+        )
+    except migrations.SchemaTooNew as exc:
+        raise RepoError(str(exc)) from exc
+    except (apsw.Error, OSError) as exc:
+        raise RepoError(f"Cannot open database {db_file}: {exc}") from exc
+    repo = SqliteRepo(db_file, writer, pool)
+    try:
+        yield repo
+    finally:
+        with trio.CancelScope(shield=True):  # closing is local and quick
+            await repo.aclose()

@@ -1,0 +1,159 @@
+"""The service: open every resource in one root nursery, then serve HTTP until a signal.
+
+run(config)
+  └─ trio.run(serve)
+       ├─ repo (SQLite)   ├─ store (filesystem)   ├─ media tools (exiftool, engine pool)
+       ├─ signal watcher: SIGTERM/SIGINT -> graceful shutdown
+       └─ hypercorn (trio worker) serving create_app(state)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+from loguru import logger
+
+from pictrs_trio import logging as pictrs_logging
+from pictrs_trio.config import Config, FilesystemStore, parse_address
+from pictrs_trio.http.app import create_app
+from pictrs_trio.media.tools import open_media_tools
+from pictrs_trio.repo.sqlite import open_sqlite_repo
+from pictrs_trio.state import AppState
+from pictrs_trio.store import Store
+from pictrs_trio.store.file import open_file_store
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks."""
+    pictrs_logging.setup(config.tracing.logging)
+    trio.run(serve, config)
+
+
+def temp_root(config: Config) -> Path:
+    base = config.server.temporary_directory or tempfile.gettempdir()
+    return Path(base) / "pictrs-trio"
+
+
+# Temp files younger than this may belong to another worker process's save in progress.
+SWEEP_AGE_SECONDS = 3600.0
+
+
+@asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[Store]:
+    if not isinstance(config.store, FilesystemStore):
+        raise SystemExit("error: object storage is not supported yet; use the filesystem store")
+    async with open_file_store(Path(config.store.path)) as store:
+        swept = await store.sweep_temp(older_than=SWEEP_AGE_SECONDS)
+        if swept:
+            logger.info("removed {} temporary files left by an earlier crash", swept)
+        yield store
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temp_root(root: Path) -> int:
+    """Remove the scratch folders of processes that are gone (a crash leaves them behind).
+
+    Each process works in ``<root>/<pid>-<random>``; folders of live processes (another
+    worker, another instance sharing the temp dir) are left alone.
+    """
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for entry in root.iterdir():
+        pid_text, _, _ = entry.name.partition("-")
+        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+@asynccontextmanager
+async def open_state(config: Config) -> AsyncIterator[AppState]:
+    """Open repo, store and media tools; a private temp folder for this process."""
+    root = temp_root(config)
+    if config.server.cleanup_temporary_directory:
+        swept = await trio.to_thread.run_sync(sweep_temp_root, root)
+        if swept:
+            logger.info("removed {} temporary folders left by earlier runs", swept)
+    tmp_dir = root / f"{os.getpid()}-{uuid.uuid4().hex}"
+    await trio.to_thread.run_sync(lambda: tmp_dir.mkdir(parents=True, exist_ok=True))
+    try:
+        async with (
+            open_sqlite_repo(Path(config.repo.path)) as repo,
+            open_store(config) as store,
+            open_media_tools(
+                config.media, tmp_dir=tmp_dir, engine_workers=config.media.engine_workers
+            ) as media,
+        ):
+            yield AppState(config=config, repo=repo, store=store, media=media, tmp_dir=tmp_dir)
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(tmp_dir, ignore_errors=True))
+
+
+def hypercorn_config(config: Config) -> hypercorn.config.Config:
+    host, port = parse_address(config.server.address)
+    hc = hypercorn.config.Config()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.graceful_timeout = config.server.shutdown_timeout
+    hc.accesslog = None
+    hc.keep_alive_timeout = 75
+    if config.server.certificate and config.server.private_key:
+        hc.certfile = config.server.certificate
+        hc.keyfile = config.server.private_key
+    return hc
+
+
+async def _wait_for_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("received {}, shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Open everything, serve, and return once a signal has drained in-flight requests.
+
+    hypercorn stops accepting on the shutdown event and gives open requests up to
+    ``server.shutdown_timeout`` seconds; then resources close in reverse order.
+    """
+    async with open_state(config) as state:
+        shutdown = trio.Event()
+        app = create_app(state)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_wait_for_signal, shutdown)
+            binds = await nursery.start(
+                functools.partial(
+                    hypercorn.trio.serve,
+                    app,
+                    hypercorn_config(config),
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+            logger.info("pictrs-trio listening on {}", ", ".join(binds))
+            task_status.started(binds)
+    logger.info("pictrs-trio stopped")

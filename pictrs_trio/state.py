@@ -1,0 +1,20 @@
+"""AppState: everything a request or job needs, opened once by ``service`` and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pictrs_trio.config import Config
+from pictrs_trio.media.tools import MediaTools
+from pictrs_trio.repo import Repo
+from pictrs_trio.store import Store
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppState:
+    config: Config
+    repo: Repo
+    store: Store
+    media: MediaTools
+    tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs

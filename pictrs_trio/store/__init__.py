@@ -1,0 +1,54 @@
+"""The file store: where media bytes live. ``file.FileStore`` (filesystem),
+``memory.MemoryStore`` (tests), object storage next.
+
+Identifiers are opaque strings made by the store (never from client input). A saved file is
+either fully visible under its identifier or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from pictrs_trio.errors import StoreError, StoreNotFound
+
+__all__ = ["Store", "StoreError", "StoreNotFound"]
+
+
+class Store(Protocol):
+    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+        """Store the complete local file ``src`` (which the store may move away) under a new
+        identifier ending in ``extension`` (with its dot, may be ""). Returns the identifier.
+        Raises StoreError; on failure nothing is left under any identifier."""
+        ...
+
+    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str: ...
+
+    async def length(self, identifier: str) -> int:
+        """Size in bytes. Raises StoreNotFound."""
+        ...
+
+    def read(self, identifier: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` (end None = to the end) in chunks of at most 64 KiB.
+        Raises StoreNotFound (when iteration starts) if the identifier has no bytes."""
+        ...
+
+    async def local_path(self, identifier: str) -> Path | None:
+        """A path the media tools can read directly, or None (object storage)."""
+        ...
+
+    async def remove(self, identifier: str) -> None:
+        """Delete; a missing identifier is not an error."""
+        ...
+
+    def identifiers(self) -> AsyncIterator[str]:
+        """Every stored identifier (for orphan sweeps and migrate-store):
+        ``async for identifier in store.identifiers()``."""
+        ...
+
+    async def health(self) -> None:
+        """Raises StoreError unless the store is reachable and writable."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,418 @@
+"""The filesystem store: each identifier is a relative path under ``root`` (media.md §2.8).
+
+Make it with ``open_file_store(root)`` (creates ``root``), or ``FileStore(root)`` plus
+``await store.prepare()``; ``aclose`` holds nothing today but keeps the Store shape.
+
+Writes are all-or-nothing: bytes go to a temp name in the final directory
+(``.<name>.tmp-<random>``), are fsynced, and are then hard-linked into place. ``link`` fails if
+the target exists, so a file is never overwritten (``file-exists``), which ``rename`` would do
+silently. When ``src`` is on the same filesystem it is linked directly, no copy (a 3 MB file
+costs what its fsync costs). New directory entries are fsynced so a stored identifier survives
+a crash once ``save_*`` returns. Every blocking step runs in ``trio.to_thread.run_sync``, one
+hop per operation (reads: one hop per 1 MiB).
+
+Identifiers are checked with ``ids.is_safe_identifier`` before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import trio
+
+from pictrs_trio import ids
+from pictrs_trio.errors import ErrorCode, StoreError, StoreNotFound
+
+__all__ = ["FileStore", "open_file_store"]
+
+CHUNK = 64 * 1024
+CHUNKS_PER_HOP = 16  # 1 MiB per thread hop when streaming
+FILE_MODE = 0o644  # media is public; the same mode whether linked or copied
+TEMP_MARKER = ".tmp-"
+PROBE_PREFIX = ".health-"
+_DIR_RETRIES = 5  # a concurrent remove may prune a directory we just made
+# link() errors that mean "cannot link here", so copy instead.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TEMP_MARKER}{secrets.token_hex(6)}")
+
+
+def _is_ours_hidden(name: str) -> bool:
+    return name.startswith(".") and (TEMP_MARKER in name or name.startswith(PROBE_PREFIX))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and missing parents; returns the directories whose entries
+    changed (the deepest existing ancestor and each new one but the leaf), to fsync later."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    changed = [probe] if missing else []
+    for new in reversed(missing):
+        with suppress(FileExistsError):  # a concurrent save made it
+            os.mkdir(new)
+        changed.append(new)
+    return changed[:-1]  # the leaf is fsynced anyway once the file is in it
+
+
+def _prune(directory: Path, root: Path) -> None:
+    """Remove empty directories from ``directory`` up to (not including) ``root``."""
+    while directory != root and root in directory.parents:
+        try:
+            os.rmdir(directory)
+        except OSError:  # not empty (or gone): stop
+            return
+        directory = directory.parent
+
+
+def _link_no_replace(src: Path, final: Path) -> None:
+    try:
+        os.link(src, final, follow_symlinks=False)
+    except FileExistsError as exc:
+        raise StoreError(
+            f"Refusing to overwrite existing file {final.name}", code=ErrorCode.FILE_EXISTS
+        ) from exc
+
+
+def _write_temp(final: Path, fill: Callable[[int], None]) -> Path:
+    tmp = _temp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # umask must not make a copy differ from a link
+        fill(fd)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _place(root: Path, identifier: str, src: Path | None, fill: Callable[[int], None]) -> None:
+    """Make ``root/identifier`` hold the bytes: link ``src`` if given and possible, else
+    write them with ``fill`` into a temp file and link that. On failure nothing is left."""
+    final = root / identifier
+    for attempt in range(_DIR_RETRIES):
+        changed = _make_dirs(final.parent)
+        try:
+            if src is not None and _try_link_source(src, final):
+                break
+            tmp = _write_temp(final, fill)
+            try:
+                _link_no_replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+            break
+        except FileNotFoundError:
+            # Our fresh directory was pruned by a concurrent remove (src is checked apart).
+            if attempt == _DIR_RETRIES - 1:
+                raise
+    try:
+        for directory in [*changed, final.parent]:
+            _fsync_dir(directory)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+
+
+def _try_link_source(src: Path, final: Path) -> bool:
+    """Link ``src`` into place after making its bytes durable; False if it cannot be linked
+    here (another filesystem, no hard links), so the caller copies instead."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise StoreError(f"Source file missing: {src}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"Source is not a regular file: {src}")
+        os.fsync(fd)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except PermissionError:
+            return False  # not our file: copy it
+    finally:
+        os.close(fd)
+    try:
+        _link_no_replace(src, final)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    return True
+
+
+def _copy_from(src: Path) -> Callable[[int], None]:
+    def fill(fd_out: int) -> None:
+        try:
+            fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise StoreError(f"Source file missing: {src}") from exc
+        try:
+            size = os.fstat(fd_in).st_size
+            offset = 0
+            while offset < size:  # in-kernel copy, no Python buffers
+                sent = os.sendfile(fd_out, fd_in, offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+        finally:
+            os.close(fd_in)
+
+    return fill
+
+
+def _write_all(data: bytes) -> Callable[[int], None]:
+    def fill(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return fill
+
+
+def _save_file_sync(root: Path, identifier: str, src: Path) -> None:
+    try:
+        _place(root, identifier, src, _copy_from(src))
+    except BaseException:
+        _prune((root / identifier).parent, root)
+        raise
+    # Consumed: the Store owns the bytes now. A src we may not delete (copy path) stays.
+    with suppress(OSError):
+        src.unlink(missing_ok=True)
+
+
+def _save_bytes_sync(root: Path, identifier: str, data: bytes) -> None:
+    try:
+        _place(root, identifier, None, _write_all(data))
+    except BaseException:
+        _prune((root / identifier).parent, root)
+        raise
+
+
+def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, list[bytes]]:
+    """Open, check, and read the first batch: (fd, stop offset, chunks)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+        stop = info.st_size if end is None else min(end, info.st_size)
+        return fd, stop, _read_batch(fd, start, stop)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_batch(fd: int, offset: int, stop: int) -> list[bytes]:
+    chunks: list[bytes] = []
+    while offset < stop and len(chunks) < CHUNKS_PER_HOP:
+        chunk = os.pread(fd, min(CHUNK, stop - offset), offset)
+        if not chunk:  # the file shrank under us
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return chunks
+
+
+def _regular_size(path: Path) -> int:
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+    return info.st_size
+
+
+def _remove_sync(root: Path, path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    _prune(path.parent, root)
+
+
+def _walk(root: Path) -> list[str]:
+    found: list[str] = []
+    for dirpath, _dirs, files in os.walk(root):
+        base = Path(dirpath).relative_to(root)
+        found.extend((base / name).as_posix() for name in files if not _is_ours_hidden(name))
+    return found
+
+
+def _health_sync(root: Path) -> None:
+    if not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "store root is not a directory", str(root))
+    probe = root / f"{PROBE_PREFIX}{secrets.token_hex(6)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def _sweep_sync(root: Path, older_than: float) -> int:
+    cutoff = time.time() - older_than
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not _is_ours_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+                    _prune(path.parent, root)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+class FileStore:
+    """``Store`` over a directory tree."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).absolute()
+
+    def _path(self, identifier: str) -> Path | None:
+        return self.root / identifier if ids.is_safe_identifier(identifier) else None
+
+    def _existing(self, identifier: str) -> Path:
+        path = self._path(identifier)
+        if path is None:
+            raise StoreNotFound(f"Invalid identifier {identifier!r}")
+        return path
+
+    async def prepare(self) -> None:
+        """Create the root directory. Raises StoreError."""
+        try:
+            await trio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
+        except OSError as exc:
+            raise StoreError(f"Cannot create store root {self.root}: {exc}") from exc
+
+    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+        """Consumes ``src`` on success (moved or copied, then unlinked); on failure ``src``
+        is left as it was and nothing is stored. Raises StoreError (``file-exists`` if the
+        fresh identifier somehow exists)."""
+        identifier = ids.new_identifier(extension)
+        try:
+            await trio.to_thread.run_sync(_save_file_sync, self.root, identifier, Path(src))
+        except OSError as exc:
+            raise StoreError(f"Failed to store file: {exc}") from exc
+        return identifier
+
+    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str:
+        identifier = ids.new_identifier(extension)
+        try:
+            await trio.to_thread.run_sync(_save_bytes_sync, self.root, identifier, data)
+        except OSError as exc:
+            raise StoreError(f"Failed to store file: {exc}") from exc
+        return identifier
+
+    async def length(self, identifier: str) -> int:
+        path = self._existing(identifier)
+        try:
+            return await trio.to_thread.run_sync(_regular_size, path)
+        except FileNotFoundError as exc:
+            raise StoreNotFound(f"No file for {identifier}") from exc
+        except OSError as exc:
+            raise StoreError(f"Cannot stat {identifier}: {exc}") from exc
+
+    async def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = self._existing(identifier)
+        try:
+            fd, stop, chunks = await trio.to_thread.run_sync(_open_and_read, path, start, end)
+        except FileNotFoundError as exc:
+            raise StoreNotFound(f"No file for {identifier}") from exc
+        except OSError as exc:
+            raise StoreError(f"Cannot read {identifier}: {exc}") from exc
+        try:
+            offset = start
+            while chunks:
+                for chunk in chunks:
+                    yield chunk
+                    offset += len(chunk)
+                if offset >= stop:
+                    break
+                try:
+                    chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
+                except OSError as exc:
+                    raise StoreError(f"Cannot read {identifier}: {exc}") from exc
+        finally:
+            os.close(fd)  # no await in an async generator's finally
+
+    async def local_path(self, identifier: str) -> Path:
+        """The file's real path. Raises StoreNotFound if there is no file."""
+        path = self._existing(identifier)
+        await self.length(identifier)
+        return path
+
+    async def remove(self, identifier: str) -> None:
+        """Delete and prune directories left empty. Missing is fine; an unsafe identifier
+        raises StoreError."""
+        path = self._path(identifier)
+        if path is None:
+            raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
+        try:
+            await trio.to_thread.run_sync(_remove_sync, self.root, path)
+        except OSError as exc:
+            raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
+
+    async def identifiers(self) -> AsyncIterator[str]:
+        """Every stored file, temp files excluded. Walks the whole tree in one thread hop,
+        so the list is held in memory (fine up to millions of names)."""
+        try:
+            found = await trio.to_thread.run_sync(_walk, self.root)
+        except OSError as exc:
+            raise StoreError(f"Cannot list store: {exc}") from exc
+        for identifier in found:
+            yield identifier
+
+    async def health(self) -> None:
+        try:
+            await trio.to_thread.run_sync(_health_sync, self.root)
+        except OSError as exc:
+            raise StoreError(f"Store root {self.root} is not writable: {exc}") from exc
+
+    async def sweep_temp(self, older_than: float) -> int:
+        """Remove temp files (and probe files) older than ``older_than`` seconds, left by a
+        crash; returns how many. Run at startup, before any save."""
+        try:
+            return await trio.to_thread.run_sync(_sweep_sync, self.root, older_than)
+        except OSError as exc:
+            raise StoreError(f"Cannot sweep store: {exc}") from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def open_file_store(root: Path) -> AsyncIterator[FileStore]:
+    """A ``FileStore`` with its root created. Raises StoreError."""
+    store = FileStore(root)
+    await store.prepare()
+    try:
+        yield store
+    finally:
+        await store.aclose()

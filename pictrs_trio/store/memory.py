@@ -1,0 +1,79 @@
+"""``Store`` in a dict, for tests. Same contract as the file store; ``local_path`` is None.
+
+Like the file store it consumes ``src`` in ``save_file`` and refuses unsafe identifiers, so
+code tested against it behaves the same on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from pictrs_trio import ids
+from pictrs_trio.errors import StoreError, StoreNotFound
+
+__all__ = ["MemoryStore"]
+
+CHUNK = 64 * 1024
+
+
+def _take(src: Path) -> bytes:
+    data = src.read_bytes()
+    src.unlink(missing_ok=True)
+    return data
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+        try:
+            data = await trio.to_thread.run_sync(_take, Path(src))
+        except OSError as exc:
+            raise StoreError(f"Failed to store file: {exc}") from exc
+        return await self.save_bytes(data, extension=extension, content_type=content_type)
+
+    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str:
+        identifier = ids.new_identifier(extension)
+        self.files[identifier] = bytes(data)
+        return identifier
+
+    def _get(self, identifier: str) -> bytes:
+        try:
+            return self.files[identifier]
+        except KeyError:
+            raise StoreNotFound(f"No file for {identifier}") from None
+
+    async def length(self, identifier: str) -> int:
+        return len(self._get(identifier))
+
+    async def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        data = self._get(identifier)
+        stop = len(data) if end is None else min(end, len(data))
+        for offset in range(start, stop, CHUNK):
+            yield data[offset : min(offset + CHUNK, stop)]
+            await trio.lowlevel.checkpoint()
+
+    async def local_path(self, identifier: str) -> Path | None:
+        self._get(identifier)
+        return None
+
+    async def remove(self, identifier: str) -> None:
+        if not ids.is_safe_identifier(identifier):
+            raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
+        self.files.pop(identifier, None)
+
+    async def identifiers(self) -> AsyncIterator[str]:
+        for identifier in list(self.files):
+            yield identifier
+
+    async def health(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,105 @@
+"""End-to-end fixtures: the real server process on a free port, and real sample media."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_media() -> Path:
+    for candidate in (REPO.parent / "shared" / "media", Path("/work/shared/media")):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError("shared/media (sample images) not found beside the repository")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A running ``pictrs-trio run`` process with its own data folder."""
+
+    def __init__(self, root: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.files = root / "files"
+        self.db = root / "sqlite"
+        self.args = args or []
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "server.log"
+
+    def start(self, timeout: float = 30.0) -> Server:
+        cmd = [
+            sys.executable, "-m", "pictrs_trio",
+            "run", "-a", f"127.0.0.1:{self.port}", *self.args,
+            "filesystem", "-p", str(self.files), "sqlite", "-p", str(self.db),
+        ]
+        env = {**os.environ, **self.env}
+        env["PICTRS__SERVER__TEMPORARY_DIRECTORY"] = str(self.root / "tmp")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def stored_files(self) -> list[Path]:
+        if not self.files.exists():
+            return []
+        return sorted(p for p in self.files.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the read-mostly tests (max_file_count 10 so one request can carry all)."""
+    srv = Server(tmp_path_factory.mktemp("server"), ["--max-file-count", "10"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A private server for tests that count stored files."""
+    srv = Server(tmp_path, ["--max-file-count", "3"]).start()
+    yield srv
+    srv.stop()

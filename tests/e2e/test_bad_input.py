@@ -1,0 +1,131 @@
+"""Bad input, tried as a new user would: a 4xx with pict-rs's error JSON, nothing stored,
+and the server stays healthy."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Server
+from tests.e2e.test_upload_serve_delete import upload
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height; the pixel data is a few bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def assert_error(r, status: int, code: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"msg", "code"} and body["msg"]
+    if code is not None:
+        assert body["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("empty.bin", "validate-file-empty"),
+        ("random.bin", None),
+        ("truncated.png", None),
+        ("truncated.jpg", None),
+        ("image.svg", None),
+        ("image.tiff", None),
+        ("image.bmp", None),
+    ],
+)
+def test_rejected_files_leave_nothing(fresh_server: Server, samples: dict[str, Path],
+                                      name: str, code: str | None) -> None:
+    with fresh_server.client() as c:
+        # a misleading file name and Content-Type must not matter
+        files = [("images[]", ("photo.png", samples[name].read_bytes(), "image/png"))]
+        r = c.post("/image", files=files)
+        assert 400 <= r.status_code < 500
+        assert_error(r, r.status_code, code)
+        assert c.get("/healthz").status_code == 200
+    assert fresh_server.stored_files() == []
+
+
+def test_png_bomb_refused_fast(fresh_server: Server) -> None:
+    bomb = png_bomb(60000, 60000)
+    with fresh_server.client() as c:
+        started = time.monotonic()
+        r = c.post("/image", files=[("images[]", ("bomb.png", bomb, "image/png"))])
+        elapsed = time.monotonic() - started
+        assert_error(r, 400, "validate-width")
+        assert c.get("/healthz").status_code == 200
+    print(f"60000x60000 PNG refused in {elapsed * 1000:.1f} ms")
+    assert fresh_server.stored_files() == []
+
+
+def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
+    with fresh_server.client() as c:
+        assert_error(upload(c, samples["test.png"], query="?max_width=100"), 400,
+                     "validate-width")
+        assert_error(upload(c, samples["test.png"], query="?max_height=100"), 400,
+                     "validate-height")
+        assert_error(upload(c, samples["test.png"], query="?max_area=1000"), 400,
+                     "validate-area")
+        assert_error(upload(c, samples["earth.gif"], query="?max_frame_count=10"), 400,
+                     "validate-frames")
+        assert_error(upload(c, samples["earth.gif"], query="?allow_animation=false"), 400,
+                     "media-disallowed")
+        assert_error(upload(c, samples["video.mp4"], query="?allow_video=false"), 400,
+                     "media-disallowed")
+        assert_error(upload(c, samples["test.png"], query="?allow_image=maybe"), 400,
+                     "invalid-query")
+        assert_error(upload(c, samples["test.png"], query="?max_width=-1"), 400,
+                     "invalid-query")
+        # the limits that pass still let the upload through
+        ok = upload(c, samples["test.png"], query="?max_width=640&allow_animation=false")
+        assert ok.status_code == 201
+        assert len(fresh_server.stored_files()) == 1
+
+
+def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> None:
+    with fresh_server.client() as c:
+        r = upload(c, *[samples["test.png"]] * 4)  # max_file_count is 3
+        assert_error(r, 400, "file-upload-error")
+        r = c.post("/image", data={"text": "hello"}, files={"other": ("x.txt", b"x")})
+        assert_error(r, 400, "validate-no-files")
+        r = c.post("/image", content=b"not multipart", headers={"content-type": "text/plain"})
+        assert_error(r, 400, "file-upload-error")
+        r = c.post("/image", content=b"--xyz\r\nbroken",
+                   headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert 400 <= r.status_code < 500
+        # a bad file after a good one: all or nothing
+        r = upload(c, samples["test.png"], samples["random.bin"])
+        assert 400 <= r.status_code < 500
+        assert c.get("/healthz").status_code == 200
+    assert fresh_server.stored_files() == []
+
+
+def test_file_too_large(tmp_path: Path, samples: dict[str, Path]) -> None:
+    srv = Server(tmp_path, ["--media-max-file-size", "1"]).start()
+    try:
+        big = tmp_path / "big.png"
+        big.write_bytes(samples["test.png"].read_bytes() + bytes(2 * 1024 * 1024))
+        with srv.client() as c:
+            assert_error(upload(c, big), 413, "validate-file-size")
+            assert c.get("/healthz").status_code == 200
+        assert srv.stored_files() == []
+    finally:
+        srv.stop()
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    srv = Server(tmp_path).start()
+    assert srv.stop() == 0

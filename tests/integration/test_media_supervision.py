@@ -1,0 +1,172 @@
+"""Supervision of the media helpers: crashes, time limits, clean shutdown, run_tool errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from pictrs_trio.config import Media
+from pictrs_trio.errors import MediaToolError
+from pictrs_trio.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.media.exiftool import ExifTool
+from pictrs_trio.media.protocol import Convert, ConvertResult, Probe, ProbeResult, Sleep
+from pictrs_trio.media.run import run_tool
+from pictrs_trio.media.tools import open_media_tools
+
+if shutil.which("exiftool") is None:
+    pytest.skip("exiftool missing", allow_module_level=True)
+
+SAMPLE = Path(os.environ.get("PICTRS_SAMPLE_MEDIA", "/work/shared/media")) / "cat.jpg"
+JPEG = MediaFormat(kind=Kind.IMAGE, fmt=Fmt.JPEG)
+
+
+def children() -> set[int]:
+    """Live (non-zombie) child processes of this test process, from /proc."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == me:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def jpeg(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jpeg"
+    shutil.copyfile(SAMPLE, path)
+    subprocess.run(
+        ["exiftool", "-overwrite_original", "-GPSLatitude=1", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+async def test_exiftool_recovers_after_kill(tmp_path: Path, jpeg: Path) -> None:
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
+        await tools.strip(jpeg, tmp_path / "a.jpeg", JPEG)
+        pid = tools.exiftool.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await tools.strip(jpeg, tmp_path / "b.jpeg", JPEG)  # right away: retried on the new one
+        assert tools.exiftool.pid not in (None, pid)
+        assert (tmp_path / "b.jpeg").read_bytes() == (tmp_path / "a.jpeg").read_bytes()
+
+
+async def test_exiftool_timeout_kills_and_restarts(tmp_path: Path) -> None:
+    hang = tmp_path / "hang.sh"
+    hang.write_text("#!/bin/sh\nexec cat > /dev/null\n")  # reads commands, never answers
+    hang.chmod(0o755)
+    et = ExifTool(timeout=0.3, executable=str(hang))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(et.supervise)
+        first = et.pid
+        with pytest.raises(MediaToolError) as info:
+            await et.execute(["-ver"])
+        assert (str(info.value.code), info.value.status) == ("command-timeout", 400)
+        with trio.fail_after(5):
+            while et.pid in (None, first):  # noqa: ASYNC110 - no event to wait for from outside
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert not children()
+
+
+async def test_engine_worker_killed_mid_job(tmp_path: Path, jpeg: Path) -> None:
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
+        (victim,) = tools.engine.pids
+
+        async def kill_soon() -> None:
+            await trio.sleep(0.2)
+            os.kill(victim, signal.SIGKILL)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_soon)
+            with pytest.raises(MediaToolError, match="died"):
+                await tools.submit(Sleep(seconds=10))
+        probe = await tools.submit(Probe(path=str(jpeg), sniffed="jpeg"))
+        assert isinstance(probe, ProbeResult)
+        assert (probe.width, probe.height) == (1200, 1387)
+        assert victim not in tools.engine.pids
+
+
+async def test_engine_job_time_limit(tmp_path: Path, jpeg: Path) -> None:
+    cfg = Media(process_timeout=0.5)
+    async with open_media_tools(cfg, tmp_dir=tmp_path, engine_workers=1) as tools:
+        (slow,) = tools.engine.pids
+        with trio.fail_after(5), pytest.raises(MediaToolError) as info:
+            await tools.submit(Sleep(seconds=30))
+        assert str(info.value.code) == "command-timeout"
+        probe = await tools.submit(Probe(path=str(jpeg), sniffed="jpeg"))
+        assert isinstance(probe, ProbeResult)
+        assert slow not in tools.engine.pids
+
+
+async def test_engine_refuses_other_loaders(tmp_path: Path) -> None:
+    svg = tmp_path / "x.png"  # an SVG under a PNG name, sent as "png": pngload must refuse it
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>')
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
+        for sniffed in ("png", "svg", "tiff"):
+            with pytest.raises(Exception, match="engine") as info:
+                await tools.submit(Probe(path=str(svg), sniffed=sniffed))
+            assert info.value.status == 400
+
+
+async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
+    import pyvips  # test-side only: make a big input
+
+    big = tmp_path / "big.jpeg"
+    pyvips.Image.jpegload(str(SAMPLE)).resize(4000 / 1200, vscale=3000 / 1387).jpegsave(str(big))
+    async with open_media_tools(
+        Media(), tmp_dir=tmp_path, engine_workers=1, engine_memory_mb=1024
+    ) as tools:
+        out = await tools.submit(
+            Convert(src=str(big), sniffed="jpeg", dst=str(tmp_path / "o.webp"), out_fmt="webp")
+        )
+        assert isinstance(out, ConvertResult)
+        assert (out.width, out.height) == (4000, 3000)
+
+
+async def test_shutdown_leaves_no_children(tmp_path: Path, jpeg: Path) -> None:
+    before = children()
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=2) as tools:
+        await tools.strip(jpeg, tmp_path / "s.jpeg", JPEG)
+        assert len(children() - before) == 3  # exiftool + two engine workers
+    assert children() - before == set()
+
+
+async def test_run_tool_errors(tmp_path: Path) -> None:
+    limiter = trio.CapacityLimiter(2)
+    assert await run_tool(["sh", "-c", "printf ok"], timeout=5, limiter=limiter) == b"ok"
+    cases = [
+        (["sh", "-c", "echo broken >&2; exit 3"], "command-failure", 400, "broken"),
+        (["sleep", "5"], "command-timeout", 400, "timed out"),
+        ([str(tmp_path / "nope")], "command-not-found", 500, "not found"),
+        ([str(tmp_path)], "command-permission-denied", 500, "not executable"),
+    ]
+    for argv, code, status, text in cases:
+        with pytest.raises(MediaToolError, match=text) as info:
+            await run_tool(argv, timeout=0.3, limiter=limiter)
+        assert (str(info.value.code), info.value.status) == (code, status)
+    assert not children()
+
+
+def test_server_side_never_loads_libvips() -> None:
+    code = (
+        "import sys, pictrs_trio.media.tools, pictrs_trio.media.discover, pictrs_trio.policy;"
+        "print('pyvips' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,310 @@
+"""The command line: pict-rs's tree and flags mapped onto config keys, errors, --save-to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pictrs_trio import cli, config
+from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore, SqliteRepo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> Config:
+    """main() with a runner that records the Config it is handed."""
+    seen: list[Config] = []
+    status = cli.main(argv, runner=seen.append, env=env or {})
+    assert status == 0
+    assert len(seen) == 1
+    return seen[0]
+
+
+def fails(
+    argv: list[str], capsys: pytest.CaptureFixture[str], env: dict[str, str] | None = None
+) -> str:
+    seen: list[Config] = []
+    assert cli.main(argv, runner=seen.append, env=env or {}) == 2
+    assert seen == []  # nothing started
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    return err
+
+
+def test_run_alone_uses_defaults() -> None:
+    assert run(["run"]) == Config()
+
+
+def test_readme_example_with_store_and_repo_subcommands() -> None:
+    c = run(
+        ["--log-format", "json", "--log-spans", "run", "-a", "127.0.0.1:9000",
+         "--media-image-format", "webp", "--media-filters", "thumbnail",
+         "--media-filters", "identity", "filesystem", "-p", "data/files", "sqlite", "-p",
+         "data/sqlite"]
+    )  # fmt: skip
+    assert c.server.address == "127.0.0.1:9000"
+    assert c.media.image.format == "webp"
+    assert c.media.filters == ["thumbnail", "identity"]
+    assert c.tracing.logging.format == "json"
+    assert c.tracing.logging.log_spans is True
+    assert c.store == FilesystemStore(path="data/files")
+    assert c.repo == SqliteRepo(path="data/sqlite")
+
+
+FLAGS = [
+    (["--api-key", "k"], "server.api_key", "k"),
+    (["--temporary-directory", "/t"], "server.temporary_directory", "/t"),
+    (["--no-cleanup-temporary-directory"], "server.cleanup_temporary_directory", False),
+    (["--client-timeout", "5"], "client.timeout", 5.0),
+    (["--upgrade-concurrency", "3"], "upgrade.concurrency", 3),
+    (["--metrics-prometheus-address", "127.0.0.1:9"], "metrics.prometheus_address", "127.0.0.1:9"),
+    (["--max-file-count", "10"], "server.max_file_count", 10),
+    (["--media-preprocess-steps", "resize=10"], "media.preprocess_steps", "resize=10"),
+    (["--media-external-validation-timeout", "1.5"], "media.external_validation_timeout", 1.5),
+    (["--media-max-file-size", "7"], "media.max_file_size", 7),
+    (["--media-process-timeout", "9"], "media.process_timeout", 9.0),
+    (["--media-retention-variants", "12h"], "media.retention.variants", "12h"),
+    (["--media-retention-proxy", "1y"], "media.retention.proxy", "1y"),
+    (["--media-magick-max-area", "5"], "media.magick.max_area", 5),
+    (["--media-image-max-width", "640"], "media.image.max_width", 640),
+    (["--media-image-quality-jpeg", "150"], "media.image.quality.jpeg", 100),
+    (["--media-animation-max-frame-count", "12"], "media.animation.max_frame_count", 12),
+    (["--media-animation-format", "gif"], "media.animation.format", "gif"),
+    (["--media-animation-quality-webp", "50"], "media.animation.quality.webp", 50),
+    (["--media-video-disable"], "media.video.enable", False),
+    (["--media-video-allow-audio"], "media.video.allow_audio", True),
+    (["--media-video-max-file-size", "2"], "media.video.max_file_size", 2),
+    (["--media-video-codec", "vp9"], "media.video.video_codec", "vp9"),
+    (["--media-video-audio-codec", "opus"], "media.video.audio_codec", "opus"),
+    (["--media-video-quality-max", "40"], "media.video.quality.crf_max", 40),
+    (["--media-video-quality-1080", "28"], "media.video.quality.crf_1080", 28),
+    (["--read-only"], "server.read_only", True),
+    (["--danger-dummy-mode"], "server.danger_dummy_mode", True),
+    (["--media-image-max-width=33"], "media.image.max_width", 33),
+]  # fmt: skip
+
+
+def get(c: Config, key: str) -> object:
+    value: object = c
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize(("flags", "key", "expected"), FLAGS)
+def test_run_flag_sets_its_key(flags: list[str], key: str, expected: object) -> None:
+    assert get(Config(), key) != expected
+    assert get(run(["run", *flags]), key) == expected
+
+
+def test_global_flags() -> None:
+    c = run(
+        ["--old-repo-path", "/old", "--log-targets", "warn", "--log-requests", "--no-log-ansi",
+         "--console-address", "127.0.0.1:6669", "--console-buffer-capacity", "5",
+         "--opentelemetry-url", "http://otel:4317", "--opentelemetry-service-name", "svc",
+         "--opentelemetry-targets", "debug", "--old-repo-cache-capacity", "1", "run"]
+    )  # fmt: skip
+    assert c.old_repo.path == "/old"
+    assert c.tracing.logging.targets == "warn"
+    assert c.tracing.logging.log_requests is True
+    assert c.tracing.logging.no_ansi is True
+    assert c.tracing.console.address == "127.0.0.1:6669"
+    assert c.tracing.console.buffer_capacity == 5
+    assert c.tracing.opentelemetry.url == "http://otel:4317"
+    assert c.tracing.opentelemetry.service_name == "svc"
+    assert c.tracing.opentelemetry.targets == "debug"
+
+
+def test_object_storage_short_flags_do_not_clash_with_run_flags() -> None:
+    # -a is --address before the store word and --access-key after it; a bucket named like
+    # a repo subcommand is a value, not a subcommand
+    c = run(
+        ["run", "-a", "127.0.0.1:1", "object-storage", "-e", "http://127.0.0.1:9000", "-u",
+         "-b", "postgres", "-r", "garage", "-a", "AK", "-s", "SK", "--session-token", "T",
+         "--client-timeout", "4", "sqlite", "-p", "/db"]
+    )  # fmt: skip
+    assert c.server.address == "127.0.0.1:1"
+    assert c.store == ObjectStorageStore(
+        endpoint="http://127.0.0.1:9000", bucket_name="postgres", region="garage",
+        access_key="AK", secret_key="SK", use_path_style=True, session_token="T",
+        client_timeout=4.0,
+    )  # fmt: skip
+    assert c.repo == SqliteRepo(path="/db")
+
+
+def test_split_chain_skips_flag_values() -> None:
+    assert cli.split_chain("run", ["--api-key", "sqlite", "filesystem", "-p", "sqlite"]) == [
+        ["run", "--api-key", "sqlite"],
+        ["filesystem", "-p", "sqlite"],
+    ]
+    assert cli.split_chain("run", ["--read-only", "sqlite"]) == [["run", "--read-only"], ["sqlite"]]
+    assert cli.split_chain(
+        "migrate-store", ["filesystem", "-p", "a", "filesystem", "-p", "b", "sqlite"]
+    ) == [["migrate-store"], ["filesystem", "-p", "a"], ["filesystem", "-p", "b"], ["sqlite"]]
+
+
+def test_cli_layer_wins_over_env_and_file_and_absent_flags_leave_them(tmp_path: Path) -> None:
+    file = tmp_path / "pictrs.toml"
+    file.write_text(
+        '[server]\nread_only = true\ncleanup_temporary_directory = false\naddress = "127.0.0.1:1"\n'
+        '[store]\npath = "/from-file"\n'
+    )
+    env = {"PICTRS__SERVER__ADDRESS": "127.0.0.1:2", "PICTRS__MEDIA__IMAGE__MAX_WIDTH": "50"}
+    c = run(["-c", str(file), "run", "--media-image-max-width", "60"], env=env)
+    assert c.server.read_only is True  # no --read-only flag: the file's value stands
+    # deliberate deviation from pict-rs, which always rewrites this key under `run`
+    assert c.server.cleanup_temporary_directory is False
+    assert c.server.address == "127.0.0.1:2"
+    assert c.media.image.max_width == 60
+    assert c.store == FilesystemStore(path="/from-file")
+    # `filesystem` without -p keeps the file's path (same type); switching type drops it
+    assert run(["-c", str(file), "run", "filesystem"], env=env).store.path == "/from-file"  # type: ignore[union-attr]
+
+
+def test_save_to_writes_the_effective_config(tmp_path: Path) -> None:
+    saved = tmp_path / "frozen.toml"
+    c = run(
+        ["--save-to", str(saved), "run", "--api-key", "s", "--media-filters", "resize",
+         "filesystem", "-p", "/f", "sqlite", "-p", "/r"],
+        env={"PICTRS__MEDIA__IMAGE__MAX_HEIGHT": "77"},
+    )  # fmt: skip
+    assert config.load(file=saved) == c
+    assert c.media.image.max_height == 77
+    assert c.media.filters == ["resize"]
+
+
+def test_bad_flag_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(["run", "--media-image-max-width", "abc"], capsys)
+    assert "--media-image-max-width" in err
+    assert "abc" in err
+    assert "--log-format" in fails(["--log-format", "fancy", "run"], capsys)
+
+
+def test_config_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert "server.address = 'nowhere:1'" in fails(["run", "-a", "nowhere:1"], capsys)
+    err = fails(["run", "--media-retention-variants", "7w"], capsys)
+    assert "media.retention.variants" in err
+    file = tmp_path / "bad.toml"
+    file.write_text("[media.image]\nmax_widht = 1\n")
+    assert "media.image.max_widht" in fails(["-c", str(file), "run"], capsys)
+
+
+def test_unknown_flags_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--frobnicate" in fails(["run", "--frobnicate"], capsys)
+    assert "frob" in fails(["frob"], capsys)
+    assert "command is required" in fails([], capsys)
+    assert "bogus" in fails(["run", "filesystem", "bogus"], capsys)
+    # a store after the repo is out of order
+    assert "filesystem" in fails(["run", "sqlite", "filesystem"], capsys)
+
+
+def test_sled_subcommand_explains(capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(["run", "filesystem", "sled", "-p", "/mnt/sled-repo"], capsys)
+    assert "sled" in err
+    assert 'type = "sqlite"' in err
+    assert "migrate-repo" in err
+    assert "not supported yet" in fails(["run", "postgres", "-u", "postgres://x"], capsys)
+
+
+def test_migrate_store_parses_then_says_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["migrate-store", "--skip-missing-files", "--concurrency", "8", "filesystem", "-p",
+            "/a", "object-storage", "-e", "http://x", "-b", "b", "-r", "r", "-a", "k"]  # fmt: skip
+    assert "not implemented yet" in fails(argv, capsys)
+    assert "--concurrency" in fails(["migrate-store", "--concurrency", "x"], capsys)
+    assert "FROM and a TO" in fails(["migrate-store", "filesystem"], capsys)
+    assert "SQLite" in fails(["migrate-repo", "sled", "-p", "x", "postgres", "-u", "u"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--help"], ["run", "migrate-store", "--config-file", "--save-to"]),
+        (["run", "--help"], ["--media-image-max-width", "media.image.max_width", "filesystem"]),
+        (["help", "run"], ["--media-video-quality-1080"]),
+        (["run", "filesystem", "--help"], ["--path", "store.path"]),
+        (["run", "object-storage", "-h"], ["--endpoint", "--use-path-style"]),
+        (["-V"], ["0."]),
+    ],
+)
+def test_help_and_version(
+    argv: list[str], shown: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[Config] = []
+    assert cli.main(argv, runner=seen.append, env={}) == 0
+    assert seen == []
+    out = capsys.readouterr().out
+    for text in shown:
+        assert text in out
+
+
+SPEC_RUN_FLAGS = """--address -a --api-key --temporary-directory --no-cleanup-temporary-directory
+--certificate --private-key --client-timeout --upgrade-concurrency --metrics-prometheus-address
+--max-file-count --media-preprocess-steps --media-external-validation
+--media-external-validation-timeout --media-filters --media-max-file-size
+--media-process-timeout --media-retention-variants --media-retention-proxy
+--media-magick-max-width --media-magick-max-height --media-magick-max-area --media-magick-memory
+--media-magick-map --media-magick-disk --media-image-max-width --media-image-max-height
+--media-image-max-area --media-image-max-file-size --media-image-format
+--media-image-quality-avif --media-image-quality-png --media-image-quality-jpeg
+--media-image-quality-jxl --media-image-quality-webp --media-animation-max-width
+--media-animation-max-height --media-animation-max-area --media-animation-max-frame-count
+--media-animation-max-file-size --media-animation-format --media-animation-quality-apng
+--media-animation-quality-avif --media-animation-quality-webp --media-video-disable
+--media-video-allow-audio --media-video-max-width --media-video-max-height
+--media-video-max-area --media-video-max-frame-count --media-video-max-file-size
+--media-video-codec --media-video-audio-codec --media-video-quality-max
+--media-video-quality-240 --media-video-quality-360 --media-video-quality-480
+--media-video-quality-720 --media-video-quality-1080 --media-video-quality-1440
+--media-video-quality-2160 --read-only --danger-dummy-mode""".split()  # noqa: SIM905 (spec §4.3 text)
+
+
+def test_every_pict_rs_run_flag_exists_and_maps_to_a_real_key() -> None:
+    names = {name for flag in cli.RUN_FLAGS for name in flag.names}
+    assert set(SPEC_RUN_FLAGS) <= names
+    keys = set(config.leaf_keys())
+    for flag in (*cli.GLOBAL_FLAGS, *cli.RUN_FLAGS):
+        assert flag.key is None or flag.key in keys, flag
+    for word, (section, _, flags, _) in cli.SUBCOMMANDS.items():
+        if word not in {"sled", "postgres"}:  # refused before their keys matter
+            assert all(f.key in keys and f.key.startswith(section) for f in flags), word
+
+
+def test_every_flag_is_in_the_cli_docs() -> None:
+    docs = (REPO_ROOT / "docs" / "cli.md").read_text()
+    flags = (
+        *cli.GLOBAL_FLAGS,
+        *cli.RUN_FLAGS,
+        *(f for s in cli.SUBCOMMANDS.values() for f in s[2]),
+    )
+    for flag in flags:
+        assert f"`{flag.names[0]}`" in docs, flag.names[0]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("PICTRS__")}
+
+
+def test_python_m_exits_2_naming_the_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "run", "--media-image-max-width", "abc"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "--media-image-max-width" in result.stderr
+
+
+def test_python_m_exits_2_naming_the_config_key(tmp_path: Path) -> None:
+    file = tmp_path / "pictrs.toml"
+    file.write_text("[media.image]\nmax_widht = 4000\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "-c", str(file), "run"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "media.image.max_widht" in result.stderr
+    assert "unknown key" in result.stderr
