@@ -481,7 +481,9 @@ async def bench(args: argparse.Namespace) -> int:
             log(f"server stopped (exit {code})")
             if code not in (0, None, -signal.SIGTERM):
                 log(server.log_tail())
-        if workdir is not None and not args.keep:
+        if workdir is not None and args.keep:
+            log(f"kept server data and log in {workdir}")
+        elif workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     rows: dict[str, dict[str, float | int]] = {}

@@ -35,7 +35,12 @@ from pictrs_trio.store.file import open_file_store
 
 
 def run(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT. Blocks."""
+    """Serve until SIGTERM/SIGINT. Blocks. Exits with a message for settings that this
+    version cannot honour, rather than silently ignoring them."""
+    if config.server.danger_dummy_mode:
+        raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
+    if config.server.workers != 1:
+        raise SystemExit("error: server.workers > 1 is not supported yet; use 1")
     pictrs_logging.setup(config.tracing.logging)
     trio.run(serve, config)
 

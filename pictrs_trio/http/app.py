@@ -30,6 +30,7 @@ def _innermost(exc: BaseException) -> BaseException:
 
 
 DRAIN_SECONDS = 120.0
+DRAIN_BYTES = 256 * MIB  # past this, let the connection close instead
 
 
 async def drain_body() -> None:
@@ -40,11 +41,14 @@ async def drain_body() -> None:
     send the whole body before reading the answer, so they would see a dead connection.
     pict-rs has the same drainer. Bounded in time; Quart bounds the size.
     """
+    drained = 0
     with trio.move_on_after(DRAIN_SECONDS):
         try:
-            async for _ in request.body:
-                pass
-        except Exception:  # the body was over Quart's limit or the client went away
+            async for chunk in request.body:
+                drained += len(chunk)
+                if drained > DRAIN_BYTES:
+                    return
+        except Exception:  # the client went away
             return
 
 
@@ -67,11 +71,9 @@ async def handle_error(exc: Exception) -> Response:
 def create_app(state: AppState) -> Any:
     """Build the app. Returns the ASGI callable with the deadline middleware outermost."""
     app = QuartTrio(__name__)
-    media = state.config.media
-    # Quart's own body cap: every file at its largest plus room for the multipart framing.
-    app.config["MAX_CONTENT_LENGTH"] = (
-        media.max_file_size * MIB * max(1, state.config.server.max_file_count) + MIB
-    )
+    # No blanket body cap: ingest enforces each file's size while it streams, and a cap
+    # here would make Quart refuse the body unread, which leaves the connection unusable.
+    app.config["MAX_CONTENT_LENGTH"] = None
     app.config["BODY_TIMEOUT"] = 60
     app.extensions[EXTENSION_KEY] = state
     app.register_blueprint(image.bp)
