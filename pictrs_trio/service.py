@@ -130,12 +130,39 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     return hc
 
 
-async def _wait_for_signal(shutdown: trio.Event) -> None:
+async def _watch_signals(shutdown: trio.Event) -> None:
+    """SIGTERM/SIGINT start a graceful shutdown; more of them while draining are ignored
+    (a supervisor repeating its SIGTERM must not kill in-flight requests)."""
+    # Closing the receiver puts back the handlers found when it opened and re-delivers
+    # signals still queued; with these ignored, a late SIGTERM cannot kill the process
+    # after the graceful shutdown has finished.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            logger.info("received {}, shutting down", signal.Signals(signum).name)
-            shutdown.set()
-            return
+            name = signal.Signals(signum).name
+            if shutdown.is_set():
+                logger.info("received {} again; still finishing in-flight requests", name)
+            else:
+                logger.info("received {}, shutting down", name)
+                shutdown.set()
+
+
+async def _serve_http(
+    app: object,
+    config: Config,
+    shutdown: trio.Event,
+    done: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await hypercorn.trio.serve(
+        app,  # type: ignore[arg-type]
+        hypercorn_config(config),
+        shutdown_trigger=shutdown.wait,
+        task_status=task_status,
+    )
+    done.cancel()  # hypercorn has drained: stop the signal watcher too
 
 
 async def serve(
@@ -150,14 +177,9 @@ async def serve(
         shutdown = trio.Event()
         app = create_app(state)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_wait_for_signal, shutdown)
+            nursery.start_soon(_watch_signals, shutdown)
             binds = await nursery.start(
-                functools.partial(
-                    hypercorn.trio.serve,
-                    app,
-                    hypercorn_config(config),
-                    shutdown_trigger=shutdown.wait,
-                )
+                _serve_http, app, config, shutdown, nursery.cancel_scope
             )
             logger.info("pictrs-trio listening on {}", ", ".join(binds))
             task_status.started(binds)

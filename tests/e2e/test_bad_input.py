@@ -126,6 +126,35 @@ def test_file_too_large(tmp_path: Path, samples: dict[str, Path]) -> None:
         srv.stop()
 
 
-def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+def test_sigterm_lets_in_flight_upload_finish(tmp_path: Path, samples: dict[str, Path]) -> None:
+    import signal
+    import threading
+
     srv = Server(tmp_path).start()
+    data = samples["test.png"].read_bytes()
+    head = (b'--b0undary\r\nContent-Disposition: form-data; name="images[]"; '
+            b'filename="t.png"\r\n\r\n')
+    tail = b"\r\n--b0undary--\r\n"
+    sent_half = threading.Event()
+
+    def body():
+        yield head + data[: len(data) // 2]
+        sent_half.set()
+        time.sleep(1.0)  # SIGTERM arrives while the rest is still on its way
+        yield data[len(data) // 2 :] + tail
+
+    def terminate() -> None:
+        sent_half.wait(10)
+        time.sleep(0.3)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    with srv.client() as c:
+        r = c.post("/image", content=body(),
+                   headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    killer.join()
+    assert r.status_code == 201, r.text
     assert srv.stop() == 0
+    assert len(srv.stored_files()) == 1
