@@ -6,6 +6,7 @@ Each must either succeed or raise one of our own errors (a 4xx), never crash oth
 
 from __future__ import annotations
 
+import itertools
 from contextlib import aclosing
 
 import trio
@@ -46,7 +47,7 @@ def _form(parts: list[tuple[str, str, bytes]], boundary: str) -> bytes:
 
 async def _parse(body: bytes, cuts: list[int], boundary: str) -> list[bytes]:
     points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
-    chunks = [body[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    chunks = [body[a:b] for a, b in itertools.pairwise(points) if b > a]
     out: list[bytes] = []
     parts = iter_file_parts(f"multipart/form-data; boundary={boundary}", _Body(chunks),
                             max_files=10)

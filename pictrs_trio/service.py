@@ -9,7 +9,6 @@ run(config)
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loguru import logger
 import trio
+from loguru import logger
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge

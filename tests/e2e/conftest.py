@@ -17,13 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def shared_media() -> Path:
-    for candidate in (REPO.parent / "shared" / "media", Path("/work/shared/media")):
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("shared/media (sample images) not found beside the repository")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

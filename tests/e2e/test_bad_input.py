@@ -30,7 +30,8 @@ def assert_error(r, status: int, code: str | None = None) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"msg", "code"} and body["msg"]
+    assert set(body) == {"msg", "code"}
+    assert body["msg"]
     if code is not None:
         assert body["code"] == code
 

@@ -60,7 +60,8 @@ def test_lemmy_style_round_trip(server: Server, samples: dict[str, Path]) -> Non
             first = c.get(f"/image/original/{alias}")
             second = c.get("/image/original", params={"alias": alias})
             assert first.status_code == second.status_code == 200
-            assert first.content == second.content and len(first.content) > 0
+            assert first.content == second.content
+            assert len(first.content) > 0
             assert first.headers["content-type"] == ctype
             assert first.headers["cache-control"] == "public, max-age=604800, immutable"
             assert first.headers["accept-ranges"] == "bytes"
@@ -179,29 +180,36 @@ def test_ranges_and_head(server: Server, samples: dict[str, Path]) -> None:
         r = c.get(url, headers={"Range": f"bytes={len(data) - 3}-"})
         assert (r.status_code, r.content) == (206, data[-3:])
         r = c.get(url, headers={"Range": f"bytes={len(data)}-"})
-        assert r.status_code == 416 and r.content == b""
+        assert r.status_code == 416
+        assert r.content == b""
         assert "content-range" not in r.headers
         r = c.get(url, headers={"Range": "bytes=0-1,4-5"})
-        assert r.status_code == 416 and r.json()["code"] == "range-not-satisfiable"
+        assert r.status_code == 416
+        assert r.json()["code"] == "range-not-satisfiable"
         r = c.get(url, headers={"Range": "nonsense"})
         assert (r.status_code, r.content) == (200, data)
         h = c.head(url)
-        assert h.status_code == 200 and h.content == b""
+        assert h.status_code == 200
+        assert h.content == b""
         assert h.headers["content-type"] == "image/png"
         assert int(h.headers["content-length"]) == len(data)
         h = c.head(url, headers={"Range": "bytes=0-9"})
-        assert h.status_code == 206 and h.headers["content-range"].startswith("bytes 0-9/")
+        assert h.status_code == 206
+        assert h.headers["content-range"].startswith("bytes 0-9/")
         assert c.head("/image/original/nope.png").status_code == 404
 
 
 def test_unknown_alias_and_routes(server: Server) -> None:
     with server.client() as c:
         r = c.get("/image/original/3f0c9a57-1d2e-4b8a-9c61-0e5f4b2a7d10.png")
-        assert r.status_code == 404 and r.content == b""
+        assert r.status_code == 404
+        assert r.content == b""
         r = c.get("/image/details/original/3f0c9a57-1d2e-4b8a-9c61-0e5f4b2a7d10.png")
-        assert r.status_code == 404 and r.json()["code"] == "alias-not-found"
+        assert r.status_code == 404
+        assert r.json()["code"] == "alias-not-found"
         r = c.get("/image/details/original")
-        assert r.status_code == 400 and r.json()["code"] == "invalid-query"
+        assert r.status_code == 400
+        assert r.json()["code"] == "invalid-query"
         assert c.get("/no/such/route").status_code == 404
         assert c.get("/healthz").status_code == 200
 
@@ -212,7 +220,8 @@ def test_request_deadline(server: Server, samples: dict[str, Path]) -> None:
     with server.client() as c:
         past = str(time.time_ns() - 1_000_000_000)
         r = c.get("/healthz", headers={"X-Request-Deadline": past})
-        assert r.status_code == 408 and r.json()["code"] == "request-timeout"
+        assert r.status_code == 408
+        assert r.json()["code"] == "request-timeout"
         for bad in ("soon", "1.5", "9" * 60):
             r = c.get("/healthz", headers={"X-Request-Deadline": bad})
             assert r.status_code == 400 and r.json()["code"] == "parse-deadline", bad

@@ -80,7 +80,9 @@ def test_upload_query() -> None:
     limits, ops = parse_upload_query(
         [("max_width", "100"), ("resize", "200"), ("allow_video", "false")]
     )
-    assert limits.max_width == 100 and limits.allow_video is False and limits.allow_image
+    assert limits.max_width == 100
+    assert limits.allow_video is False
+    assert limits.allow_image
     assert ops == [("resize", "200")]
     with pytest.raises(InvalidQuery):
         parse_upload_query([("allow_image", "True")])
@@ -104,7 +106,7 @@ def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
     return out + b"--B--\r\n"
 
 
-class _body:  # noqa: N801 - a plain async iterator, as Quart's request body is
+class _body:
     def __init__(self, data: bytes, step: int) -> None:
         self.parts = [data[i : i + step] for i in range(0, len(data), step)]
 
