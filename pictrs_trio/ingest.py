@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -24,10 +24,12 @@ from loguru import logger
 
 from pictrs_trio import ids, policy
 from pictrs_trio.errors import EmptyFile, FileTooLarge, StreamTooSlow
+from pictrs_trio.formats import Kind
 from pictrs_trio.media import Discovery
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.state import AppState
 from pictrs_trio.validate import UploadLimits, validate
+from pictrs_trio.variants import Op
 
 UPLOAD_SECONDS = 60.0  # the whole file must arrive within this (pict-rs: stream-too-slow)
 CLEANUP_SECONDS = 10.0
@@ -155,9 +157,12 @@ async def ingest(
     chunks: AsyncIterable[bytes],
     *,
     limits: UploadLimits,
+    operations: Sequence[Op] = (),
     alias: str | None = None,
 ) -> Ingested:
-    """Ingest one file. Raises the PictrsError of the first step that refuses it."""
+    """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
+    applied to images and animations, never to videos. Raises the PictrsError of the first
+    step that refuses it."""
     media_cfg = state.config.media
     raw = session.temp_path()
     size = await spool(chunks, raw, limits.byte_cap(media_cfg))
@@ -180,6 +185,18 @@ async def ingest(
     else:
         out = session.temp_path(plan.output.extension)
         final = await state.media.video(raw, out, source=source, plan=plan)
+
+    if operations and final.format.kind is not Kind.VIDEO:
+        processed = session.temp_path(final.format.extension)
+        final = await state.media.process(
+            out,
+            processed,
+            source=final,
+            ops=list(operations),
+            output=final.format,
+            quality=plan.quality,
+        )
+        out = processed
 
     sha, stored_size = await trio.to_thread.run_sync(_hash_file, out)
     fmt = final.format

@@ -8,6 +8,7 @@ from pathlib import Path
 from pictrs_trio.config import Config
 from pictrs_trio.media.tools import MediaTools
 from pictrs_trio.repo import Repo
+from pictrs_trio.single_flight import SingleFlight
 from pictrs_trio.store import Store
 
 
@@ -18,3 +19,4 @@ class AppState:
     store: Store
     media: MediaTools
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
+    generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)

@@ -11,8 +11,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pictrs_trio.errors import FileTooLarge, PictrsError, error_response
-from pictrs_trio.http import health, image
+from pictrs_trio.http import health, image, process
 from pictrs_trio.http.deadline import deadline_middleware
+from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
 from pictrs_trio.state import AppState
 from pictrs_trio.validate import MIB
@@ -78,6 +79,10 @@ def create_app(state: AppState) -> Any:
     app.extensions[EXTENSION_KEY] = state
     app.register_blueprint(image.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(process.bp)
     app.register_error_handler(Exception, handle_error)
-    app.asgi_app = deadline_middleware(app.asgi_app)  # type: ignore[method-assign]
+    # Outermost first: the request deadline, the cached-media fast path, then Quart.
+    app.asgi_app = deadline_middleware(  # type: ignore[method-assign]
+        fast_path_middleware(app.asgi_app, state)
+    )
     return app

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from contextlib import aclosing
+from urllib.parse import parse_qsl
 
 import trio
 from loguru import logger
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids
+from pictrs_trio import ids, variants
 from pictrs_trio.errors import (
     AliasNotFound,
     InvalidDeleteToken,
@@ -20,12 +20,13 @@ from pictrs_trio.errors import (
 )
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.query import parse_upload_query
-from pictrs_trio.http.serve import serve_stored
+from pictrs_trio.http.serve import etag_for, serve_stored
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
 from pictrs_trio.ingest import CLEANUP_SECONDS, IngestSession, ingest
 from pictrs_trio.repo.records import Details
 from pictrs_trio.state import AppState
+from pictrs_trio.variants import Op
 
 bp = Blueprint("image", __name__)
 
@@ -46,8 +47,8 @@ def _check_writable(state: AppState) -> None:
 @bp.post("/image")
 async def upload() -> Response:
     state = app_state()
-    limits, _operations = parse_upload_query(request.args.items(multi=True))
-    # TODO(issue 3): apply _operations as preprocess steps once the engine processes images.
+    limits, pairs = parse_upload_query(request.args.items(multi=True))
+    operations = upload_operations(state, pairs)
     files: list[UploadedFile] = []
     parts = iter_file_parts(
         request.headers.get("Content-Type"),
@@ -57,7 +58,9 @@ async def upload() -> Response:
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
             _check_writable(state)
-            done = await ingest(state, session, part.chunks(), limits=limits)
+            done = await ingest(
+                state, session, part.chunks(), limits=limits, operations=operations
+            )
             files.append(
                 UploadedFile(
                     delete_token=done.delete_token,
@@ -67,6 +70,14 @@ async def upload() -> Response:
             )
         session.disarm()
     return json_response(encode(UploadResponse(files=files)), 201)
+
+
+def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]:
+    """Operations from the upload query, or else ``media.preprocess_steps`` (pict-rs: the
+    query's replace the configured ones). Not filtered by ``media.filters``."""
+    if not pairs and state.config.media.preprocess_steps:
+        pairs = parse_qsl(state.config.media.preprocess_steps, keep_blank_values=True)
+    return variants.parse_operations(pairs, allowed=None)
 
 
 def _alias_from(raw: str) -> str | None:
@@ -105,10 +116,6 @@ async def _original(alias: str | None) -> Response:
         if_none_match=request.headers.get("If-None-Match"),
         etag=etag_for(identifier),
     )
-
-
-def etag_for(identifier: str) -> str:
-    return '"' + hashlib.blake2b(identifier.encode(), digest_size=12).hexdigest() + '"'
 
 
 async def ensure_details(state: AppState, identifier: str) -> Details:

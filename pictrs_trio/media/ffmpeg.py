@@ -111,3 +111,39 @@ def cjxl_argv(src_png: Path, dst: Path, quality: int | None) -> list[str]:
     if quality is not None:
         argv += ["-q", str(quality)]
     return argv
+
+
+# Still formats of a video's first frame (media.md §5): encoder options and muxer.
+STILL_CODECS: dict[Fmt, list[str]] = {
+    Fmt.JPEG: ["-c:v", "mjpeg", "-f", "image2", "-update", "1"],
+    Fmt.PNG: ["-c:v", "png", "-f", "image2", "-update", "1"],
+    Fmt.WEBP: ["-c:v", "libwebp", "-f", "webp"],
+}
+
+
+def still_argv(
+    src: Path, dst: Path, *, out: Fmt, quality: int | None = None, src_fmt: Fmt | None = None
+) -> list[str]:
+    """The first frame of a video (or an animation ffmpeg reads) as a JPEG, PNG or WebP."""
+    argv = [*FFMPEG]
+    if src_fmt is Fmt.APNG:
+        argv += ["-f", "apng"]
+    argv += ["-i", _p(src), "-map", "0:v:0", "-frames:v", "1", *NO_METADATA, "-an"]
+    if out is Fmt.JPEG:
+        # mjpeg's default rate control is meant for video; 2..31, lower is better.
+        q = 2 if quality is None else max(2, min(31, round(31 - quality * 0.29)))
+        argv += ["-q:v", str(q)]
+    elif out is Fmt.WEBP:
+        argv += ["-quality", str(80 if quality is None else quality)]
+    return [*argv, *STILL_CODECS[out], _p(dst)]
+
+
+def lossless_webp_argv(src: Path, dst: Path, *, src_fmt: Fmt) -> list[str]:
+    """An animation the engine cannot read (APNG, animated AVIF) as a lossless animated
+    WebP it can: frame timing is kept, pixels are not touched."""
+    argv = [*FFMPEG]
+    if src_fmt is Fmt.APNG:
+        argv += ["-f", "apng"]
+    argv += ["-i", _p(src), "-map", "0:v:0", *NO_METADATA, "-an"]
+    argv += ["-c:v", "libwebp_anim", "-lossless", "1", "-compression_level", "0"]
+    return [*argv, "-loop", "0", "-f", "webp", _p(dst)]

@@ -11,6 +11,8 @@ import struct
 
 import msgspec
 
+from pictrs_trio.variants import Op
+
 HEADER = struct.Struct(">I")
 MAX_FRAME = 16 * 1024 * 1024  # replies are small; a bigger length means a broken stream
 
@@ -37,13 +39,32 @@ class Convert(msgspec.Struct, tag="convert", **Frozen):
     animated: bool = False  # load every page and keep the animation
 
 
+class Process(msgspec.Struct, tag="process", **Frozen):
+    """Apply ``ops`` (``variants.Op``) to ``src`` and save ``dst`` without metadata.
+
+    ``out_fmt`` is one the worker writes itself: jpeg, png, webp, avif (still), gif, apng.
+    ``animated`` loads every page and keeps the animation (gif/webp/apng output); otherwise
+    only the first page is read. Animations above ``max_pixels`` (frames x width x height of
+    the input) are refused as too much work.
+    """
+
+    src: str
+    sniffed: str
+    dst: str
+    ops: list[Op]
+    out_fmt: str
+    quality: int | None = None
+    animated: bool = False
+    max_pixels: int = 200_000_000
+
+
 class Sleep(msgspec.Struct, tag="sleep", **Frozen):
     """Test aid: a job that takes ``seconds`` (proves time limits and kill-on-timeout)."""
 
     seconds: float
 
 
-Request = Probe | Convert | Sleep
+Request = Probe | Convert | Process | Sleep
 
 
 class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
@@ -61,6 +82,16 @@ class ConvertResult(msgspec.Struct, tag="convert_result", **Frozen):
     pages: int
 
 
+class ProcessResult(msgspec.Struct, tag="process_result", **Frozen):
+    """The saved output as a header probe of ``dst`` sees it, plus how it was made."""
+
+    width: int
+    height: int
+    pages: int  # frames written (APNG: from its acTL)
+    has_alpha: bool
+    shrink: float  # reduction the decoder applied at load (JPEG 1/2/4/8, WebP any; 1 = none)
+
+
 class Slept(msgspec.Struct, tag="slept", **Frozen):
     pass
 
@@ -76,7 +107,7 @@ class Failed(msgspec.Struct, tag="failed", **Frozen):
     media: bool
 
 
-Reply = ProbeResult | ConvertResult | Slept | Ready | Failed
+Reply = ProbeResult | ConvertResult | ProcessResult | Slept | Ready | Failed
 
 
 def frame(payload: bytes) -> bytes:

@@ -20,13 +20,23 @@ from pictrs_trio.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.media import Discovery, Plan
 from pictrs_trio.media import discover as discovery
 from pictrs_trio.media.exiftool import ExifTool
-from pictrs_trio.media.ffmpeg import animation_argv, cjxl_argv, djxl_argv, video_argv
-from pictrs_trio.media.protocol import Convert, Reply, Request
+from pictrs_trio.media.ffmpeg import (
+    animation_argv,
+    cjxl_argv,
+    djxl_argv,
+    lossless_webp_argv,
+    still_argv,
+    video_argv,
+)
+from pictrs_trio.media.protocol import Convert, Process, ProcessResult, Reply, Request
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
+from pictrs_trio.variants import Op
 
 ENGINE_ANIMATIONS = frozenset({Fmt.GIF, Fmt.WEBP})  # what libvips reads and writes animated
 FFMPEG_ANIMATION_INPUTS = frozenset({Fmt.GIF, Fmt.APNG, Fmt.AVIF})
+# Engine work allowed on one animation: frames x width x height of the input.
+ANIMATION_PIXEL_BUDGET = 200_000_000
 
 
 class MediaTools:
@@ -143,10 +153,147 @@ class MediaTools:
                 f"converting an animated {src_fmt.value} to {out.value} is not supported"
             )
 
+    async def process(
+        self,
+        src: Path,
+        dst: Path,
+        *,
+        source: Discovery,
+        ops: Sequence[Op],
+        output: MediaFormat,
+        quality: int | None,
+    ) -> Discovery:
+        """Apply ``ops`` to ``src`` (described by ``source``) and write ``output`` to ``dst``.
+
+        An animated ``source`` stays animated when ``output`` is an animation; a still output
+        uses its first frame; a video source uses its first frame. Metadata is not kept.
+        Returns the discovery of ``dst`` (a one-frame GIF is an Animation, as pict-rs
+        records it). Raises UnsupportedMedia (400) when the input does not decode or is too
+        much work, MediaToolError when a tool fails or times out.
+        """
+        scratch: list[Path] = []
+        try:
+            return await self._process(src, dst, source, ops, output, quality, scratch)
+        finally:
+            for path in scratch:
+                path.unlink(missing_ok=True)
+
+    async def _process(
+        self,
+        src: Path,
+        dst: Path,
+        source: Discovery,
+        ops: Sequence[Op],
+        output: MediaFormat,
+        quality: int | None,
+        scratch: list[Path],
+    ) -> Discovery:
+        src_fmt = source.format.fmt
+        animated = source.format.kind is Kind.ANIMATION and output.kind is Kind.ANIMATION
+        sniffed = src_fmt.value
+
+        def temp(suffix: str) -> Path:
+            scratch.append(self.temp_path(suffix))
+            return scratch[-1]
+
+        # 1. Input the engine can read.
+        if source.format.kind is Kind.VIDEO or (
+            src_fmt is Fmt.AVIF and source.format.kind is Kind.ANIMATION and not animated
+        ):
+            still = temp(".png")  # ffmpeg reads AVIF sequences that libheif may not
+            await self.run(still_argv(src, still, out=Fmt.PNG), capture_stdout=False)
+            src, sniffed = still, "png"
+        elif src_fmt is Fmt.JXL:
+            decoded = temp(".png")
+            await self.run(djxl_argv(src, decoded), capture_stdout=False)
+            src, sniffed = decoded, "png"
+        elif animated and src_fmt in (Fmt.APNG, Fmt.AVIF):
+            webp = temp(".webp")
+            await self.run(lossless_webp_argv(src, webp, src_fmt=src_fmt), capture_stdout=False)
+            src, sniffed = webp, "webp"
+        elif src_fmt is Fmt.APNG:
+            sniffed = "png"  # the engine reads the default image: the first frame
+
+        # 2. Output the engine writes, then the tool that finishes it, if any.
+        out = output.fmt
+        finish: list[str | Path] | None = None
+        target = dst
+        if out is Fmt.JXL:
+            target = temp(".png")
+            finish = cjxl_argv(target, dst, quality)
+            engine_fmt, engine_quality = "png", None
+        elif out is Fmt.AVIF and output.kind is Kind.ANIMATION:
+            target = temp(".apng")
+            finish = animation_argv(target, dst, src_fmt=Fmt.APNG, out=Fmt.AVIF, quality=quality)
+            engine_fmt, engine_quality = "apng", None
+        else:
+            engine_fmt, engine_quality = out.value, quality
+        reply = await self.engine.submit(
+            Process(
+                src=os.fspath(src),
+                sniffed=sniffed,
+                dst=os.fspath(target),
+                ops=list(ops),
+                out_fmt=engine_fmt,
+                quality=engine_quality,
+                animated=animated,
+                max_pixels=ANIMATION_PIXEL_BUDGET,
+            )
+        )
+        assert isinstance(reply, ProcessResult)
+        if finish is not None:
+            await self.run(finish, capture_stdout=False)
+            return await self.discover(dst)
+        return _discovered(out, reply)
+
+    async def motion_still(
+        self, src: Path, dst: Path, *, source: Discovery, media: Media
+    ) -> Discovery:
+        """The still pict-rs derives once per video or animation (media.md §5): the first
+        frame. Videos: ffmpeg, WebP when ``media.image.format`` is webp/avif/jxl, PNG for
+        png, else JPEG. Animations: ``media.image.format`` or WebP when unset.
+        Raises ValueError for a still image (it is its own still)."""
+        configured = Fmt(media.image.format) if media.image.format else None
+        if source.format.kind is Kind.VIDEO:
+            if configured in (Fmt.WEBP, Fmt.AVIF, Fmt.JXL):
+                out = Fmt.WEBP
+            elif configured is Fmt.PNG:
+                out = Fmt.PNG
+            else:
+                out = Fmt.JPEG
+            quality = getattr(media.image.quality, out.value, None)
+            await self.run(still_argv(src, dst, out=out, quality=quality), capture_stdout=False)
+            return await self.discover(dst)
+        if source.format.kind is not Kind.ANIMATION:
+            raise ValueError("a still image has no motion still")
+        out = configured or Fmt.WEBP
+        return await self.process(
+            src,
+            dst,
+            source=source,
+            ops=[],
+            output=MediaFormat(kind=Kind.IMAGE, fmt=out),
+            quality=getattr(media.image.quality, out.value, None),
+        )
+
     async def video(self, src: Path, dst: Path, *, source: Discovery, plan: Plan) -> Discovery:
         """ffmpeg remux or transcode per ``plan``, metadata removed; discovery of the output."""
         await self.run(video_argv(src, dst, plan, has_alpha=source.has_alpha), capture_stdout=False)
         return await self.discover(dst)
+
+
+def _discovered(out: Fmt, reply: ProcessResult) -> Discovery:
+    """What ``discover`` finds in a file the engine just wrote and probed (saves a round trip;
+    the integration tests check both agree)."""
+    frames = reply.pages if reply.pages > 1 else None
+    animation = out in (Fmt.GIF, Fmt.APNG) or (out is Fmt.WEBP and frames is not None)
+    return Discovery(
+        format=MediaFormat(kind=Kind.ANIMATION if animation else Kind.IMAGE, fmt=out),
+        width=reply.width,
+        height=reply.height,
+        frames=frames,
+        has_alpha=reply.has_alpha,
+    )
 
 
 @asynccontextmanager

@@ -1,7 +1,8 @@
 """Engine worker process: ``python -m pictrs_trio.media.vips_worker``.
 
 Reads framed requests (``media.protocol``) on stdin, answers on stdout, one job at a time.
-This is the only module that imports libvips. Started and supervised by ``media.vips``.
+Only this process loads libvips (here and in ``vips_ops``, which holds the loader table and
+the processing jobs). Started and supervised by ``media.vips``.
 
 Hardening, because the input is untrusted:
 * an address-space limit (``PICTRS_ENGINE_MEMORY_MB``, set before libvips loads);
@@ -29,11 +30,21 @@ from pictrs_trio.media.protocol import (
     Failed,
     Probe,
     ProbeResult,
+    Process,
     Ready,
     Reply,
     Request,
     Slept,
     frame,
+)
+from pictrs_trio.media.vips_ops import LOADERS as LOADERS  # re-export: it lived here
+from pictrs_trio.media.vips_ops import (
+    MULTI_PAGE,
+    MediaFault,
+    field,
+    load,
+    process,
+    remove_partial,
 )
 
 if TYPE_CHECKING:
@@ -41,41 +52,12 @@ if TYPE_CHECKING:
 
 MEMORY_ENV = "PICTRS_ENGINE_MEMORY_MB"
 
-# sniffed type -> the one loader allowed for it. AVIF goes through libheif.
-LOADERS: dict[str, str] = {
-    "jpeg": "jpegload",
-    "png": "pngload",
-    "gif": "gifload",
-    "webp": "webpload",
-    "avif": "heifload",
-}
-MULTI_PAGE = frozenset({"gif", "webp", "avif"})
-
-
-class MediaFault(Exception):
-    """The input is bad (wrong type, corrupt): the server maps it to 400."""
-
-
-def _load(vips: type[pyvips.Image], path: str, sniffed: str, **options: object) -> pyvips.Image:
-    loader = LOADERS.get(sniffed)
-    if loader is None:
-        raise MediaFault(f"no loader allowed for {sniffed!r}")
-    image: pyvips.Image = getattr(vips, loader)(path, **options)
-    got = image.get("vips-loader")
-    if got != loader:
-        raise MediaFault(f"loader mismatch: wanted {loader}, libvips used {got}")
-    return image
-
-
-def _field(image: pyvips.Image, name: str) -> object | None:
-    return image.get(name) if image.get_typeof(name) != 0 else None
-
 
 def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
     # Opening is lazy in libvips: this reads the header only, whatever the pixel count.
-    image = _load(vips, job.path, job.sniffed, access="sequential")
-    pages = _field(image, "n-pages")
-    orientation = _field(image, "orientation")
+    image = load(vips, job.path, job.sniffed, access="sequential")
+    pages = field(image, "n-pages")
+    orientation = field(image, "orientation")
     return ProbeResult(
         width=image.width,
         height=image.height,
@@ -114,12 +96,12 @@ def convert(vips: type[pyvips.Image], job: Convert) -> ConvertResult:
             options["n"] = -1
         elif job.page is not None:
             options["page"] = job.page
-    image = _load(vips, job.src, job.sniffed, **options)
+    image = load(vips, job.src, job.sniffed, **options)
     if job.autorot and not job.animated:
         image = image.autorot()
     _save(image, job)
-    out = _load(vips, job.dst, job.out_fmt)
-    pages = _field(out, "n-pages")
+    out = load(vips, job.dst, job.out_fmt)
+    pages = field(out, "n-pages")
     return ConvertResult(
         width=out.width,
         height=out.height,
@@ -133,14 +115,19 @@ def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Re
             return probe(vips, job)
         if isinstance(job, Convert):
             return convert(vips, job)
+        if isinstance(job, Process):
+            return process(vips, job)
         time.sleep(job.seconds)
         return Slept()
     except MediaFault as exc:
-        return Failed(message=str(exc), media=True)
+        failed = Failed(message=str(exc), media=True)
     except error as exc:  # libvips refused the bytes: corrupt or truncated input
-        return Failed(message=str(exc).strip().splitlines()[0][:300], media=True)
+        failed = Failed(message=str(exc).strip().splitlines()[0][:300], media=True)
     except (OSError, ValueError) as exc:
-        return Failed(message=f"{type(exc).__name__}: {exc}", media=False)
+        failed = Failed(message=f"{type(exc).__name__}: {exc}", media=False)
+    if isinstance(job, Process):
+        remove_partial(job.dst)
+    return failed
 
 
 def _warm_up(vips: type[pyvips.Image]) -> None:

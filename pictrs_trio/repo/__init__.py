@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pictrs_trio.repo.records import Details, Hash, RemovedAlias, UploadCommit
+from pictrs_trio.repo.records import Details, Found, Hash, RemovedAlias, UploadCommit
 
-__all__ = ["Details", "Hash", "RemovedAlias", "Repo", "UploadCommit"]
+__all__ = ["Details", "Found", "Hash", "RemovedAlias", "Repo", "UploadCommit"]
 
 
 class Repo(Protocol):
@@ -72,5 +72,31 @@ class Repo(Protocol):
     async def get_setting(self, key: str) -> bytes | None: ...
 
     async def set_setting(self, key: str, value: bytes) -> None: ...
+
+    def find_variant_now(self, alias: str, variant: str) -> Found | None:
+        """``find_variant`` without leaving the event loop thread (serving fast path)."""
+        ...
+
+    def find_original_now(self, alias: str) -> Found | None: ...
+
+    async def find_original(self, alias: str) -> Found | None: ...
+
+    async def find_variant(self, alias: str, variant: str) -> Found | None: ...
+
+    async def motion_identifier(self, hash: Hash) -> str | None: ...
+
+    async def commit_variant(
+        self, hash: Hash, variant: str, identifier: str, details: Details
+    ) -> tuple[str, bool]: ...
+
+    async def commit_motion(
+        self, hash: Hash, identifier: str, details: Details
+    ) -> tuple[str, bool]: ...
+
+    async def claim_generation(self, key: str, *, stale_after: float) -> bool: ...
+
+    async def heartbeat_generation(self, key: str) -> None: ...
+
+    async def release_generation(self, key: str) -> None: ...
 
     async def aclose(self) -> None: ...

@@ -97,7 +97,20 @@ def _v2_blurhash_and_access(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_base, _v2_blurhash_and_access)
+def _v3_generation_claims(conn: apsw.Connection) -> None:
+    """Who is rendering which variant right now (postgres V0014 ``keyed_notifications``):
+    one row per key makes generation single-flight across processes sharing the file."""
+    conn.execute(
+        """
+        CREATE TABLE generation_claims (
+            key TEXT PRIMARY KEY,
+            heartbeat INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_base, _v2_blurhash_and_access, _v3_generation_claims)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -66,3 +66,11 @@ class RemovedAlias(msgspec.Struct, frozen=True, kw_only=True):
     # When the alias was the file's last one, the file's rows are gone too and these are the
     # store identifiers (original, variants, motion still) to delete; otherwise empty.
     orphaned_identifiers: list[str] = []
+
+
+class Found(msgspec.Struct, frozen=True, kw_only=True):
+    """A joined look-up: an alias's hash and the identifier (and details) asked for."""
+
+    hash: Hash
+    identifier: str | None  # None: the original or variant is not stored (yet)
+    details: Details | None  # None: no details recorded for that identifier

@@ -34,6 +34,11 @@ class Store(Protocol):
         Raises StoreNotFound (when iteration starts) if the identifier has no bytes."""
         ...
 
+    def read_now(self, identifier: str, limit: int) -> bytes | None:
+        """The whole content without a thread hop or await, if it is small (at most
+        ``limit``) and local; else None and the caller streams with ``read``."""
+        ...
+
     async def local_path(self, identifier: str) -> Path | None:
         """A path the media tools can read directly, or None (object storage)."""
         ...

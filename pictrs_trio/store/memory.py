@@ -59,6 +59,10 @@ class MemoryStore:
             yield data[offset : min(offset + CHUNK, stop)]
             await trio.lowlevel.checkpoint()
 
+    def read_now(self, identifier: str, limit: int) -> bytes | None:
+        data = self.files.get(identifier)
+        return data if data is not None and len(data) <= limit else None
+
     async def local_path(self, identifier: str) -> Path | None:
         self._get(identifier)
         return None

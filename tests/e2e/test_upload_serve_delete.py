@@ -35,7 +35,15 @@ def exif_tags(data: bytes, tmp: Path) -> dict[str, object]:
     return json.loads(out.stdout)[0]
 
 
-def test_lemmy_style_round_trip(server: Server, samples: dict[str, Path]) -> None:
+def test_lemmy_style_round_trip(tmp_path: Path, samples: dict[str, Path]) -> None:
+    server = Server(tmp_path, ["--max-file-count", "10"]).start()
+    try:
+        _round_trip(server, samples)
+    finally:
+        server.stop()
+
+
+def _round_trip(server: Server, samples: dict[str, Path]) -> None:
     with server.client() as c:
         r = upload(c, *(samples[n] for n in EXPECTED))
         assert r.status_code == 201, r.text

@@ -1,0 +1,94 @@
+"""Variant routes: /image/process.{ext}, /image/process_backgrounded.{ext},
+/image/details/process.{ext}."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from pictrs_trio import ids, process
+from pictrs_trio.errors import AliasNotFound, InvalidQuery, ProxyNotFound
+from pictrs_trio.http.image import empty, json_response
+from pictrs_trio.http.serve import etag_for, serve_stored
+from pictrs_trio.http.state import app_state
+from pictrs_trio.http.wire import encode, wire_details
+
+bp = Blueprint("process", __name__)
+
+
+def _source() -> str | None:
+    """The alias a process query names: ``src``, then ``alias``, then ``proxy``
+    (api.md §1.10). None when the alias cannot exist (malformed)."""
+    for key in ("src", "alias"):
+        raw = request.args.get(key)
+        if raw is not None:
+            try:
+                return ids.parse_alias(raw)
+            except ValueError:
+                return None
+    if "proxy" in request.args:
+        raise ProxyNotFound("No proxied media for that URL")
+    raise InvalidQuery("Invalid query: expected src, alias or proxy")
+
+
+def _parse(ext: str) -> process.VariantRequest:
+    state = app_state()
+    return process.parse_request(
+        ext, request.args.items(multi=True), allowed=state.config.media.filters
+    )
+
+
+@bp.route("/image/process.<ext>", methods=["GET", "HEAD"])
+async def process_variant(ext: str) -> Response:
+    state = app_state()
+    alias = _source()
+    variant = _parse(ext)
+    if alias is None:
+        return empty(404)
+    if request.method == "HEAD":
+        # HEAD never renders: only an existing variant is described.
+        found = await state.repo.find_variant(alias, variant.key)
+        if found is None or found.identifier is None or found.details is None:
+            return empty(404)
+        identifier, details = found.identifier, found.details
+    else:
+        try:
+            rendered = await process.find_or_render(state, alias, variant)
+        except AliasNotFound:
+            return empty(404)
+        identifier, details = rendered.identifier, rendered.details
+    return await serve_stored(
+        state.store,
+        identifier,
+        details,
+        method=request.method,
+        range_header=request.headers.get("Range"),
+        if_none_match=request.headers.get("If-None-Match"),
+        etag=etag_for(identifier),
+    )
+
+
+@bp.get("/image/process_backgrounded.<ext>")
+async def process_backgrounded(ext: str) -> Response:
+    state = app_state()
+    alias = _source()
+    variant = _parse(ext)
+    if alias is None:
+        return empty(400)
+    found = await state.repo.find_variant(alias, variant.key)
+    if found is None:
+        return empty(400)
+    if found.identifier is None:
+        # Rendered before answering until the journal can run it as a job.
+        await process.find_or_render(state, alias, variant)
+    return empty(202)
+
+
+@bp.get("/image/details/process.<ext>")
+async def process_details(ext: str) -> Response:
+    state = app_state()
+    alias = _source()
+    variant = _parse(ext)
+    found = await state.repo.find_variant(alias, variant.key) if alias is not None else None
+    if found is None or found.identifier is None or found.details is None:
+        raise AliasNotFound("Variant not found")
+    return json_response(encode(wire_details(found.details)))

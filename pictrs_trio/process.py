@@ -1,0 +1,263 @@
+"""Variants: find a processed rendition of a file, or render it once.
+
+    request -> variants.parse -> repo.find_variant
+      hit  -> serve from the store
+      miss -> Generations.wait_or_render (single flight per key: in this process by an
+              event, across processes by a claim row with a heartbeat)
+                -> input: the original, or its motion still (videos; animations to stills)
+                -> media.process -> store.save_file -> repo.commit_variant
+
+Rendering runs in the request's own cancel scope; a request that gives up cancels its
+render, and the next request for the key renders again. (The journal takes generation over
+as a job later, so a render can outlive its request as pict-rs's does.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import trio
+from loguru import logger
+
+from pictrs_trio import variants
+from pictrs_trio.errors import AliasNotFound, ErrorCode, MediaToolError, ReadOnly
+from pictrs_trio.formats import Fmt
+from pictrs_trio.ingest import CLEANUP_SECONDS
+from pictrs_trio.media import Discovery
+from pictrs_trio.repo.records import Details, Hash
+from pictrs_trio.state import AppState
+
+CLAIM_STALE_SECONDS = 120.0  # pict-rs: a claim without heartbeat for 2 min is abandoned
+HEARTBEAT_SECONDS = 5.0
+POLL_SECONDS = 0.05  # waiting on a render in another process
+WAIT_SECONDS = 35.0  # pict-rs waits ~35 s for a variant, then command-timeout
+
+
+class Rendered(msgspec.Struct, frozen=True, kw_only=True):
+    identifier: str
+    details: Details
+
+
+class VariantRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed ``process.{ext}`` query: output format, operations, and the variant key."""
+
+    ext: Fmt
+    operations: list[variants.Op]
+    key: str
+
+
+def parse_request(
+    ext: str, pairs: Iterable[tuple[str, str]], *, allowed: Iterable[str]
+) -> VariantRequest:
+    """Raises InvalidFileExtension, InvalidProcessPath."""
+    fmt = variants.parse_ext(ext)
+    operations = variants.parse_operations(pairs, allowed=frozenset(allowed))
+    return VariantRequest(ext=fmt, operations=operations, key=variants.variant_key(operations, fmt))
+
+
+def _discovery(details: Details) -> Discovery:
+    return Discovery(
+        format=details.format, width=details.width, height=details.height, frames=details.frames
+    )
+
+
+async def _single_flight(state: AppState, key: str, render: _Render) -> None:
+    """Run ``render`` unless someone (here or in another process) already is; in that case
+    wait until they are done. Returns when the caller should look in the repo again."""
+    async with state.generations.lead_or_wait(key) as leading:
+        if not leading:
+            return
+        repo = state.repo
+        while not await repo.claim_generation(key, stale_after=CLAIM_STALE_SECONDS):
+            # Another process renders it: wait for its claim to go (or to go stale).
+            await trio.sleep(POLL_SECONDS)
+            if await render.done():
+                return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_heartbeat, state, key)
+                await render.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                await repo.release_generation(key)
+
+
+async def _heartbeat(state: AppState, key: str) -> None:
+    while True:
+        await trio.sleep(HEARTBEAT_SECONDS)
+        await state.repo.heartbeat_generation(key)
+
+
+class _Render:
+    """One render job: what to check for completion, and how to do it."""
+
+    async def done(self) -> bool:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+
+async def _input_path(state: AppState, identifier: str) -> Path:
+    path = await state.store.local_path(identifier)
+    if path is None:  # object storage: copy to scratch first (arrives with the object store)
+        raise MediaToolError("Store cannot give a local path for processing")
+    return path
+
+
+async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple[str, Details]:
+    fmt = result.format
+    identifier = await state.store.save_file(
+        out, extension=fmt.extension, content_type=fmt.content_type
+    )
+    details = Details(
+        width=result.width,
+        height=result.height,
+        frames=result.frames,
+        format=fmt,
+        created_at=dt.datetime.now(dt.UTC),
+    )
+    return identifier, details
+
+
+async def _discard(state: AppState, identifier: str) -> None:
+    with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+        await state.store.remove(identifier)
+
+
+class _MotionRender(_Render):
+    def __init__(self, state: AppState, hash: Hash, original: str, details: Details) -> None:
+        self.state, self.hash, self.original, self.details = state, hash, original, details
+
+    async def done(self) -> bool:
+        return await self.state.repo.motion_identifier(self.hash) is not None
+
+    async def run(self) -> None:
+        state = self.state
+        if await self.done():
+            return
+        out = state.tmp_dir / f"motion-{uuid.uuid4().hex}"
+        src = await _input_path(state, self.original)
+        try:
+            result = await state.media.motion_still(
+                src, out, source=_discovery(self.details), media=state.config.media
+            )
+            identifier, details = await _save_rendered(state, out, result)
+        finally:
+            out.unlink(missing_ok=True)
+        try:
+            _, ours = await state.repo.commit_motion(self.hash, identifier, details)
+        except BaseException:
+            await _discard(state, identifier)
+            raise
+        if not ours:
+            await _discard(state, identifier)
+
+
+async def motion_still(
+    state: AppState, hash: Hash, original: str, details: Details
+) -> tuple[str, Details]:
+    """The file's first-frame still (videos, animations), rendered once and kept."""
+    repo = state.repo
+    for _ in range(3):
+        identifier = await repo.motion_identifier(hash)
+        if identifier is not None:
+            still = await repo.details(identifier)
+            if still is not None:
+                return identifier, still
+        if state.config.server.read_only:
+            raise ReadOnly("Server is in read-only mode")
+        await _single_flight(
+            state, f"{hash.key().hex()}:motion", _MotionRender(state, hash, original, details)
+        )
+    raise MediaToolError("Motion still could not be generated")
+
+
+class _VariantRender(_Render):
+    def __init__(
+        self, state: AppState, alias: str, request: VariantRequest
+    ) -> None:
+        self.state, self.alias, self.request = state, alias, request
+
+    async def done(self) -> bool:
+        found = await self.state.repo.find_variant(self.alias, self.request.key)
+        return found is not None and found.identifier is not None
+
+    async def run(self) -> None:
+        state, request = self.state, self.request
+        found = await state.repo.find_original(self.alias)
+        if found is None or found.identifier is None:
+            raise AliasNotFound("Alias not found")
+        if await self.done():
+            return
+        original_details = found.details or await _details_of(state, found.identifier)
+        source_id, source_details = found.identifier, original_details
+        if variants.needs_still(original_details.format, request.ext):
+            source_id, source_details = await motion_still(
+                state, found.hash, found.identifier, original_details
+            )
+        output = variants.output_format(source_details.format.kind, request.ext)
+        src = await _input_path(state, source_id)
+        out = state.tmp_dir / f"variant-{uuid.uuid4().hex}{output.extension}"
+        try:
+            result = await state.media.process(
+                src,
+                out,
+                source=_discovery(source_details),
+                ops=request.operations,
+                output=output,
+                quality=variants.quality_for(state.config.media, output),
+            )
+            identifier, details = await _save_rendered(state, out, result)
+        finally:
+            out.unlink(missing_ok=True)
+        try:
+            _, ours = await state.repo.commit_variant(found.hash, request.key, identifier, details)
+        except BaseException:
+            await _discard(state, identifier)
+            raise
+        if not ours:
+            await _discard(state, identifier)
+        logger.bind(alias=self.alias).info(
+            "generated {} {}x{}", request.key, details.width, details.height
+        )
+
+
+async def _details_of(state: AppState, identifier: str) -> Details:
+    details = await state.repo.details(identifier)
+    if details is None:
+        raise AliasNotFound("Details are missing for the original")
+    return details
+
+
+async def find_or_render(state: AppState, alias: str, request: VariantRequest) -> Rendered:
+    """The variant ``request`` of ``alias``, rendered now if missing.
+
+    Raises AliasNotFound (unknown alias), ReadOnly (missing and read-only), MediaToolError
+    (render failed, or not done within WAIT_SECONDS).
+    """
+    repo = state.repo
+    with trio.move_on_after(WAIT_SECONDS) as waited:
+        while True:
+            found = await repo.find_variant(alias, request.key)
+            if found is None:
+                raise AliasNotFound("Alias not found")
+            if found.identifier is not None and found.details is not None:
+                return Rendered(identifier=found.identifier, details=found.details)
+            if state.config.server.read_only:
+                raise ReadOnly("Server is in read-only mode")
+            await _single_flight(
+                state,
+                f"{found.hash.key().hex()}:{request.key}",
+                _VariantRender(state, alias, request),
+            )
+    assert waited.cancelled_caught
+    raise MediaToolError(
+        "Timed out waiting for the variant", code=ErrorCode.COMMAND_TIMEOUT, status=500
+    )
+
