@@ -26,7 +26,7 @@ from loguru import logger
 
 from pictrs_trio.errors import ErrorCode, MediaToolError
 from pictrs_trio.formats import Fmt
-from pictrs_trio.media.run import stderr_excerpt
+from pictrs_trio.media.run import die_with_parent, stderr_excerpt
 
 RESTART_BACKOFF_S = 1.0  # a process that dies at once is not restarted in a hot loop
 REAP_S = 5.0  # bounded wait for a killed child to be reaped
@@ -144,6 +144,7 @@ class ExifTool:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         except FileNotFoundError:
             self._spawn_error = MediaToolError(

@@ -24,6 +24,7 @@ from loguru import logger
 import pictrs_trio
 from pictrs_trio.errors import ErrorCode, MediaToolError, UnsupportedMedia
 from pictrs_trio.media.protocol import HEADER, MAX_FRAME, Failed, Ready, Reply, Request, frame
+from pictrs_trio.media.run import die_with_parent
 from pictrs_trio.media.vips_worker import MEMORY_ENV
 
 DEFAULT_MEMORY_MB = 1024
@@ -113,6 +114,7 @@ class EnginePool:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env=self._env(),
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 logger.error("engine worker {} could not start: {}", index, exc)
