@@ -59,6 +59,12 @@ def parse_request(
     return VariantRequest(ext=fmt, operations=operations, key=variants.variant_key(operations, fmt))
 
 
+def record_access(state: AppState, hash: Hash, key: str) -> None:
+    """Note a variant request for retention (pict-rs: not in read-only mode)."""
+    if not state.config.server.read_only:
+        state.accesses.record(hash.key(), key)
+
+
 def _discovery(details: Details) -> Discovery:
     return Discovery(
         format=details.format, width=details.width, height=details.height, frames=details.frames
@@ -248,6 +254,7 @@ async def find_or_render(state: AppState, alias: str, request: VariantRequest) -
             if found is None:
                 raise AliasNotFound("Alias not found")
             if found.identifier is not None and found.details is not None:
+                record_access(state, found.hash, request.key)
                 return Rendered(identifier=found.identifier, details=found.details)
             if state.config.server.read_only:
                 raise ReadOnly("Server is in read-only mode")

@@ -177,6 +177,7 @@ async def serve(
         app = create_app(state)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown)
+            nursery.start_soon(state.accesses.run, state.repo)
             binds = await nursery.start(
                 _serve_http, app, config, shutdown, nursery.cancel_scope
             )

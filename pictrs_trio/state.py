@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
 from pictrs_trio.media.tools import MediaTools
 from pictrs_trio.repo import Repo
@@ -20,3 +21,4 @@ class AppState:
     media: MediaTools
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
+    accesses: AccessLog = dataclasses.field(default_factory=AccessLog)

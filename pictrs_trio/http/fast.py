@@ -48,7 +48,10 @@ def _lookup(state: AppState, scope: Scope) -> Found | None:
         if source is None:
             return None
         variant = process.parse_request(ext, pairs, allowed=state.config.media.filters)
-        return state.repo.find_variant_now(ids.parse_alias(source), variant.key)
+        found = state.repo.find_variant_now(ids.parse_alias(source), variant.key)
+        if found is not None and found.identifier is not None:
+            process.record_access(state, found.hash, variant.key)
+        return found
     return None
 
 

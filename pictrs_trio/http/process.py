@@ -49,6 +49,7 @@ async def process_variant(ext: str) -> Response:
         found = await state.repo.find_variant(alias, variant.key)
         if found is None or found.identifier is None or found.details is None:
             return empty(404)
+        process.record_access(state, found.hash, variant.key)
         identifier, details = found.identifier, found.details
     else:
         try:
@@ -91,4 +92,5 @@ async def process_details(ext: str) -> Response:
     found = await state.repo.find_variant(alias, variant.key) if alias is not None else None
     if found is None or found.identifier is None or found.details is None:
         raise AliasNotFound("Variant not found")
+    process.record_access(state, found.hash, variant.key)
     return json_response(encode(wire_details(found.details)))

@@ -119,3 +119,13 @@ def w_heartbeat(conn: apsw.Connection, key: str, now_ns: int) -> None:
 def w_release(conn: apsw.Connection, key: str) -> None:
     with conn:
         conn.execute("DELETE FROM generation_claims WHERE key = ?", (key,))
+
+
+def w_touch_variants(conn: apsw.Connection, items: list[tuple[bytes, str, int]]) -> None:
+    """Set last-access times; rows that are gone are skipped (only existing rows count, as
+    in pict-rs's postgres repo)."""
+    with conn:
+        conn.executemany(
+            "UPDATE variants SET accessed = max(accessed, ?3) WHERE hash = ?1 AND variant = ?2",
+            items,
+        )

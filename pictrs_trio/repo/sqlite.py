@@ -486,6 +486,10 @@ class SqliteRepo:
             media_sql.w_commit_motion, hash.key(), identifier, _DETAILS_ENCODER.encode(details)
         )
 
+    async def touch_variants(self, items: list[tuple[bytes, str, int]]) -> None:
+        """Record last-access times: (hash key, variant, unix ns) per accessed variant."""
+        await self._write(media_sql.w_touch_variants, items)
+
     async def claim_generation(self, key: str, *, stale_after: float) -> bool:
         """Take the cross-process claim to render ``key``; a claim whose heartbeat is older
         than ``stale_after`` seconds is taken over (its owner died)."""
