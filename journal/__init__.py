@@ -1,0 +1,46 @@
+"""journal: durable job queues in a SQLite file (APSW, WAL), for trio programs.
+
+Domain-free: it stores opaque msgspec-encoded payloads and knows nothing of what they mean.
+
+    async with open_journal(path) as journal:
+        job_id = await journal.push("cleanup", Payload(...), unique_key="k")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(run_workers, journal, {"cleanup": handle},
+                                        concurrency={"cleanup": 2}))
+
+``store.push_in(conn, ...)`` queues a job inside a caller's own SQLite transaction on the same
+file. Design and guarantees: docs/journal.md.
+"""
+
+from journal.queue import Database, Journal, open_journal
+from journal.records import (
+    Abort,
+    Backoff,
+    Job,
+    JobNotFound,
+    JournalError,
+    Outcome,
+    Retry,
+    Status,
+    encode_payload,
+)
+from journal.runner import Handler, run_workers
+from journal.store import push_in
+
+__all__ = [
+    "Abort",
+    "Backoff",
+    "Database",
+    "Handler",
+    "Job",
+    "JobNotFound",
+    "Journal",
+    "JournalError",
+    "Outcome",
+    "Retry",
+    "Status",
+    "encode_payload",
+    "open_journal",
+    "push_in",
+    "run_workers",
+]

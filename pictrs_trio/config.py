@@ -54,6 +54,9 @@ class Server(msgspec.Struct, **Frozen):
     private_key: str | None = None
     # pictrs-trio additions
     workers: Positive = 1  # hypercorn worker processes sharing the repo
+    # seconds: store files no row references are removed only once older than this (a
+    # younger one may belong to an upload that has not committed yet)
+    orphan_sweep_grace: float = 3600.0
     shutdown_timeout: Seconds = 30.0  # seconds in-flight requests get after SIGTERM
 
 
@@ -382,8 +385,9 @@ def _validate(config: Config, layers: list[Layer]) -> None:
 # --------------------------------------------------------------------------------------------
 # Pure parsers for values kept as strings (pict-rs's formats).
 
-_RETENTION = re.compile(r"(\d+)(m|minutes?|h|hours?|d|days?|y|years?)")
-_RETENTION_UNITS = {"m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+# ``s`` (seconds) is a pictrs-trio extension, for tests and short-lived caches.
+_RETENTION = re.compile(r"(\d+)(s|seconds?|m|minutes?|h|hours?|d|days?|y|years?)")
+_RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
 
 
 def parse_retention(text: str) -> datetime.timedelta:

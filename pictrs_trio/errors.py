@@ -232,6 +232,13 @@ class InvalidProcessPath(PictrsError):
     status = 400
 
 
+class AlreadyClaimed(PictrsError):
+    """A backgrounded upload that is unknown or was claimed before."""
+
+    code = ErrorCode.ALREADY_CLAIMED
+    status = 400
+
+
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     msg: str
     code: str

@@ -76,6 +76,20 @@ def new_identifier(extension: str) -> str:
     return "/".join([*levels, digits[20:] + extension])
 
 
+def identifier_time(identifier: str) -> float | None:
+    """The creation time (Unix seconds) encoded in an identifier ``new_identifier`` made,
+    or None for any other layout (older pict-rs identifiers are opaque)."""
+    parts = identifier.split("/")
+    if len(parts) != 11:
+        return None
+    digits = "".join(parts[:10]) + parts[10][:12]
+    if len(digits) != 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    if digits[12] != "7":  # version nibble
+        return None
+    return int(digits[:12], 16) / 1000.0
+
+
 def new_alias(extension: str) -> str:
     """``<uuid-v4><extension>`` in canonical form, e.g. ``3f0c…7d10.webp``."""
     _check_extension(extension)

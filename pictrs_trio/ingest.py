@@ -14,15 +14,16 @@ import datetime as dt
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import parse_qsl
 
 import msgspec
 import trio
 from loguru import logger
 
-from pictrs_trio import ids, policy
+from pictrs_trio import ids, job_types, policy, variants
 from pictrs_trio.errors import EmptyFile, FileTooLarge, StreamTooSlow
 from pictrs_trio.formats import Kind
 from pictrs_trio.media import Discovery
@@ -60,6 +61,10 @@ class IngestSession:
     def stored(self, identifier: str) -> None:
         self._identifiers.append(identifier)
 
+    def forget_stored(self, identifier: str) -> None:
+        """A row now owns ``identifier`` (a backgrounded upload's raw bytes)."""
+        self._identifiers.remove(identifier)
+
     def committed(self, alias: str, identifier: str) -> None:
         """The repo now owns ``identifier`` through ``alias``: undoing removes the alias and
         deletes only what the repo reports orphaned (another upload may share the file)."""
@@ -94,13 +99,22 @@ class IngestSession:
             except Exception:
                 logger.exception("could not remove alias {} of a failed upload", alias)
                 continue
-            if removed is not None:
-                orphans.extend(removed.orphaned_identifiers)
+            if removed is not None and removed.orphaned_identifiers:
+                # their rows went with a cleanup job that deletes the files
+                self._state.journal.notify(job_types.CLEANUP)
         for identifier in dict.fromkeys(orphans):
             try:
                 await store.remove(identifier)
             except Exception:
                 logger.exception("could not remove {} of a failed upload", identifier)
+
+
+def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]:
+    """Operations from the upload query, or else ``media.preprocess_steps`` (pict-rs: the
+    query's replace the configured ones). Not filtered by ``media.filters``."""
+    if not pairs and state.config.media.preprocess_steps:
+        pairs = parse_qsl(state.config.media.preprocess_steps, keep_blank_values=True)
+    return variants.parse_operations(pairs, allowed=None)
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -135,6 +149,14 @@ async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int) -> int:
     return size
 
 
+async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """A local file as a chunk stream (backgrounded uploads re-enter ingest this way)."""
+    f = await trio.open_file(path, "rb")
+    async with f:
+        while chunk := await f.read(size):
+            yield chunk
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -159,6 +181,7 @@ async def ingest(
     limits: UploadLimits,
     operations: Sequence[Op] = (),
     alias: str | None = None,
+    upload_id: str | None = None,
 ) -> Ingested:
     """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
     applied to images and animations, never to videos. Raises the PictrsError of the first
@@ -220,6 +243,7 @@ async def ingest(
         details=details,
         alias=new_alias,
         delete_token=token,
+        upload_id=upload_id,
     )
     session.committed(new_alias, identifier)
     if commit.deduplicated:

@@ -9,6 +9,7 @@ run(config)
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ import hypercorn.trio
 import trio
 from loguru import logger
 
+from journal import Journal, run_workers
+from pictrs_trio import jobs
 from pictrs_trio import logging as pictrs_logging
 from pictrs_trio.config import Config, FilesystemStore, parse_address
 from pictrs_trio.http.app import create_app
@@ -48,6 +51,9 @@ def temp_root(config: Config) -> Path:
     base = config.server.temporary_directory or tempfile.gettempdir()
     return Path(base) / "pictrs-trio"
 
+
+# Per queue: an ingest or render is bounded by its tools' own limits well before this.
+JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0}
 
 # Temp files younger than this may belong to another worker process's save in progress.
 SWEEP_AGE_SECONDS = 3600.0
@@ -110,7 +116,15 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
                 config.media, tmp_dir=tmp_dir, engine_workers=config.media.engine_workers
             ) as media,
         ):
-            yield AppState(config=config, repo=repo, store=store, media=media, tmp_dir=tmp_dir)
+            journal = Journal(repo.journal_db())
+            yield AppState(
+                config=config,
+                repo=repo,
+                store=store,
+                media=media,
+                tmp_dir=tmp_dir,
+                journal=journal,
+            )
     finally:
         with trio.move_on_after(5, shield=True):
             await trio.to_thread.run_sync(lambda: shutil.rmtree(tmp_dir, ignore_errors=True))
@@ -178,6 +192,17 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown)
             nursery.start_soon(state.accesses.run, state.repo)
+            await nursery.start(
+                functools.partial(
+                    run_workers,
+                    state.journal,
+                    jobs.handlers(state),
+                    concurrency=jobs.CONCURRENCY,
+                    time_limit=JOB_TIME_LIMITS,
+                )
+            )
+            if not config.server.read_only:
+                nursery.start_soon(jobs.schedule, state, state.journal)
             binds = await nursery.start(
                 _serve_http, app, config, shutdown, nursery.cancel_scope
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from journal import Journal
 from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
 from pictrs_trio.media.tools import MediaTools
@@ -20,5 +21,6 @@ class AppState:
     store: Store
     media: MediaTools
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
+    journal: Journal  # durable jobs, in the repo's database
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from contextlib import aclosing
-from urllib.parse import parse_qsl
 
-import trio
-from loguru import logger
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, variants
+from pictrs_trio import ids, job_types
 from pictrs_trio.errors import (
     AliasNotFound,
     InvalidDeleteToken,
@@ -19,14 +16,13 @@ from pictrs_trio.errors import (
     ReadOnly,
 )
 from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.http.query import parse_upload_query
 from pictrs_trio.http.serve import etag_for, serve_stored
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.ingest import CLEANUP_SECONDS, IngestSession, ingest
+from pictrs_trio.ingest import IngestSession, ingest, upload_operations
+from pictrs_trio.query import parse_upload_query
 from pictrs_trio.repo.records import Details
 from pictrs_trio.state import AppState
-from pictrs_trio.variants import Op
 
 bp = Blueprint("image", __name__)
 
@@ -70,14 +66,6 @@ async def upload() -> Response:
             )
         session.disarm()
     return json_response(encode(UploadResponse(files=files)), 201)
-
-
-def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]:
-    """Operations from the upload query, or else ``media.preprocess_steps`` (pict-rs: the
-    query's replace the configured ones). Not filtered by ``media.filters``."""
-    if not pairs and state.config.media.preprocess_steps:
-        pairs = parse_qsl(state.config.media.preprocess_steps, keep_blank_values=True)
-    return variants.parse_operations(pairs, allowed=None)
 
 
 def _alias_from(raw: str) -> str | None:
@@ -185,11 +173,6 @@ async def delete(token: str, alias: str) -> Response:
         raise InvalidDeleteToken("Invalid delete token")
     removed = await state.repo.remove_alias(canonical)
     if removed is not None and removed.orphaned_identifiers:
-        # The rows are gone; remove the files now (the journal takes this over later).
-        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-            for identifier in removed.orphaned_identifiers:
-                try:
-                    await state.store.remove(identifier)
-                except Exception:
-                    logger.exception("could not remove {}", identifier)
+        # The rows went in one transaction with the job that deletes their files.
+        state.journal.notify(job_types.CLEANUP)
     return empty(204)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, process
-from pictrs_trio.errors import AliasNotFound, InvalidQuery, ProxyNotFound
+from pictrs_trio import ids, job_types, process
+from pictrs_trio.errors import AliasNotFound, InvalidQuery, ProxyNotFound, ReadOnly
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.serve import etag_for, serve_stored
 from pictrs_trio.http.state import app_state
@@ -79,8 +79,12 @@ async def process_backgrounded(ext: str) -> Response:
     if found is None:
         return empty(400)
     if found.identifier is None:
-        # Rendered before answering until the journal can run it as a job.
-        await process.find_or_render(state, alias, variant)
+        if state.config.server.read_only:
+            raise ReadOnly("Server is in read-only mode")
+        job = job_types.Generate(alias=alias, ext=ext, query=list(request.args.items(multi=True)))
+        await state.journal.push(
+            job_types.PROCESS, job, unique_key=f"{found.hash.key().hex()}:{variant.key}"
+        )
     return empty(202)
 
 

@@ -7,11 +7,34 @@ exceptions into ``RepoError`` (and ``DuplicateAlias`` for a taken alias) in one 
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-from pictrs_trio.repo.records import Details, Found, Hash, RemovedAlias, UploadCommit
+import apsw
 
-__all__ = ["Details", "Found", "Hash", "RemovedAlias", "Repo", "UploadCommit"]
+from pictrs_trio.repo.records import (
+    Details,
+    Found,
+    Hash,
+    PendingUpload,
+    RemovedAlias,
+    UploadCommit,
+    UploadOutcome,
+)
+
+__all__ = [
+    "Details",
+    "Found",
+    "Hash",
+    "JournalDb",
+    "PendingUpload",
+    "RemovedAlias",
+    "Repo",
+    "UploadCommit",
+    "UploadOutcome",
+]
+
+T = TypeVar("T")
 
 
 class Repo(Protocol):
@@ -26,8 +49,10 @@ class Repo(Protocol):
         details: Details,
         alias: str,
         delete_token: str,
+        upload_id: str | None = None,
     ) -> UploadCommit:
-        """In one transaction: create the hash (or find it), store details, create the alias.
+        """In one transaction: create the hash (or find it), store details, create the alias
+        (and, with ``upload_id``, record that backgrounded upload's outcome).
 
         If the hash exists already the existing identifier and details are kept and returned
         with ``deduplicated=True``. Raises DuplicateAlias if ``alias`` is taken (nothing is
@@ -101,4 +126,40 @@ class Repo(Protocol):
 
     async def release_generation(self, key: str) -> None: ...
 
+    # -- backgrounded uploads --
+
+    async def create_uploads(self, uploads: list[PendingUpload]) -> None:
+        """Record pending uploads and queue their ingest jobs, in one transaction."""
+        ...
+
+    async def upload_outcome(self, upload_id: str) -> tuple[bool, UploadOutcome | None]:
+        """(exists, outcome): outcome None while the ingest has not finished."""
+        ...
+
+    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> None: ...
+
+    async def claim_upload(self, upload_id: str) -> bool:
+        """Delete a finished upload record; False when it was gone already."""
+        ...
+
+    async def forget_upload_raw(self, upload_id: str) -> None:
+        """The upload's raw bytes are about to be deleted: stop counting them as used."""
+        ...
+
+    # -- variant upkeep (each pushes the job that deletes the files) --
+
+    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int: ...
+
+    async def remove_all_variants(self, limit: int) -> int: ...
+
+    def journal_db(self) -> JournalDb:
+        """The journal's view of this database: its writes queue with the repo's own."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class JournalDb(Protocol):
+    async def write(self, fn: Callable[[apsw.Connection], T]) -> T: ...
+
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T: ...

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from journal.schema import transaction
+from journal.store import push_in
+from pictrs_trio import job_types
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -53,7 +57,7 @@ def w_commit_variant(
 ) -> tuple[str, bool]:
     """Record a rendered variant and its details together. Returns (identifier now on
     record, ours_kept); when another generation won, ours is not recorded."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (hash, variant) DO NOTHING",
@@ -78,7 +82,7 @@ def w_commit_motion(
     conn: apsw.Connection, key: bytes, identifier: str, details_json: bytes
 ) -> tuple[str, bool]:
     """Record the hash's motion still (first writer wins), with its details."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE hashes SET motion_identifier = ? WHERE hash = ? AND motion_identifier IS NULL",
             (identifier, key),
@@ -98,7 +102,7 @@ def w_commit_motion(
 
 def w_claim(conn: apsw.Connection, key: str, now_ns: int, stale_before_ns: int) -> bool:
     """Take the generation claim for ``key`` unless a live one exists."""
-    with conn:
+    with transaction(conn):
         conn.execute(
             "DELETE FROM generation_claims WHERE key = ? AND heartbeat < ?",
             (key, stale_before_ns),
@@ -112,20 +116,93 @@ def w_claim(conn: apsw.Connection, key: str, now_ns: int, stale_before_ns: int) 
 
 
 def w_heartbeat(conn: apsw.Connection, key: str, now_ns: int) -> None:
-    with conn:
+    with transaction(conn):
         conn.execute("UPDATE generation_claims SET heartbeat = ? WHERE key = ?", (now_ns, key))
 
 
 def w_release(conn: apsw.Connection, key: str) -> None:
-    with conn:
+    with transaction(conn):
         conn.execute("DELETE FROM generation_claims WHERE key = ?", (key,))
 
 
 def w_touch_variants(conn: apsw.Connection, items: list[tuple[bytes, str, int]]) -> None:
     """Set last-access times; rows that are gone are skipped (only existing rows count, as
     in pict-rs's postgres repo)."""
-    with conn:
+    with transaction(conn):
         conn.executemany(
             "UPDATE variants SET accessed = max(accessed, ?3) WHERE hash = ?1 AND variant = ?2",
             items,
         )
+
+
+def _drop_variants(conn: apsw.Connection, rows: list[tuple[int, str]], now: float) -> int:
+    """Delete variant rows (id, identifier) and their details; queue their files' removal."""
+    if not rows:
+        return 0
+    conn.executemany("DELETE FROM variants WHERE id = ?", [(i,) for i, _ in rows])
+    conn.executemany("DELETE FROM details WHERE identifier = ?", [(f,) for _, f in rows])
+    push_in(
+        conn,
+        job_types.CLEANUP,
+        job_types.RemoveFiles(identifiers=[f for _, f in rows]),
+        now=now,
+    )
+    return len(rows)
+
+
+def w_expire_variants(conn: apsw.Connection, before_ns: int, limit: int, now: float) -> int:
+    with transaction(conn):
+        rows = conn.execute(
+            "SELECT id, identifier FROM variants WHERE accessed < ? ORDER BY accessed LIMIT ?",
+            (before_ns, limit),
+        ).fetchall()
+        return _drop_variants(conn, [(int(i), str(f)) for i, f in rows], now)  # type: ignore[arg-type]
+
+
+def w_remove_all_variants(conn: apsw.Connection, limit: int, now: float) -> int:
+    with transaction(conn):
+        rows = conn.execute("SELECT id, identifier FROM variants LIMIT ?", (limit,)).fetchall()
+        return _drop_variants(conn, [(int(i), str(f)) for i, f in rows], now)  # type: ignore[arg-type]
+
+
+def w_create_uploads(
+    conn: apsw.Connection, uploads: list[tuple[str, str, bytes]], now_ns: int
+) -> None:
+    """(upload id, raw identifier, job payload) each: the row and its ingest job together."""
+    with transaction(conn):
+        for upload_id, raw_identifier, payload in uploads:
+            conn.execute(
+                "INSERT INTO uploads (id, result, created_at, raw_identifier)"
+                " VALUES (?, NULL, ?, ?)",
+                (upload_id, now_ns, raw_identifier),
+            )
+            push_in(
+                conn, job_types.INGEST, payload, kind="ingest_upload", unique_key=upload_id
+            )
+
+
+def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]:
+    rows = conn.execute("SELECT result FROM uploads WHERE id = ?", (upload_id,)).fetchall()
+    if not rows:
+        return False, None
+    value = rows[0][0]
+    return True, None if value is None else bytes(value)  # type: ignore[arg-type]
+
+
+def w_finish_upload(conn: apsw.Connection, upload_id: str, result: bytes) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
+        )
+
+
+def w_forget_raw(conn: apsw.Connection, upload_id: str) -> None:
+    """The raw bytes are deleted: stop protecting them from the orphan sweep."""
+    with transaction(conn):
+        conn.execute("UPDATE uploads SET raw_identifier = NULL WHERE id = ?", (upload_id,))
+
+
+def w_claim_upload(conn: apsw.Connection, upload_id: str) -> bool:
+    with transaction(conn):
+        conn.execute("DELETE FROM uploads WHERE id = ? AND result IS NOT NULL", (upload_id,))
+        return conn.changes() == 1

@@ -110,7 +110,18 @@ def _v3_generation_claims(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_base, _v2_blurhash_and_access, _v3_generation_claims)
+def _v4_upload_raw_identifier(conn: apsw.Connection) -> None:
+    """Backgrounded uploads remember where their raw bytes are, so the orphan sweep keeps
+    them while the ingest job is pending."""
+    conn.execute("ALTER TABLE uploads ADD COLUMN raw_identifier TEXT")
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _v1_base,
+    _v2_blurhash_and_access,
+    _v3_generation_claims,
+    _v4_upload_raw_identifier,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

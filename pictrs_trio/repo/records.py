@@ -74,3 +74,20 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
     hash: Hash
     identifier: str | None  # None: the original or variant is not stored (yet)
     details: Details | None  # None: no details recorded for that identifier
+
+
+class UploadOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How a backgrounded upload ended: an alias, or the error a client claims (422)."""
+
+    alias: str | None = None
+    delete_token: str | None = None
+    error_msg: str | None = None
+    error_code: str | None = None
+
+
+class PendingUpload(msgspec.Struct, frozen=True, kw_only=True):
+    """A backgrounded upload to record: the raw bytes' identifier and its ingest job."""
+
+    upload_id: str
+    raw_identifier: str
+    query: list[tuple[str, str]] = []

@@ -30,9 +30,21 @@ import apsw
 import msgspec
 import trio
 
+from journal import schema as journal_schema
+from journal.schema import transaction
+from journal.store import push_in
+from pictrs_trio import job_types
 from pictrs_trio.errors import DuplicateAlias, PictrsError, RepoError
-from pictrs_trio.repo import media_sql, migrations
-from pictrs_trio.repo.records import Details, Found, Hash, RemovedAlias, UploadCommit
+from pictrs_trio.repo import JournalDb, media_sql, migrations
+from pictrs_trio.repo.records import (
+    Details,
+    Found,
+    Hash,
+    PendingUpload,
+    RemovedAlias,
+    UploadCommit,
+    UploadOutcome,
+)
 
 __all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
 
@@ -51,6 +63,8 @@ if TYPE_CHECKING:  # SQLiteValue exists only in apsw's type stubs
 # Immutable, so module constants (msgspec perf tips: build each once).
 _DETAILS_ENCODER = msgspec.json.Encoder()
 _DETAILS_DECODER = msgspec.json.Decoder(Details)
+_OUTCOME_ENCODER = msgspec.json.Encoder()
+_OUTCOME_DECODER = msgspec.json.Decoder(UploadOutcome)
 
 # (constraint message fragment, error to raise) for apsw.ConstraintError; anything else from
 # the database is a RepoError.
@@ -127,6 +141,7 @@ def _open_all(
         )
         opened.append(writer)
         migrations.migrate(writer)
+        journal_schema.ensure(writer)  # the job journal lives in the same file
         writer.transaction_mode = "IMMEDIATE"
         for _ in range(readers + 1):  # the last one is the event loop's own
             reader = _connect(
@@ -174,6 +189,7 @@ def _q_identifiers(conn: apsw.Connection) -> set[str]:
         "SELECT identifier FROM hashes"
         " UNION SELECT motion_identifier FROM hashes WHERE motion_identifier IS NOT NULL"
         " UNION SELECT identifier FROM variants"
+        " UNION SELECT raw_identifier FROM uploads WHERE raw_identifier IS NOT NULL"
     ).fetchall()
     return {_as_str(identifier) for (identifier,) in rows}
 
@@ -190,7 +206,7 @@ def _q_variant_identifier(conn: apsw.Connection, key: bytes, variant: str) -> st
     return None if row is None else _as_str(row[0])
 
 
-# --- writes (writer connection; `with conn:` is BEGIN IMMEDIATE there) ------------------------
+# --- writes (writer connection; journal.schema.transaction is BEGIN IMMEDIATE) ---------
 
 
 def _w_commit_upload(
@@ -201,9 +217,11 @@ def _w_commit_upload(
     alias: str,
     token: str,
     now_ns: int,
+    upload_id: str | None = None,
 ) -> tuple[str, bytes, bool]:
-    """Returns (identifier, details JSON, deduplicated)."""
-    with conn:
+    """Returns (identifier, details JSON, deduplicated). With ``upload_id`` the backgrounded
+    upload's outcome is recorded in the same transaction (a re-run job then finds it)."""
+    with transaction(conn):
         conn.execute(
             "INSERT INTO hashes (hash, identifier, created_at) VALUES (?, ?, ?)"
             " ON CONFLICT (hash) DO NOTHING",
@@ -229,6 +247,12 @@ def _w_commit_upload(
         conn.execute(
             "INSERT INTO aliases (alias, hash, token) VALUES (?, ?, ?)", (alias, key, token)
         )
+        if upload_id is not None:
+            outcome = UploadOutcome(alias=alias, delete_token=token)
+            conn.execute(
+                "UPDATE uploads SET result = ? WHERE id = ?",
+                (_OUTCOME_ENCODER.encode(outcome), upload_id),
+            )
     return identifier, details_json, deduplicated
 
 
@@ -242,7 +266,7 @@ def _w_relate_details(conn: apsw.Connection, identifier: str, details_json: byte
 
 
 def _w_remove_alias(conn: apsw.Connection, alias: str) -> tuple[bytes, list[str]] | None:
-    with conn:
+    with transaction(conn):
         row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
         if row is None:
             return None
@@ -263,6 +287,9 @@ def _w_remove_alias(conn: apsw.Connection, alias: str) -> tuple[bytes, list[str]
         conn.execute("DELETE FROM variants WHERE hash = ?", (key,))
         conn.execute("DELETE FROM hashes WHERE hash = ?", (key,))
         conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
+        if orphaned:
+            # Same transaction: the rows and the job that deletes their files commit together.
+            push_in(conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned))
     return key, orphaned
 
 
@@ -279,7 +306,7 @@ def _w_remove_setting(conn: apsw.Connection, key: str) -> None:
 
 
 def _w_bump_health(conn: apsw.Connection) -> int:
-    with conn:
+    with transaction(conn):
         old = _q_setting(conn, HEALTH_KEY)
         value = 0 if old is None else (int.from_bytes(old, "big") + 1) % (1 << 64)
         _w_set_setting(conn, HEALTH_KEY, value.to_bytes(8, "big"))
@@ -289,7 +316,7 @@ def _w_bump_health(conn: apsw.Connection) -> int:
 def _w_relate_variant(
     conn: apsw.Connection, key: bytes, variant: str, identifier: str, now_ns: int
 ) -> str:
-    with conn:
+    with transaction(conn):
         conn.execute(
             "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (hash, variant) DO NOTHING",
@@ -359,6 +386,7 @@ class SqliteRepo:
         details: Details,
         alias: str,
         delete_token: str,
+        upload_id: str | None = None,
     ) -> UploadCommit:
         stored_identifier, details_json, deduplicated = await self._write(
             _w_commit_upload,
@@ -368,6 +396,7 @@ class SqliteRepo:
             alias,
             delete_token,
             _now_ns(),
+            upload_id,
         )
         stored = details if not deduplicated else _DETAILS_DECODER.decode(details_json)
         return UploadCommit(identifier=stored_identifier, details=stored, deduplicated=deduplicated)
@@ -490,6 +519,49 @@ class SqliteRepo:
         """Record last-access times: (hash key, variant, unix ns) per accessed variant."""
         await self._write(media_sql.w_touch_variants, items)
 
+    # -- backgrounded uploads --
+
+    async def create_uploads(self, uploads: list[PendingUpload]) -> None:
+        rows = [
+            (
+                u.upload_id,
+                u.raw_identifier,
+                msgspec.json.encode(
+                    job_types.IngestUpload(
+                        upload_id=u.upload_id, raw_identifier=u.raw_identifier, query=u.query
+                    )
+                ),
+            )
+            for u in uploads
+        ]
+        await self._write(media_sql.w_create_uploads, rows, _now_ns())
+
+    async def upload_outcome(self, upload_id: str) -> tuple[bool, UploadOutcome | None]:
+        exists, raw = await self._read(media_sql.q_upload, upload_id)
+        return exists, None if raw is None else _OUTCOME_DECODER.decode(raw)
+
+    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> None:
+        await self._write(media_sql.w_finish_upload, upload_id, _OUTCOME_ENCODER.encode(outcome))
+
+    async def claim_upload(self, upload_id: str) -> bool:
+        return await self._write(media_sql.w_claim_upload, upload_id)
+
+    async def forget_upload_raw(self, upload_id: str) -> None:
+        await self._write(media_sql.w_forget_raw, upload_id)
+
+    # -- variant upkeep --
+
+    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int:
+        return await self._write(
+            media_sql.w_expire_variants, accessed_before_ns, limit, time.time()
+        )
+
+    async def remove_all_variants(self, limit: int) -> int:
+        return await self._write(media_sql.w_remove_all_variants, limit, time.time())
+
+    def journal_db(self) -> JournalDb:
+        return _JournalDb(self)
+
     async def claim_generation(self, key: str, *, stale_after: float) -> bool:
         """Take the cross-process claim to render ``key``; a claim whose heartbeat is older
         than ``stale_after`` seconds is taken over (its owner died)."""
@@ -513,6 +585,20 @@ class SqliteRepo:
                 conn.close()
             self._loop_reader.close()
             self._writer.close()
+
+
+class _JournalDb:
+    """The journal's ``Database``: its SQL runs on the repo's connections, so all writes of
+    this process queue behind one writer (and a job can commit with the rows it follows)."""
+
+    def __init__(self, repo: SqliteRepo) -> None:
+        self._repo = repo
+
+    async def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        return await self._repo._write(fn)
+
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        return await self._repo._read(fn)
 
 
 @asynccontextmanager

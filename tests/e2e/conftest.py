@@ -76,10 +76,21 @@ class Server:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
-    def stored_files(self) -> list[Path]:
-        if not self.files.exists():
-            return []
-        return sorted(p for p in self.files.rglob("*") if p.is_file())
+    def stored_files(self, expect: int | None = None, timeout: float = 10.0) -> list[Path]:
+        """Files in the store. With ``expect``, wait (bounded) until that many remain:
+        deleting files is a background job that runs just after the rows go."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._walk()
+            if expect is None or len(found) == expect or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def _walk(self) -> list[Path]:
+        found = []
+        for dirpath, _dirs, names in os.walk(self.files):  # tolerates concurrent removal
+            found.extend(Path(dirpath) / n for n in names)
+        return sorted(found)
 
 
 @pytest.fixture(scope="session")

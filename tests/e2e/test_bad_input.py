@@ -57,7 +57,7 @@ def test_rejected_files_leave_nothing(fresh_server: Server, samples: dict[str, P
         assert 400 <= r.status_code < 500
         assert_error(r, r.status_code, code)
         assert c.get("/healthz").status_code == 200
-    assert fresh_server.stored_files() == []
+    assert fresh_server.stored_files(expect=0) == []
 
 
 def test_png_bomb_refused_fast(fresh_server: Server) -> None:
@@ -69,7 +69,7 @@ def test_png_bomb_refused_fast(fresh_server: Server) -> None:
         assert_error(r, 400, "validate-width")
         assert c.get("/healthz").status_code == 200
     print(f"60000x60000 PNG refused in {elapsed * 1000:.1f} ms")
-    assert fresh_server.stored_files() == []
+    assert fresh_server.stored_files(expect=0) == []
 
 
 def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
@@ -93,7 +93,7 @@ def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
         # the limits that pass still let the upload through
         ok = upload(c, samples["test.png"], query="?max_width=640&allow_animation=false")
         assert ok.status_code == 201
-        assert len(fresh_server.stored_files()) == 1
+        assert len(fresh_server.stored_files(expect=1)) == 1
 
 
 def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> None:
@@ -111,7 +111,7 @@ def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> N
         r = upload(c, samples["test.png"], samples["random.bin"])
         assert 400 <= r.status_code < 500
         assert c.get("/healthz").status_code == 200
-    assert fresh_server.stored_files() == []
+    assert fresh_server.stored_files(expect=0) == []
 
 
 def test_file_too_large(tmp_path: Path, samples: dict[str, Path]) -> None:
@@ -122,7 +122,7 @@ def test_file_too_large(tmp_path: Path, samples: dict[str, Path]) -> None:
         with srv.client() as c:
             assert_error(upload(c, big), 413, "validate-file-size")
             assert c.get("/healthz").status_code == 200
-        assert srv.stored_files() == []
+        assert srv.stored_files(expect=0) == []
     finally:
         srv.stop()
 
@@ -158,4 +158,4 @@ def test_sigterm_lets_in_flight_upload_finish(tmp_path: Path, samples: dict[str,
     killer.join()
     assert r.status_code == 201, r.text
     assert srv.stop() == 0
-    assert len(srv.stored_files()) == 1
+    assert len(srv.stored_files(expect=1)) == 1

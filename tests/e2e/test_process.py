@@ -11,6 +11,18 @@ from tests.e2e.conftest import Server
 from tests.e2e.test_upload_serve_delete import upload
 
 
+def wait_for(request, status: int, timeout: float = 15.0):
+    """Repeat ``request`` until it answers ``status`` (work done by a background job)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = request()
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
 def decode(data: bytes):
     import pyvips
 
@@ -88,20 +100,19 @@ def test_variant_lifecycle(fresh_server: Server, samples: dict[str, Path]) -> No
         assert missing.json()["code"] == "alias-not-found"
         assert c.get(f"/image/process_backgrounded.webp?src={alias}&thumbnail=64"
                      ).status_code == 202
-        head = c.head(url)
-        assert head.status_code == 200
+        head = wait_for(lambda: c.head(url), 200)
         assert head.headers["content-type"] == "image/webp"
         body = c.get(url).content
         assert int(head.headers["content-length"]) == len(body)
         # the same operations written differently share one variant
         assert c.get(f"/image/process.webp?alias={alias}&thumbnail=%2B64").content == body
-        assert len(fresh_server.stored_files()) == 2
+        assert len(fresh_server.stored_files(expect=2)) == 2
         ranged = c.get(url, headers={"Range": "bytes=0-9"})
         assert ranged.status_code == 206
         assert ranged.content == body[:10]
         assert c.delete(f"/image/delete/{entry['delete_token']}/{alias}").status_code == 204
         assert c.get(url).status_code == 404
-    assert fresh_server.stored_files() == []
+    assert fresh_server.stored_files(expect=0) == []
 
 
 def test_concurrent_requests_render_once(fresh_server: Server, samples: dict[str, Path]) -> None:
@@ -119,7 +130,7 @@ def test_concurrent_requests_render_once(fresh_server: Server, samples: dict[str
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(fetch, range(8)))
     assert len(set(bodies)) == 1
-    assert len(fresh_server.stored_files()) == 2  # the original and one variant
+    assert len(fresh_server.stored_files(expect=2)) == 2  # the original and one variant
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,12 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def cpu_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def engine_workers(server: Server) -> list[int]:
     assert server.proc is not None
     return [p for p, cmd in children_of(server.proc.pid).items() if "vips_worker" in cmd]
@@ -45,7 +51,7 @@ def test_killed_engine_worker_costs_one_request(tmp_path: Path, samples: dict[st
     import pyvips
 
     big = tmp_path / "big.jpg"
-    pyvips.Image.gaussnoise(3000, 2000).cast("uchar").jpegsave(str(big))
+    pyvips.Image.gaussnoise(5000, 4000).cast("uchar").jpegsave(str(big))
     srv = Server(tmp_path, env={"PICTRS__MEDIA__ENGINE_WORKERS": "1"}).start()
     try:
         with srv.client() as c:
@@ -58,9 +64,12 @@ def test_killed_engine_worker_costs_one_request(tmp_path: Path, samples: dict[st
                 r = c.get(f"/image/process.png?src={alias}&blur=100")
                 result["status"], result["body"] = r.status_code, r.json()
 
+            start_ticks = cpu_ticks(victim)
             t = threading.Thread(target=slow_request)
             t.start()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 20
+            while cpu_ticks(victim) < start_ticks + 10 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the worker has spent 0.1 s of CPU on the job
             os.kill(victim, signal.SIGKILL)
             t.join(30)
             assert 400 <= int(result["status"]) < 600  # type: ignore[call-overload]

@@ -85,7 +85,7 @@ def _round_trip(server: Server, samples: dict[str, Path]) -> None:
             assert gone.json()["code"] == "alias-not-found"
             # deleting again: unknown alias counts as already deleted
             assert c.get(f"/image/delete/{token}/{alias}").status_code == 204
-    assert server.stored_files() == []
+    assert server.stored_files(expect=0) == []
 
 
 def test_metadata_stripped_losslessly(server: Server, samples: dict[str, Path],
@@ -154,14 +154,14 @@ def test_identical_uploads_share_one_file(fresh_server: Server, samples: dict[st
         b = upload(c, samples["test.png"]).json()["files"][0]
         assert a["file"] != b["file"]
         assert a["delete_token"] != b["delete_token"]
-        assert len(fresh_server.stored_files()) == 1
+        assert len(fresh_server.stored_files(expect=1)) == 1
         assert c.get(f"/image/delete/{a['delete_token']}/{a['file']}").status_code == 204
         kept = c.get(f"/image/original/{b['file']}")
         assert kept.status_code == 200
         assert kept.content == c.get(f"/image/original/{b['file']}").content
-        assert len(fresh_server.stored_files()) == 1
+        assert len(fresh_server.stored_files(expect=1)) == 1
         assert c.delete(f"/image/delete/{b['delete_token']}/{b['file']}").status_code == 204
-    assert fresh_server.stored_files() == []
+    assert fresh_server.stored_files(expect=0) == []
 
 
 def test_wrong_delete_token(server: Server, samples: dict[str, Path]) -> None:

@@ -1,0 +1,181 @@
+"""The journal's tables, and connections of its own.
+
+The tables may live in a database another program owns (pictrs-trio's repo file): every name
+starts with ``journal_``, everything is ``IF NOT EXISTS``, and the journal keeps its schema
+version in its own ``journal_meta`` table, never in ``PRAGMA user_version`` (the owner's).
+
+Times are integer nanoseconds of the journal's wall clock. ``id`` is AUTOINCREMENT so an id is
+never reused after a purge: a waiter holding an old id can never see somebody else's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import apsw
+import trio
+
+from journal.records import JournalError
+
+__all__ = ["SCHEMA_VERSION", "OwnDatabase", "connect", "ensure", "schema_version", "transaction"]
+
+Migration = Callable[[apsw.Connection], None]
+T = TypeVar("T")
+
+
+@contextmanager
+def transaction(conn: apsw.Connection) -> Iterator[None]:
+    """A write transaction: a SAVEPOINT inside the caller's open transaction (so it commits
+    or rolls back with it), else ``BEGIN IMMEDIATE`` … ``COMMIT``.
+
+    Not ``with conn:`` for the outermost level: apsw 3.54 runs that BEGIN while holding the
+    GIL, so when another connection of this process holds the write lock, the busy wait
+    stops the very thread that would release it, until busy_timeout fails. ``execute``
+    releases the GIL while it waits. IMMEDIATE takes the write lock up front, so the wait
+    happens at BEGIN, never as a failed upgrade half-way through.
+    """
+    if conn.in_transaction:
+        with conn:
+            yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _v1(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS journal_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            unique_key TEXT,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),
+            run_after INTEGER NOT NULL,
+            worker TEXT,
+            lease_until INTEGER,
+            heartbeat INTEGER,
+            last_error TEXT,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        );
+        -- At most one live (pending or running) job per (queue, unique key); finished jobs
+        -- leave the index, so the key can be pushed again.
+        CREATE UNIQUE INDEX IF NOT EXISTS journal_jobs_unique ON journal_jobs (queue, unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+        -- claim walks this in id (= push) order and stops at the first run_after <= now.
+        CREATE INDEX IF NOT EXISTS journal_jobs_pending ON journal_jobs (queue, id)
+            WHERE status = 'pending';
+        CREATE INDEX IF NOT EXISTS journal_jobs_running ON journal_jobs (queue, lease_until)
+            WHERE status = 'running';
+        CREATE INDEX IF NOT EXISTS journal_jobs_finished ON journal_jobs (status, updated)
+            WHERE status IN ('done', 'dead');
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: apsw.Connection) -> int:
+    """The journal schema version of the file on ``conn``: 0 if it has no journal yet."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'"
+    ).fetchall():
+        return 0
+    rows = conn.execute("SELECT value FROM journal_meta WHERE key = 'schema_version'").fetchall()
+    value = rows[0][0] if rows else 0
+    assert isinstance(value, int)
+    return value
+
+
+def ensure(conn: apsw.Connection) -> None:
+    """Create or upgrade the journal's tables on ``conn``. Safe inside the caller's own
+    transaction (it nests as a savepoint; that transaction should have begun IMMEDIATE so
+    two processes opening at once do not both migrate) and on its own. Raises JournalError
+    if the file has a newer journal schema than this code."""
+    with transaction(conn):
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS journal_meta"
+            " (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        current = schema_version(conn)
+        if current > SCHEMA_VERSION:
+            raise JournalError(
+                f"Journal schema version {current} is newer than this code ({SCHEMA_VERSION})"
+            )
+        for migration in MIGRATIONS[current:]:
+            migration(conn)
+        if current != SCHEMA_VERSION:
+            conn.execute(
+                "INSERT INTO journal_meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (SCHEMA_VERSION,),
+            )
+
+
+def connect(db_file: Path, *, busy_timeout_ms: int, synchronous_full: bool) -> apsw.Connection:
+    """A connection in WAL mode; the journal writes on it through ``transaction``."""
+    conn = apsw.Connection(str(db_file), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        mode = conn.pragma("journal_mode", "wal")
+        if mode != "wal":
+            raise JournalError(f"SQLite refused WAL mode (journal_mode={mode})")
+        conn.pragma("synchronous", "FULL" if synchronous_full else "NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class OwnDatabase:
+    """The journal's own ``Database`` (see ``journal.queue``): a writer behind a limiter of
+    1 and one query-only reader, each used by one thread at a time."""
+
+    def __init__(self, writer: apsw.Connection, reader: apsw.Connection):
+        self._writer, self._reader = writer, reader
+        self._write_limiter, self._read_limiter = trio.CapacityLimiter(1), trio.CapacityLimiter(1)
+
+    async def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        # run_sync is never abandoned, so a started transaction always finishes.
+        return await trio.to_thread.run_sync(fn, self._writer, limiter=self._write_limiter)
+
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+
+    @classmethod
+    def open(cls, db_file: Path, *, busy_timeout_ms: int, synchronous_full: bool) -> OwnDatabase:
+        """(Sync: run it in a thread.) Connect twice and ensure the schema."""
+        opened: list[apsw.Connection] = []
+        try:
+            opened.append(
+                connect(db_file, busy_timeout_ms=busy_timeout_ms, synchronous_full=synchronous_full)
+            )
+            ensure(opened[0])
+            opened.append(
+                connect(db_file, busy_timeout_ms=busy_timeout_ms, synchronous_full=synchronous_full)
+            )
+            opened[1].pragma("query_only", True)
+        except BaseException:
+            for conn in opened:
+                conn.close()
+            raise
+        return cls(opened[0], opened[1])
+
+    async def aclose(self) -> None:
+        async with self._write_limiter, self._read_limiter:
+            self._reader.close()
+            self._writer.close()

@@ -1,0 +1,149 @@
+"""/internal/* routes, behind ``X-Api-Token`` (api.md §3)."""
+
+from __future__ import annotations
+
+import hmac
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from pictrs_trio import ids, job_types
+from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery, ProxyNotFound, ReadOnly
+from pictrs_trio.http.image import empty, json_response
+from pictrs_trio.http.state import app_state
+from pictrs_trio.http.wire import encode
+
+bp = Blueprint("internal", __name__, url_prefix="/internal")
+
+
+class Ok(msgspec.Struct, frozen=True, kw_only=True):
+    msg: str = "ok"
+
+
+class Aliases(msgspec.Struct, frozen=True, kw_only=True):
+    aliases: list[str]
+    msg: str = "ok"
+
+
+class Identifier(msgspec.Struct, frozen=True, kw_only=True):
+    identifier: str
+    msg: str = "ok"
+
+
+class DeadJob(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    queue: str
+    kind: str
+    attempts: int
+    last_error: str | None
+
+
+class JobsReport(msgspec.Struct, frozen=True, kw_only=True):
+    """pictrs-trio only: the journal's state for operators."""
+
+    queues: dict[str, dict[str, int]]
+    dead: list[DeadJob]
+    msg: str = "ok"
+
+
+@bp.before_request
+async def check_api_key() -> None:
+    """Runs before routing inside /internal: without a valid key every path answers 401."""
+    expected = app_state().config.server.api_key
+    given = request.headers.get("X-Api-Token")
+    if not expected or given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidApiToken("Invalid API Key")
+
+
+def _writable() -> None:
+    if app_state().config.server.read_only:
+        raise ReadOnly("Server is in read-only mode")
+
+
+def _alias() -> str:
+    if "proxy" in request.args:
+        raise ProxyNotFound("No proxied media for that URL")
+    raw = request.args.get("alias")
+    if raw is None:
+        raise InvalidQuery("Invalid query: expected alias or proxy")
+    try:
+        return ids.parse_alias(raw)
+    except ValueError:
+        raise AliasNotFound("Alias not found") from None
+
+
+@bp.delete("/variants")
+async def delete_variants() -> Response:
+    state = app_state()
+    _writable()
+    await state.journal.push(
+        job_types.CLEANUP, job_types.RemoveAllVariants(), unique_key="remove-all-variants"
+    )
+    return empty(204)
+
+
+@bp.post("/delete")
+async def delete_alias() -> Response:
+    state = app_state()
+    _writable()
+    alias = _alias()
+    if await state.repo.delete_token(alias) is None:
+        return empty(404)
+    removed = await state.repo.remove_alias(alias)
+    if removed is not None and removed.orphaned_identifiers:
+        state.journal.notify(job_types.CLEANUP)
+    return json_response(encode(Ok()))
+
+
+@bp.post("/purge")
+async def purge() -> Response:
+    state = app_state()
+    _writable()
+    alias = _alias()
+    hash_ = await state.repo.alias_hash(alias)
+    if hash_ is None:
+        raise AliasNotFound("Alias not found")
+    aliases = await state.repo.aliases_for_hash(hash_)
+    for each in aliases:
+        await state.repo.remove_alias(each)  # the last one queues the files' removal
+    state.journal.notify(job_types.CLEANUP)
+    return json_response(encode(Aliases(aliases=aliases)))
+
+
+@bp.get("/aliases")
+async def aliases() -> Response:
+    state = app_state()
+    hash_ = await state.repo.alias_hash(_alias())
+    found = await state.repo.aliases_for_hash(hash_) if hash_ is not None else []
+    return json_response(encode(Aliases(aliases=found)))
+
+
+@bp.get("/identifier")
+async def identifier() -> Response:
+    state = app_state()
+    found = await state.repo.find_original(_alias())
+    if found is None or found.identifier is None:
+        raise AliasNotFound("Alias not found")
+    return json_response(encode(Identifier(identifier=found.identifier)))
+
+
+@bp.get("/jobs")
+async def jobs() -> Response:
+    state = app_state()
+    stats = await state.journal.stats()
+    dead = await state.journal.dead_jobs(100)
+    report = JobsReport(
+        queues={q: dict(counts) for q, counts in stats.items()},
+        dead=[
+            DeadJob(id=j.id, queue=j.queue, kind=j.kind, attempts=j.attempts,
+                    last_error=j.last_error)
+            for j in dead
+        ],
+    )
+    return json_response(encode(report))
+
+
+@bp.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+async def unknown(_rest: str) -> Response:
+    """Unknown internal paths: 401 without a key (above), empty 404 with one."""
+    return empty(404)

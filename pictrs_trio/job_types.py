@@ -1,0 +1,52 @@
+"""Payloads of the durable jobs pictrs-trio queues on the journal. Pure records.
+
+Each is a tagged msgspec Struct (the tag is the journal's ``kind``); a field added later
+gets a default so rows written by an older version still decode.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+CLEANUP = "cleanup"
+INGEST = "ingest"
+PROCESS = "process"
+
+_JOB = {"frozen": True, "kw_only": True, "tag_field": "type"}
+
+
+class RemoveFiles(msgspec.Struct, tag="remove_files", **_JOB):
+    """Delete store files whose rows are already gone (same transaction as the job)."""
+
+    identifiers: list[str]
+
+
+class IngestUpload(msgspec.Struct, tag="ingest_upload", **_JOB):
+    """A backgrounded upload: the raw bytes are stored under ``raw_identifier``."""
+
+    upload_id: str
+    raw_identifier: str
+    query: list[tuple[str, str]] = []  # limits and operations, as the upload's query had
+
+
+class Generate(msgspec.Struct, tag="generate", **_JOB):
+    """Render a variant (process_backgrounded)."""
+
+    alias: str
+    ext: str
+    query: list[tuple[str, str]]
+
+
+class ExpireVariants(msgspec.Struct, tag="expire_variants", **_JOB):
+    """Remove variants not accessed since ``media.retention.variants``."""
+
+
+class RemoveAllVariants(msgspec.Struct, tag="remove_all_variants", **_JOB):
+    """DELETE /internal/variants."""
+
+
+class SweepOrphans(msgspec.Struct, tag="sweep_orphans", **_JOB):
+    """Remove store files no row references (left by a crash between save and commit)."""
+
+
+CleanupJob = RemoveFiles | ExpireVariants | RemoveAllVariants | SweepOrphans

@@ -1,0 +1,176 @@
+"""Job handlers: the work the journal runs outside requests, and survives restarts.
+
+    cleanup  RemoveFiles (files of removed rows), ExpireVariants (retention),
+             RemoveAllVariants (DELETE /internal/variants), SweepOrphans (crash leftovers)
+    ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
+    process  Generate (process_backgrounded)
+
+Delivery is at least once, so every handler is idempotent: removing a missing file is fine,
+an upload whose outcome is recorded is not ingested again, a rendered variant is found.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from functools import partial
+
+import msgspec
+import trio
+from loguru import logger
+
+from journal import Abort, Job, Journal
+from journal.runner import Handler
+from pictrs_trio import ids, job_types, process
+from pictrs_trio.config import parse_retention
+from pictrs_trio.errors import PictrsError
+from pictrs_trio.ingest import IngestSession, file_chunks, ingest, upload_operations
+from pictrs_trio.query import parse_upload_query
+from pictrs_trio.repo.records import UploadOutcome
+from pictrs_trio.state import AppState
+
+BATCH = 500
+CONCURRENCY = {job_types.CLEANUP: 1, job_types.INGEST: 2, job_types.PROCESS: 2}
+RETENTION_CHECK_MAX_SECONDS = 300.0
+
+_cleanup_decoder = msgspec.json.Decoder(job_types.CleanupJob)
+_ingest_decoder = msgspec.json.Decoder(job_types.IngestUpload)
+_generate_decoder = msgspec.json.Decoder(job_types.Generate)
+
+
+def handlers(state: AppState) -> dict[str, Handler]:
+    return {
+        job_types.CLEANUP: partial(handle_cleanup, state),
+        job_types.INGEST: partial(handle_ingest, state),
+        job_types.PROCESS: partial(handle_generate, state),
+    }
+
+
+# --- cleanup ---------------------------------------------------------------------------------
+
+
+async def handle_cleanup(state: AppState, job: Job) -> None:
+    payload = job.decode(_cleanup_decoder)
+    if isinstance(payload, job_types.RemoveFiles):
+        for identifier in payload.identifiers:
+            await state.store.remove(identifier)
+    elif isinstance(payload, job_types.ExpireVariants):
+        retention = parse_retention(state.config.media.retention.variants).total_seconds()
+        cutoff = time.time_ns() - int(retention * 1e9)
+        await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
+    elif isinstance(payload, job_types.RemoveAllVariants):
+        await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
+    else:
+        await sweep_orphans(state)
+
+
+async def _drain(state: AppState, step: Callable[[], Awaitable[int]], verb: str) -> None:
+    """Run a batched removal until a batch comes back short; each batch queued its files."""
+    total = 0
+    while True:
+        n = await step()
+        total += n
+        if n:
+            state.journal.notify(job_types.CLEANUP)
+        if n < BATCH:
+            break
+    if total:
+        logger.info("{} {} variants", verb, total)
+
+
+async def sweep_orphans(state: AppState) -> int:
+    """Remove store files no row references and older than ``server.orphan_sweep_grace``
+    (younger ones may belong to an upload whose commit is still to come)."""
+    grace = state.config.server.orphan_sweep_grace
+    cutoff = time.time() - grace
+    referenced = await state.repo.identifiers()
+    removed = 0
+    candidates: list[str] = []
+    async with aclosing(state.store.identifiers()) as listing:
+        async for identifier in listing:
+            if identifier in referenced:
+                continue
+            born = ids.identifier_time(identifier)
+            if born is not None and born > cutoff:
+                continue
+            candidates.append(identifier)
+    # Read the rows again: a file listed before its commit must not be taken for an orphan.
+    referenced = await state.repo.identifiers()
+    for identifier in candidates:
+        if identifier not in referenced:
+            await state.store.remove(identifier)
+            removed += 1
+    if removed:
+        logger.warning("removed {} store files that no record referenced", removed)
+    return removed
+
+
+# --- backgrounded uploads --------------------------------------------------------------------
+
+
+async def handle_ingest(state: AppState, job: Job) -> None:
+    payload = job.decode(_ingest_decoder)
+    exists, outcome = await state.repo.upload_outcome(payload.upload_id)
+    if exists and outcome is None:
+        try:
+            await _ingest_upload(state, payload)
+        except PictrsError as exc:
+            await state.repo.finish_upload(
+                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
+            )
+        except Exception as exc:
+            if job.attempts < job.max_attempts:
+                raise  # retried later; transient, like a database hiccup
+            await state.repo.finish_upload(
+                payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
+            )
+    await state.repo.forget_upload_raw(payload.upload_id)
+    await state.store.remove(payload.raw_identifier)
+
+
+async def _ingest_upload(state: AppState, payload: job_types.IngestUpload) -> None:
+    limits, pairs = parse_upload_query(payload.query)
+    operations = upload_operations(state, pairs)
+    path = await state.store.local_path(payload.raw_identifier)
+    if path is None:
+        raise Abort("store cannot read the raw upload locally")
+    async with IngestSession(state) as session:
+        await ingest(
+            state,
+            session,
+            file_chunks(path),
+            limits=limits,
+            operations=operations,
+            upload_id=payload.upload_id,
+        )
+        session.disarm()
+
+
+# --- variants --------------------------------------------------------------------------------
+
+
+async def handle_generate(state: AppState, job: Job) -> None:
+    payload = job.decode(_generate_decoder)
+    request = process.parse_request(
+        payload.ext, payload.query, allowed=state.config.media.filters
+    )
+    try:
+        await process.find_or_render(state, payload.alias, request)
+    except PictrsError as exc:
+        raise Abort(exc.msg) from exc  # a render that failed once fails again
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+
+async def schedule(state: AppState, journal: Journal) -> None:
+    """Queue the periodic cleanup jobs (pict-rs: not in read-only mode)."""
+    await journal.push(job_types.CLEANUP, job_types.SweepOrphans(), unique_key="sweep-orphans")
+    retention = parse_retention(state.config.media.retention.variants).total_seconds()
+    every = max(1.0, min(retention / 4, RETENTION_CHECK_MAX_SECONDS))
+    while True:
+        await journal.push(
+            job_types.CLEANUP, job_types.ExpireVariants(), unique_key="expire-variants"
+        )
+        await trio.sleep(every)
