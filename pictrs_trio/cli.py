@@ -181,6 +181,7 @@ CHAINS = {
     "run": (STORES, REPOS),
     "migrate-store": (STORES, STORES, REPOS),
     "migrate-repo": (REPOS, REPOS),
+    "jobs": (REPOS,),
 }
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
@@ -217,7 +218,7 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
         return 0  # help or version was printed
     if command not in CHAINS:
         wanted = "a command is required" if command is None else f"unknown command {command!r}"
-        raise UsageError(f"{wanted}: run, migrate-store or migrate-repo (see --help)")
+        raise UsageError(f"{wanted}: run, jobs, migrate-store or migrate-repo (see --help)")
     segments = split_chain(command, rest)
     parsed = []
     for index, segment in enumerate(segments):
@@ -259,6 +260,10 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
     save_path = special.get("save_to")
     if isinstance(save_path, Path):
         cfg.save_to(save_path, config)
+    if runner is None and command == "jobs":
+        from pictrs_trio import report
+
+        runner = report.print_jobs
     if runner is None:
         from pictrs_trio import service  # imported late: the CLI must not pull in the server
 
@@ -348,10 +353,18 @@ def build_app() -> App:
         name="migrate-repo", help="pict-rs's repo migration (not available in pictrs-trio)."
     )
     migrate_repo.default(_command("migrate-repo", "Not available.", ()))
+    jobs = App(
+        name="jobs",
+        help="Show the job journal: jobs per queue and status, and dead jobs with their last "
+        "error. Safe while the server runs.",
+        usage="Usage: pictrs-trio jobs [REPO [FLAGS]]",
+    )
+    jobs.default(_command("jobs", "Show the job journal.", ()))
     for sub, words in (
         (run, STORES | REPOS),
         (migrate_store, STORES | REPOS),
         (migrate_repo, REPOS),
+        (jobs, REPOS),
     ):
         for word in sorted(words):
             _, _, flags, help_ = SUBCOMMANDS[word]

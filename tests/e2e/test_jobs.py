@@ -3,6 +3,8 @@ orphan sweeps — the work the journal runs outside requests."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,8 +96,16 @@ def test_internal_variants_removal(tmp_path: Path, samples: dict[str, Path]) -> 
             jobs = c.get("/internal/jobs", headers={"X-Api-Token": API_KEY}).json()
             assert jobs["msg"] == "ok"
             assert jobs["queues"]["cleanup"].get("dead", 0) == 0
+            assert jobs["queues"]["cleanup"].get("done", 0) >= 1
     finally:
         srv.stop()
+    # the same view from the command line, read from the database file
+    out = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "jobs", "sqlite", "-p", str(srv.db)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    cleanup = next(line.split() for line in out.splitlines() if line.startswith("cleanup"))
+    assert int(cleanup[3]) >= 1  # done
 
 
 def test_orphan_sweep_at_startup(tmp_path: Path, samples: dict[str, Path]) -> None:
