@@ -170,3 +170,33 @@ def test_upload_preprocess_operations(server: Server, samples: dict[str, Path]) 
         assert (d["width"], d["height"]) == (87, 100)
         stored = c.get(f"/image/original/{r.json()['files'][0]['file']}").content
         assert frame_size(decode(stored)) == (87, 100)
+
+
+def test_two_processes_render_once(tmp_path: Path, samples: dict[str, Path]) -> None:
+    """Two servers sharing one repo and store: the claim row makes rendering single-flight
+    across processes, not only within one."""
+    a = Server(tmp_path).start()
+    b = Server(tmp_path).start()  # same files/ and sqlite/ folders, another port
+    try:
+        with a.client() as c:
+            alias = upload(c, samples["cat.jpg"]).json()["files"][0]["file"]
+        query = f"/image/process.png?src={alias}&resize=400&blur=2"
+
+        def fetch(i: int) -> bytes:
+            import httpx
+
+            r = httpx.get((a if i % 2 else b).url + query, timeout=60)
+            assert r.status_code == 200
+            return r.content
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(fetch, range(8)))
+        assert len(set(bodies)) == 1
+        assert len(a.stored_files(expect=2)) == 2
+    finally:
+        a.stop()
+        b.stop()
+    # rendered once in all: the other process waited for the claim instead of rendering too
+    assert a.log == b.log  # both servers append to the one log of their shared folder
+    renders = a.log.read_text().count("generated resize/400/blur/2/png")
+    assert renders == 1
