@@ -11,6 +11,8 @@
     ├── MediaToolError               an external tool failed       command-*           400/500
     ├── StoreError                   a store backend failed        file-io-error ...   500
     ├── RepoError                    a repo backend failed         sqlite-error        500
+    ├── HttpClientError / DownloadFailed  outbound download failed http-client-error /
+    │                                                              download-file-error 500
     ├── AliasNotFound, ProxyNotFound, InvalidDeleteToken, ...
     └── DeadlineError / RequestTimeout                             parse-deadline 400 / 408
 
@@ -157,6 +159,20 @@ class StoreNotFound(StoreError):
 
 class RepoError(PictrsError):
     code = ErrorCode.SQLITE_ERROR
+    status = 500
+
+
+class HttpClientError(PictrsError):
+    """An outbound request (download, proxy) failed before the remote answered."""
+
+    code = ErrorCode.HTTP_CLIENT_ERROR
+    status = 500
+
+
+class DownloadFailed(PictrsError):
+    """The remote server answered a download or proxy fetch with a non-2xx status."""
+
+    code = ErrorCode.DOWNLOAD_FILE_ERROR
     status = 500
 
 

@@ -41,6 +41,10 @@ class ExpireVariants(msgspec.Struct, tag="expire_variants", **_JOB):
     """Remove variants not accessed since ``media.retention.variants``."""
 
 
+class ExpireProxies(msgspec.Struct, tag="expire_proxies", **_JOB):
+    """Remove proxied aliases not accessed since ``media.retention.proxy``."""
+
+
 class RemoveAllVariants(msgspec.Struct, tag="remove_all_variants", **_JOB):
     """DELETE /internal/variants."""
 
@@ -49,4 +53,4 @@ class SweepOrphans(msgspec.Struct, tag="sweep_orphans", **_JOB):
     """Remove store files no row references (left by a crash between save and commit)."""
 
 
-CleanupJob = RemoveFiles | ExpireVariants | RemoveAllVariants | SweepOrphans
+CleanupJob = RemoveFiles | ExpireVariants | ExpireProxies | RemoveAllVariants | SweepOrphans

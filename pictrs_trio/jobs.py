@@ -1,6 +1,6 @@
 """Job handlers: the work the journal runs outside requests, and survives restarts.
 
-    cleanup  RemoveFiles (files of removed rows), ExpireVariants (retention),
+    cleanup  RemoveFiles (files of removed rows), ExpireVariants, ExpireProxies (retention),
              RemoveAllVariants (DELETE /internal/variants), SweepOrphans (crash leftovers)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
@@ -56,16 +56,26 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
         for identifier in payload.identifiers:
             await state.store.remove(identifier)
     elif isinstance(payload, job_types.ExpireVariants):
-        retention = parse_retention(state.config.media.retention.variants).total_seconds()
-        cutoff = time.time_ns() - int(retention * 1e9)
+        cutoff = _cutoff_ns(state.config.media.retention.variants)
         await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
+    elif isinstance(payload, job_types.ExpireProxies):
+        cutoff = _cutoff_ns(state.config.media.retention.proxy)
+        step = partial(state.repo.expire_proxies, cutoff, BATCH)
+        await _drain(state, step, "expired", "proxied media")
     elif isinstance(payload, job_types.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     else:
         await sweep_orphans(state)
 
 
-async def _drain(state: AppState, step: Callable[[], Awaitable[int]], verb: str) -> None:
+def _cutoff_ns(retention: str) -> int:
+    """Unix ns before which a last access counts as expired."""
+    return time.time_ns() - int(parse_retention(retention).total_seconds() * 1e9)
+
+
+async def _drain(
+    state: AppState, step: Callable[[], Awaitable[int]], verb: str, what: str = "variants"
+) -> None:
     """Run a batched removal until a batch comes back short; each batch queued its files."""
     total = 0
     while True:
@@ -76,7 +86,7 @@ async def _drain(state: AppState, step: Callable[[], Awaitable[int]], verb: str)
         if n < BATCH:
             break
     if total:
-        logger.info("{} {} variants", verb, total)
+        logger.info("{} {} {}", verb, total, what)
 
 
 async def sweep_orphans(state: AppState) -> int:
@@ -167,10 +177,17 @@ async def handle_generate(state: AppState, job: Job) -> None:
 async def schedule(state: AppState, journal: Journal) -> None:
     """Queue the periodic cleanup jobs (pict-rs: not in read-only mode)."""
     await journal.push(job_types.CLEANUP, job_types.SweepOrphans(), unique_key="sweep-orphans")
-    retention = parse_retention(state.config.media.retention.variants).total_seconds()
-    every = max(1.0, min(retention / 4, RETENTION_CHECK_MAX_SECONDS))
+    retention = state.config.media.retention
+    shortest = min(
+        parse_retention(retention.variants).total_seconds(),
+        parse_retention(retention.proxy).total_seconds(),
+    )
+    every = max(1.0, min(shortest / 4, RETENTION_CHECK_MAX_SECONDS))
     while True:
         await journal.push(
             job_types.CLEANUP, job_types.ExpireVariants(), unique_key="expire-variants"
+        )
+        await journal.push(
+            job_types.CLEANUP, job_types.ExpireProxies(), unique_key="expire-proxies"
         )
         await trio.sleep(every)

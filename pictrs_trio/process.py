@@ -119,7 +119,7 @@ async def _input_path(state: AppState, identifier: str) -> Path:
 async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple[str, Details]:
     fmt = result.format
     identifier = await state.store.save_file(
-        out, extension=fmt.extension, content_type=fmt.content_type
+        out, extension=fmt.extension, content_type=fmt.content_type, durable=False
     )
     details = Details(
         width=result.width,

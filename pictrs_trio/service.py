@@ -10,6 +10,7 @@ run(config)
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -98,6 +100,24 @@ def sweep_temp_root(root: Path) -> int:
     return removed
 
 
+def user_agent() -> str:
+    try:
+        version = importlib.metadata.version("pictrs-trio")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"pictrs-trio/{version}"
+
+
+def open_http_client(config: Config) -> httpx.AsyncClient:
+    """The one outbound client (downloads, proxies). pict-rs builds its client without a
+    timeout; we apply ``client.timeout`` (per connect, read, write and pool wait)."""
+    return httpx.AsyncClient(
+        timeout=config.client.timeout,
+        follow_redirects=True,
+        headers={"User-Agent": user_agent()},
+    )
+
+
 @asynccontextmanager
 async def open_state(config: Config) -> AsyncIterator[AppState]:
     """Open repo, store and media tools; a private temp folder for this process."""
@@ -115,6 +135,7 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
             open_media_tools(
                 config.media, tmp_dir=tmp_dir, engine_workers=config.media.engine_workers
             ) as media,
+            open_http_client(config) as http,
         ):
             journal = Journal(repo.journal_db())
             yield AppState(
@@ -124,6 +145,7 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
                 media=media,
                 tmp_dir=tmp_dir,
                 journal=journal,
+                http=http,
             )
     finally:
         with trio.move_on_after(5, shield=True):

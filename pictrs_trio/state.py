@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import httpx
+
 from journal import Journal
 from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
@@ -22,5 +24,6 @@ class AppState:
     media: MediaTools
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
     journal: Journal  # durable jobs, in the repo's database
+    http: httpx.AsyncClient  # every outbound request (downloads, proxies); closed at shutdown
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)

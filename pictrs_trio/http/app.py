@@ -11,7 +11,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pictrs_trio.errors import FileTooLarge, PictrsError, error_response
-from pictrs_trio.http import backgrounded, health, image, internal, process
+from pictrs_trio.http import backgrounded, download, health, image, internal, process
 from pictrs_trio.http.deadline import deadline_middleware
 from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
@@ -81,6 +81,7 @@ def create_app(state: AppState) -> Any:
     app.register_blueprint(health.bp)
     app.register_blueprint(process.bp)
     app.register_blueprint(backgrounded.bp)
+    app.register_blueprint(download.bp)
     app.register_blueprint(internal.bp)
     app.register_error_handler(Exception, handle_error)
     # Outermost first: the request deadline, the cached-media fast path, then Quart.

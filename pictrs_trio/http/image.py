@@ -7,12 +7,12 @@ from contextlib import aclosing
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types
+from pictrs_trio import ids, job_types, proxy
+from pictrs_trio.download import parse_url
 from pictrs_trio.errors import (
     AliasNotFound,
     InvalidDeleteToken,
     InvalidQuery,
-    ProxyNotFound,
     ReadOnly,
 )
 from pictrs_trio.http.multipart import iter_file_parts
@@ -75,11 +75,16 @@ def _alias_from(raw: str) -> str | None:
         return None
 
 
-def _query_alias() -> str | None:
-    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). None: the alias cannot exist."""
-    if "proxy" in request.args:
-        # Media proxy arrives with the job journal; until then no URL was ever proxied.
-        raise ProxyNotFound("No proxied media for that URL")
+async def _query_alias(*, fetch: bool = False) -> str | None:
+    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). None: the alias cannot exist.
+
+    A proxied URL is downloaded on first use only with ``fetch`` (GET of the original);
+    otherwise an unknown URL raises ProxyNotFound (404 proxy-not-found).
+    """
+    raw_url = request.args.get("proxy")
+    if raw_url is not None:
+        state, url = app_state(), parse_url(raw_url, "proxy")
+        return await (proxy.fetch(state, url) if fetch else proxy.existing(state, url))
     raw = request.args.get("alias")
     if raw is None:
         raise InvalidQuery("Invalid query: expected alias or proxy")
@@ -134,7 +139,7 @@ async def original_path(alias: str) -> Response:
 
 @bp.route("/image/original", methods=["GET", "HEAD"])
 async def original_query() -> Response:
-    return await _original(_query_alias())
+    return await _original(await _query_alias(fetch=request.method == "GET"))
 
 
 async def _details(alias: str | None) -> Response:
@@ -154,7 +159,7 @@ async def details_path(alias: str) -> Response:
 
 @bp.get("/image/details/original")
 async def details_query() -> Response:
-    return await _details(_query_alias())
+    return await _details(await _query_alias())
 
 
 @bp.route("/image/delete/<token>/<alias>", methods=["GET", "DELETE"])

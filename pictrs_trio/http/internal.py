@@ -7,8 +7,9 @@ import hmac
 import msgspec
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types
-from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery, ProxyNotFound, ReadOnly
+from pictrs_trio import ids, job_types, proxy
+from pictrs_trio.download import parse_url
+from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery, ReadOnly
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode
@@ -60,9 +61,12 @@ def _writable() -> None:
         raise ReadOnly("Server is in read-only mode")
 
 
-def _alias() -> str:
-    if "proxy" in request.args:
-        raise ProxyNotFound("No proxied media for that URL")
+async def _alias() -> str:
+    """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
+    ``?alias=``."""
+    raw_url = request.args.get("proxy")
+    if raw_url is not None:
+        return await proxy.existing(app_state(), parse_url(raw_url, "proxy"))
     raw = request.args.get("alias")
     if raw is None:
         raise InvalidQuery("Invalid query: expected alias or proxy")
@@ -86,7 +90,7 @@ async def delete_variants() -> Response:
 async def delete_alias() -> Response:
     state = app_state()
     _writable()
-    alias = _alias()
+    alias = await _alias()
     if await state.repo.delete_token(alias) is None:
         return empty(404)
     removed = await state.repo.remove_alias(alias)
@@ -99,7 +103,7 @@ async def delete_alias() -> Response:
 async def purge() -> Response:
     state = app_state()
     _writable()
-    alias = _alias()
+    alias = await _alias()
     hash_ = await state.repo.alias_hash(alias)
     if hash_ is None:
         raise AliasNotFound("Alias not found")
@@ -113,7 +117,7 @@ async def purge() -> Response:
 @bp.get("/aliases")
 async def aliases() -> Response:
     state = app_state()
-    hash_ = await state.repo.alias_hash(_alias())
+    hash_ = await state.repo.alias_hash(await _alias())
     found = await state.repo.aliases_for_hash(hash_) if hash_ is not None else []
     return json_response(encode(Aliases(aliases=found)))
 
@@ -121,7 +125,7 @@ async def aliases() -> Response:
 @bp.get("/identifier")
 async def identifier() -> Response:
     state = app_state()
-    found = await state.repo.find_original(_alias())
+    found = await state.repo.find_original(await _alias())
     if found is None or found.identifier is None:
         raise AliasNotFound("Alias not found")
     return json_response(encode(Identifier(identifier=found.identifier)))

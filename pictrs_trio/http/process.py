@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types, process
+from pictrs_trio import ids, job_types, process, proxy
+from pictrs_trio.download import parse_url
 from pictrs_trio.errors import AliasNotFound, InvalidQuery, ProxyNotFound, ReadOnly
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.serve import etag_for, serve_stored
@@ -15,19 +18,32 @@ from pictrs_trio.http.wire import encode, wire_details
 bp = Blueprint("process", __name__)
 
 
-def _source() -> str | None:
-    """The alias a process query names: ``src``, then ``alias``, then ``proxy``
-    (api.md §1.10). None when the alias cannot exist (malformed)."""
-    for key in ("src", "alias"):
-        raw = request.args.get(key)
-        if raw is not None:
-            try:
-                return ids.parse_alias(raw)
-            except ValueError:
-                return None
-    if "proxy" in request.args:
-        raise ProxyNotFound("No proxied media for that URL")
-    raise InvalidQuery("Invalid query: expected src, alias or proxy")
+class _Source:
+    """The source a process query names: ``src``, then ``alias``, then ``proxy`` (api.md
+    §1.10). Parsed before the operations, resolved after them, so a bad query never
+    downloads anything."""
+
+    def __init__(self) -> None:
+        self.alias: str | None = None
+        self.url: str | None = None
+        for key in ("src", "alias"):
+            raw = request.args.get(key)
+            if raw is not None:
+                with contextlib.suppress(ValueError):  # malformed: the alias cannot exist
+                    self.alias = ids.parse_alias(raw)
+                return
+        raw_url = request.args.get("proxy")
+        if raw_url is None:
+            raise InvalidQuery("Invalid query: expected src, alias or proxy")
+        self.url = parse_url(raw_url, "proxy")
+
+    async def resolve(self, *, fetch: bool = False) -> str | None:
+        """The alias (None when it cannot exist). A proxy URL is downloaded on first use only
+        with ``fetch``; otherwise an unknown one raises ProxyNotFound."""
+        if self.url is None:
+            return self.alias
+        state = app_state()
+        return await (proxy.fetch(state, self.url) if fetch else proxy.existing(state, self.url))
 
 
 def _parse(ext: str) -> process.VariantRequest:
@@ -40,8 +56,12 @@ def _parse(ext: str) -> process.VariantRequest:
 @bp.route("/image/process.<ext>", methods=["GET", "HEAD"])
 async def process_variant(ext: str) -> Response:
     state = app_state()
-    alias = _source()
+    source = _Source()
     variant = _parse(ext)
+    try:
+        alias = await source.resolve(fetch=request.method == "GET")
+    except ProxyNotFound:
+        return empty(404)  # HEAD with an unknown proxy: empty 404 (api.md §2.10)
     if alias is None:
         return empty(404)
     if request.method == "HEAD":
@@ -71,8 +91,12 @@ async def process_variant(ext: str) -> Response:
 @bp.get("/image/process_backgrounded.<ext>")
 async def process_backgrounded(ext: str) -> Response:
     state = app_state()
-    alias = _source()
+    source = _Source()
     variant = _parse(ext)
+    try:
+        alias = await source.resolve()
+    except ProxyNotFound:
+        return empty(404)  # api.md §2.11: an unknown proxy is an empty 404
     if alias is None:
         return empty(400)
     found = await state.repo.find_variant(alias, variant.key)
@@ -91,8 +115,9 @@ async def process_backgrounded(ext: str) -> Response:
 @bp.get("/image/details/process.<ext>")
 async def process_details(ext: str) -> Response:
     state = app_state()
-    alias = _source()
+    source = _Source()
     variant = _parse(ext)
+    alias = await source.resolve()  # unknown proxy: 404 proxy-not-found
     found = await state.repo.find_variant(alias, variant.key) if alias is not None else None
     if found is None or found.identifier is None or found.details is None:
         raise AliasNotFound("Variant not found")

@@ -17,6 +17,7 @@ from pictrs_trio.repo.records import (
     Found,
     Hash,
     PendingUpload,
+    Proxied,
     RemovedAlias,
     UploadCommit,
     UploadOutcome,
@@ -28,6 +29,7 @@ __all__ = [
     "Hash",
     "JournalDb",
     "PendingUpload",
+    "Proxied",
     "RemovedAlias",
     "Repo",
     "UploadCommit",
@@ -151,6 +153,27 @@ class Repo(Protocol):
     async def expire_variants(self, accessed_before_ns: int, limit: int) -> int: ...
 
     async def remove_all_variants(self, limit: int) -> int: ...
+
+    # -- proxied media (``?proxy=url``) --
+
+    async def proxy_alias(self, url: str) -> Proxied | None:
+        """The alias ``url`` was ingested as, with its last access; None if never proxied."""
+        ...
+
+    async def relate_proxy(self, url: str, alias: str) -> str:
+        """Relate ``url`` to ``alias``; returns the alias now on record, another one if a
+        concurrent fetch related the URL first (the caller then removes its own alias)."""
+        ...
+
+    async def touch_proxy(self, url: str) -> None:
+        """Record an access now (retention counts from the last one)."""
+        ...
+
+    async def expire_proxies(self, accessed_before_ns: int, limit: int) -> int:
+        """Remove up to ``limit`` proxied aliases last accessed before the time; a file left
+        without aliases goes too (its RemoveFiles job is queued in the same transaction).
+        Returns how many were removed."""
+        ...
 
     def journal_db(self) -> JournalDb:
         """The journal's view of this database: its writes queue with the repo's own."""

@@ -206,3 +206,53 @@ def w_claim_upload(conn: apsw.Connection, upload_id: str) -> bool:
     with transaction(conn):
         conn.execute("DELETE FROM uploads WHERE id = ? AND result IS NOT NULL", (upload_id,))
         return conn.changes() == 1
+
+
+def _first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:
+    rows = conn.execute(sql, args).fetchall()
+    return rows[0] if rows else None
+
+
+def _str(value: apsw.SQLiteValue) -> str:
+    assert isinstance(value, str)
+    return value
+
+
+def _bytes(value: apsw.SQLiteValue) -> bytes:
+    assert isinstance(value, bytes)
+    return value
+
+
+def w_remove_alias(
+    conn: apsw.Connection, alias: str, now: float | None = None
+) -> tuple[bytes, list[str]] | None:
+    """Remove an alias (its proxy relation cascades). When it was the file's last alias,
+    the file's rows go too and a RemoveFiles job for their identifiers is queued in the same
+    transaction. Returns (hash key, orphaned identifiers), or None for an unknown alias."""
+    with transaction(conn):
+        row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
+        if row is None:
+            return None
+        key = _bytes(row[0])
+        conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))  # proxies cascade
+        if _first(conn, "SELECT 1 FROM aliases WHERE hash = ? LIMIT 1", (key,)) is not None:
+            return key, []
+        file_row = _first(
+            conn, "SELECT identifier, motion_identifier FROM hashes WHERE hash = ?", (key,)
+        )
+        orphaned: list[str] = []
+        if file_row is not None:
+            orphaned.extend(_str(v) for v in file_row if v is not None)
+        variant_rows = conn.execute(
+            "SELECT identifier FROM variants WHERE hash = ? ORDER BY id", (key,)
+        ).fetchall()
+        orphaned.extend(_str(v) for (v,) in variant_rows)
+        conn.execute("DELETE FROM variants WHERE hash = ?", (key,))
+        conn.execute("DELETE FROM hashes WHERE hash = ?", (key,))
+        conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
+        if orphaned:
+            # Same transaction: the rows and the job that deletes their files commit together.
+            push_in(
+                conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned), now=now
+            )
+    return key, orphaned

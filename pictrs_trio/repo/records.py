@@ -91,3 +91,11 @@ class PendingUpload(msgspec.Struct, frozen=True, kw_only=True):
     upload_id: str
     raw_identifier: str
     query: list[tuple[str, str]] = []
+
+
+class Proxied(msgspec.Struct, frozen=True, kw_only=True):
+    """A URL fetched through ``?proxy=``: the alias it was ingested as, and when a client
+    last asked for it (unix ns; proxied media expires by ``media.retention.proxy``)."""
+
+    alias: str
+    accessed_ns: int

@@ -32,15 +32,15 @@ import trio
 
 from journal import schema as journal_schema
 from journal.schema import transaction
-from journal.store import push_in
 from pictrs_trio import job_types
 from pictrs_trio.errors import DuplicateAlias, PictrsError, RepoError
-from pictrs_trio.repo import JournalDb, media_sql, migrations
+from pictrs_trio.repo import JournalDb, media_sql, migrations, proxy_sql
 from pictrs_trio.repo.records import (
     Details,
     Found,
     Hash,
     PendingUpload,
+    Proxied,
     RemovedAlias,
     UploadCommit,
     UploadOutcome,
@@ -265,34 +265,6 @@ def _w_relate_details(conn: apsw.Connection, identifier: str, details_json: byte
     )
 
 
-def _w_remove_alias(conn: apsw.Connection, alias: str) -> tuple[bytes, list[str]] | None:
-    with transaction(conn):
-        row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
-        if row is None:
-            return None
-        key = _as_bytes(row[0])
-        conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))  # proxies cascade
-        if _first(conn, "SELECT 1 FROM aliases WHERE hash = ? LIMIT 1", (key,)) is not None:
-            return key, []
-        file_row = _first(
-            conn, "SELECT identifier, motion_identifier FROM hashes WHERE hash = ?", (key,)
-        )
-        orphaned: list[str] = []
-        if file_row is not None:
-            orphaned.extend(_as_str(v) for v in file_row if v is not None)
-        variant_rows = conn.execute(
-            "SELECT identifier FROM variants WHERE hash = ? ORDER BY id", (key,)
-        ).fetchall()
-        orphaned.extend(_as_str(v) for (v,) in variant_rows)
-        conn.execute("DELETE FROM variants WHERE hash = ?", (key,))
-        conn.execute("DELETE FROM hashes WHERE hash = ?", (key,))
-        conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
-        if orphaned:
-            # Same transaction: the rows and the job that deletes their files commit together.
-            push_in(conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned))
-    return key, orphaned
-
-
 def _w_set_setting(conn: apsw.Connection, key: str, value: bytes) -> None:
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?, ?)"
@@ -420,7 +392,7 @@ class SqliteRepo:
         await self._write(_w_relate_details, identifier, _DETAILS_ENCODER.encode(details))
 
     async def remove_alias(self, alias: str) -> RemovedAlias | None:
-        removed = await self._write(_w_remove_alias, alias)
+        removed = await self._write(media_sql.w_remove_alias, alias)
         if removed is None:
             return None
         key, orphaned = removed
@@ -558,6 +530,23 @@ class SqliteRepo:
 
     async def remove_all_variants(self, limit: int) -> int:
         return await self._write(media_sql.w_remove_all_variants, limit, time.time())
+
+    # -- proxied media --
+
+    async def proxy_alias(self, url: str) -> Proxied | None:
+        found = await self._read(proxy_sql.q_proxy, url)
+        return None if found is None else Proxied(alias=found[0], accessed_ns=found[1])
+
+    async def relate_proxy(self, url: str, alias: str) -> str:
+        return await self._write(proxy_sql.w_relate_proxy, url, alias, _now_ns())
+
+    async def touch_proxy(self, url: str) -> None:
+        await self._write(proxy_sql.w_touch_proxy, url, _now_ns())
+
+    async def expire_proxies(self, accessed_before_ns: int, limit: int) -> int:
+        return await self._write(
+            proxy_sql.w_expire_proxies, accessed_before_ns, limit, time.time()
+        )
 
     def journal_db(self) -> JournalDb:
         return _JournalDb(self)

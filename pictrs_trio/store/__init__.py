@@ -17,9 +17,13 @@ __all__ = ["Store", "StoreError", "StoreNotFound"]
 
 
 class Store(Protocol):
-    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+    async def save_file(
+        self, src: Path, *, extension: str, content_type: str, durable: bool = True
+    ) -> str:
         """Store the complete local file ``src`` (which the store may move away) under a new
         identifier ending in ``extension`` (with its dot, may be ""). Returns the identifier.
+        ``durable=False`` may skip flushing to stable storage (variants: they can be made
+        again, so a power cut may lose them; a process kill never does).
         Raises StoreError; on failure nothing is left under any identifier."""
         ...
 

@@ -93,13 +93,14 @@ def _link_no_replace(src: Path, final: Path) -> None:
         ) from exc
 
 
-def _write_temp(final: Path, fill: Callable[[int], None]) -> Path:
+def _write_temp(final: Path, fill: Callable[[int], None], durable: bool) -> Path:
     tmp = _temp_name(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)  # umask must not make a copy differ from a link
         fill(fd)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -108,16 +109,24 @@ def _write_temp(final: Path, fill: Callable[[int], None]) -> Path:
     return tmp
 
 
-def _place(root: Path, identifier: str, src: Path | None, fill: Callable[[int], None]) -> None:
+def _place(
+    root: Path,
+    identifier: str,
+    src: Path | None,
+    fill: Callable[[int], None],
+    durable: bool = True,
+) -> None:
     """Make ``root/identifier`` hold the bytes: link ``src`` if given and possible, else
-    write them with ``fill`` into a temp file and link that. On failure nothing is left."""
+    write them with ``fill`` into a temp file and link that. On failure nothing is left.
+    ``durable=False`` skips the fsyncs (for files that can be made again, like variants:
+    a power cut may lose them, never a process kill)."""
     final = root / identifier
     for attempt in range(_DIR_RETRIES):
         changed = _make_dirs(final.parent)
         try:
-            if src is not None and _try_link_source(src, final):
+            if src is not None and _try_link_source(src, final, durable):
                 break
-            tmp = _write_temp(final, fill)
+            tmp = _write_temp(final, fill, durable)
             try:
                 _link_no_replace(tmp, final)
             finally:
@@ -127,6 +136,8 @@ def _place(root: Path, identifier: str, src: Path | None, fill: Callable[[int], 
             # Our fresh directory was pruned by a concurrent remove (src is checked apart).
             if attempt == _DIR_RETRIES - 1:
                 raise
+    if not durable:
+        return
     try:
         for directory in [*changed, final.parent]:
             _fsync_dir(directory)
@@ -135,7 +146,7 @@ def _place(root: Path, identifier: str, src: Path | None, fill: Callable[[int], 
         raise
 
 
-def _try_link_source(src: Path, final: Path) -> bool:
+def _try_link_source(src: Path, final: Path, durable: bool) -> bool:
     """Link ``src`` into place after making its bytes durable; False if it cannot be linked
     here (another filesystem, no hard links), so the caller copies instead."""
     try:
@@ -145,7 +156,8 @@ def _try_link_source(src: Path, final: Path) -> bool:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise StoreError(f"Source is not a regular file: {src}")
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         try:
             os.fchmod(fd, FILE_MODE)
         except PermissionError:
@@ -190,9 +202,9 @@ def _write_all(data: bytes) -> Callable[[int], None]:
     return fill
 
 
-def _save_file_sync(root: Path, identifier: str, src: Path) -> None:
+def _save_file_sync(root: Path, identifier: str, src: Path, durable: bool = True) -> None:
     try:
-        _place(root, identifier, src, _copy_from(src))
+        _place(root, identifier, src, _copy_from(src), durable)
     except BaseException:
         _prune((root / identifier).parent, root)
         raise
@@ -309,13 +321,18 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot create store root {self.root}: {exc}") from exc
 
-    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+    async def save_file(
+        self, src: Path, *, extension: str, content_type: str, durable: bool = True
+    ) -> str:
         """Consumes ``src`` on success (moved or copied, then unlinked); on failure ``src``
-        is left as it was and nothing is stored. Raises StoreError (``file-exists`` if the
-        fresh identifier somehow exists)."""
+        is left as it was and nothing is stored. ``durable=False``: no fsync (derived files
+        that can be rendered again). Raises StoreError (``file-exists`` if the fresh
+        identifier somehow exists)."""
         identifier = ids.new_identifier(extension)
         try:
-            await trio.to_thread.run_sync(_save_file_sync, self.root, identifier, Path(src))
+            await trio.to_thread.run_sync(
+                _save_file_sync, self.root, identifier, Path(src), durable
+            )
         except OSError as exc:
             raise StoreError(f"Failed to store file: {exc}") from exc
         return identifier

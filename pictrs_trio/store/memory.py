@@ -29,7 +29,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
-    async def save_file(self, src: Path, *, extension: str, content_type: str) -> str:
+    async def save_file(
+        self, src: Path, *, extension: str, content_type: str, durable: bool = True
+    ) -> str:
         try:
             data = await trio.to_thread.run_sync(_take, Path(src))
         except OSError as exc:

@@ -1,0 +1,94 @@
+"""Fetching remote media: ``GET /image/download`` and first-time ``?proxy=`` requests.
+
+    url -> parse_url (absolute http/https) -> state.http GET, redirects followed
+      -> non-2xx: DownloadFailed (500 download-file-error)
+      -> body streamed in chunks, capped: over the limit is FileTooLarge with status 400
+         (pict-rs answers 400 for a download body, 413 for multipart)
+      -> ingest (inline) or store_raw (backgrounded)
+
+The body is never held in memory: the chunks go straight to ingest's spool file. Any
+transport failure, before or during the body, becomes HttpClientError (500
+http-client-error).
+
+Like pict-rs, any URL is fetched, including loopback and private addresses; deployments
+that expose /image/download or ``?proxy=`` to untrusted clients should filter egress (see
+docs/api.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+
+import httpx
+
+from pictrs_trio.errors import DownloadFailed, FileTooLarge, HttpClientError, InvalidQuery
+from pictrs_trio.ingest import Ingested, IngestSession, ingest
+from pictrs_trio.state import AppState
+from pictrs_trio.validate import MIB, UploadLimits
+from pictrs_trio.variants import Op
+
+
+def parse_url(raw: str | None, key: str = "url") -> str:
+    """The normalised form of an absolute http(s) URL from the query (also the key proxies
+    are stored under). Raises InvalidQuery (400) for a missing, relative, non-http(s) or
+    unparseable URL, as pict-rs's typed ``Url`` query field does."""
+    if raw is None:
+        raise InvalidQuery(f"Invalid query: {key} is required")
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InvalidQuery(f"Invalid query: {key} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidQuery(f"Invalid query: {key} must be an absolute http or https URL")
+    return str(url)
+
+
+def _too_large(cap: int) -> FileTooLarge:
+    return FileTooLarge(f"File is larger than {cap // MIB} MB", status=400)
+
+
+async def _capped(response: httpx.Response, cap: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(cap)
+        yield chunk
+
+
+@asynccontextmanager
+async def open_remote(
+    state: AppState, url: str, *, cap: int
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """GET ``url`` and yield its body as chunks of at most ``cap`` bytes in all.
+
+    Raises DownloadFailed (remote status not 2xx), HttpClientError (network failure, also
+    mid-body), FileTooLarge with status 400 (body, or its declared length, over ``cap``).
+    """
+    try:
+        async with state.http.stream("GET", url) as response:
+            if not response.is_success:
+                raise DownloadFailed(
+                    f"Failed to download file: remote answered {response.status_code}"
+                )
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise _too_large(cap)  # refused before reading a byte of it
+            async with aclosing(_capped(response, cap)) as chunks:
+                yield chunks
+    except httpx.HTTPError as exc:
+        raise HttpClientError(f"Failed to fetch {url}: {exc!r}") from exc
+
+
+async def download_and_ingest(
+    state: AppState,
+    session: IngestSession,
+    url: str,
+    *,
+    limits: UploadLimits,
+    operations: Sequence[Op] = (),
+) -> Ingested:
+    """Fetch ``url`` and ingest it like an upload (within ``session``)."""
+    async with open_remote(state, url, cap=limits.byte_cap(state.config.media)) as chunks:
+        return await ingest(state, session, chunks, limits=limits, operations=operations)

@@ -1,0 +1,64 @@
+"""GET /image/download?url=…&backgrounded=… (api.md §2.4).
+
+Inline: the remote body streams into ingest and the answer is POST /image's 201. With
+``backgrounded=true`` the body is stored raw and an ingest job queued, exactly as for
+POST /image/backgrounded (202 with an upload id to claim).
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from pictrs_trio.download import download_and_ingest, open_remote, parse_url
+from pictrs_trio.errors import InvalidQuery, ReadOnly
+from pictrs_trio.http.backgrounded import queue_uploads, store_raw
+from pictrs_trio.http.image import json_response
+from pictrs_trio.http.state import app_state
+from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
+from pictrs_trio.ingest import IngestSession, upload_operations
+from pictrs_trio.query import parse_bool, parse_upload_query
+
+bp = Blueprint("download", __name__)
+
+
+def _split_query(pairs: list[tuple[str, str]]) -> tuple[str, bool, list[tuple[str, str]]]:
+    """(url, backgrounded, the upload query's limits and operations). Raises InvalidQuery."""
+    url: str | None = None
+    backgrounded: bool | None = None
+    rest: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key == "url":
+            if url is not None:
+                raise InvalidQuery("Invalid query: duplicate field url")
+            url = value
+        elif key == "backgrounded":
+            if backgrounded is not None:
+                raise InvalidQuery("Invalid query: duplicate field backgrounded")
+            backgrounded = parse_bool(key, value)
+        else:
+            rest.append((key, value))
+    return parse_url(url), bool(backgrounded), rest
+
+
+@bp.get("/image/download")
+async def download() -> Response:
+    state = app_state()
+    url, backgrounded, query = _split_query(list(request.args.items(multi=True)))
+    limits, pairs = parse_upload_query(query)
+    operations = upload_operations(state, pairs)  # a bad operation fails before the fetch
+    if state.config.server.read_only:
+        raise ReadOnly("Server is in read-only mode")
+    cap = limits.byte_cap(state.config.media)
+    async with IngestSession(state) as session:
+        if backgrounded:
+            async with open_remote(state, url, cap=cap) as chunks:
+                pending = await store_raw(state, session, chunks, query)
+            return await queue_uploads(state, session, [pending])
+        done = await download_and_ingest(
+            state, session, url, limits=limits, operations=operations
+        )
+        session.disarm()
+    entry = UploadedFile(
+        delete_token=done.delete_token, details=wire_details(done.details), file=done.alias
+    )
+    return json_response(encode(UploadResponse(files=[entry])), 201)
