@@ -86,11 +86,12 @@ async def _single_flight(state: AppState, key: str, render: _Render) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, state, key)
-                await render.run()
+                await render.run(key)
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-                await repo.release_generation(key)
+            if not render.released:  # a successful render releases with its commit
+                with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                    await repo.release_generation(key)
 
 
 async def _heartbeat(state: AppState, key: str) -> None:
@@ -100,12 +101,15 @@ async def _heartbeat(state: AppState, key: str) -> None:
 
 
 class _Render:
-    """One render job: what to check for completion, and how to do it."""
+    """One render job: what to check for completion, and how to do it. ``run`` gets the
+    claim key and sets ``released`` when its commit dropped the claim."""
+
+    released = False
 
     async def done(self) -> bool:
         raise NotImplementedError
 
-    async def run(self) -> None:
+    async def run(self, claim_key: str) -> None:
         raise NotImplementedError
 
 
@@ -143,7 +147,7 @@ class _MotionRender(_Render):
     async def done(self) -> bool:
         return await self.state.repo.motion_identifier(self.hash) is not None
 
-    async def run(self) -> None:
+    async def run(self, claim_key: str) -> None:
         state = self.state
         if await self.done():
             return
@@ -189,18 +193,19 @@ class _VariantRender(_Render):
         self, state: AppState, alias: str, request: VariantRequest
     ) -> None:
         self.state, self.alias, self.request = state, alias, request
+        self.result: Rendered | None = None
 
     async def done(self) -> bool:
         found = await self.state.repo.find_variant(self.alias, self.request.key)
         return found is not None and found.identifier is not None
 
-    async def run(self) -> None:
+    async def run(self, claim_key: str) -> None:
+        # No "already done?" read here: find_or_render looked a moment ago, and a render
+        # that finished in between only costs a duplicate that commit_variant discards.
         state, request = self.state, self.request
         found = await state.repo.find_original(self.alias)
         if found is None or found.identifier is None:
             raise AliasNotFound("Alias not found")
-        if await self.done():
-            return
         original_details = found.details or await _details_of(state, found.identifier)
         source_id, source_details = found.identifier, original_details
         if variants.needs_still(original_details.format, request.ext):
@@ -223,11 +228,16 @@ class _VariantRender(_Render):
         finally:
             out.unlink(missing_ok=True)
         try:
-            _, ours = await state.repo.commit_variant(found.hash, request.key, identifier, details)
+            _, ours = await state.repo.commit_variant(
+                found.hash, request.key, identifier, details, release=claim_key
+            )
         except BaseException:
             await _discard(state, identifier)
             raise
-        if not ours:
+        self.released = True
+        if ours:
+            self.result = Rendered(identifier=identifier, details=details)
+        else:
             await _discard(state, identifier)
         logger.bind(alias=self.alias).info(
             "generated {} {}x{}", request.key, details.width, details.height
@@ -258,11 +268,11 @@ async def find_or_render(state: AppState, alias: str, request: VariantRequest) -
                 return Rendered(identifier=found.identifier, details=found.details)
             if state.config.server.read_only:
                 raise ReadOnly("Server is in read-only mode")
-            await _single_flight(
-                state,
-                f"{found.hash.key().hex()}:{request.key}",
-                _VariantRender(state, alias, request),
-            )
+            render = _VariantRender(state, alias, request)
+            await _single_flight(state, f"{found.hash.key().hex()}:{request.key}", render)
+            if render.result is not None:  # ours: no need to read it back
+                record_access(state, found.hash, request.key)
+                return render.result
     assert waited.cancelled_caught
     raise MediaToolError(
         "Timed out waiting for the variant", code=ErrorCode.COMMAND_TIMEOUT, status=500

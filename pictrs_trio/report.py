@@ -18,16 +18,19 @@ async def _report(db_file: Path) -> str:
         stats = await journal.stats()
         dead = await journal.dead_jobs(20)
     lines = [f"{'queue':<10}" + "".join(f"{s:>9}" for s in STATUSES)]
-    for queue in sorted(stats):
-        lines.append(f"{queue:<10}" + "".join(f"{stats[queue].get(s, 0):>9}" for s in STATUSES))
+    lines.extend(
+        f"{queue:<10}" + "".join(f"{stats[queue].get(s, 0):>9}" for s in STATUSES)
+        for queue in sorted(stats)
+    )
     if not stats:
         lines.append("(no jobs)")
     if dead:
         lines.append("")
         lines.append("dead jobs (newest first):")
-        for job in dead:
-            lines.append(f"  #{job.id} {job.queue}/{job.kind} after {job.attempts} attempts: "
-                         f"{job.last_error}")
+        lines.extend(
+            f"  #{job.id} {job.queue}/{job.kind} after {job.attempts} attempts: {job.last_error}"
+            for job in dead
+        )
     return "\n".join(lines)
 
 

@@ -113,7 +113,12 @@ class Repo(Protocol):
     async def motion_identifier(self, hash: Hash) -> str | None: ...
 
     async def commit_variant(
-        self, hash: Hash, variant: str, identifier: str, details: Details
+        self,
+        hash: Hash,
+        variant: str,
+        identifier: str,
+        details: Details,
+        release: str | None = None,
     ) -> tuple[str, bool]: ...
 
     async def commit_motion(

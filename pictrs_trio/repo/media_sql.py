@@ -53,11 +53,14 @@ def q_motion(conn: apsw.Connection, key: bytes) -> str | None:
 
 def w_commit_variant(
     conn: apsw.Connection, key: bytes, variant: str, identifier: str, details_json: bytes,
-    now_ns: int,
+    now_ns: int, release: str | None = None,
 ) -> tuple[str, bool]:
-    """Record a rendered variant and its details together. Returns (identifier now on
-    record, ours_kept); when another generation won, ours is not recorded."""
+    """Record a rendered variant and its details together (and drop the generation claim
+    ``release``). Returns (identifier now on record, ours_kept); when another generation
+    won, ours is not recorded."""
     with transaction(conn):
+        if release is not None:
+            conn.execute("DELETE FROM generation_claims WHERE key = ?", (release,))
         conn.execute(
             "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (hash, variant) DO NOTHING",

@@ -465,11 +465,17 @@ class SqliteRepo:
         return await self._read(media_sql.q_motion, hash.key())
 
     async def commit_variant(
-        self, hash: Hash, variant: str, identifier: str, details: Details
+        self,
+        hash: Hash,
+        variant: str,
+        identifier: str,
+        details: Details,
+        release: str | None = None,
     ) -> tuple[str, bool]:
-        """Record a rendered variant with its details in one transaction. Returns the
-        identifier on record and whether it is ours (False: another generation won and the
-        caller removes its file). Raises RepoError (also when the hash is gone)."""
+        """Record a rendered variant with its details in one transaction, dropping the
+        generation claim ``release`` with it. Returns the identifier on record and whether
+        it is ours (False: another generation won and the caller removes its file). Raises
+        RepoError (also when the hash is gone)."""
         return await self._write(
             media_sql.w_commit_variant,
             hash.key(),
@@ -477,6 +483,7 @@ class SqliteRepo:
             identifier,
             _DETAILS_ENCODER.encode(details),
             _now_ns(),
+            release,
         )
 
     async def commit_motion(
