@@ -9,11 +9,18 @@ from quart import Blueprint, Response, request
 
 from pictrs_trio import ids, job_types, process, proxy
 from pictrs_trio.download import parse_url
-from pictrs_trio.errors import AliasNotFound, InvalidQuery, ProxyNotFound, ReadOnly
+from pictrs_trio.errors import (
+    AliasNotFound,
+    InvalidQuery,
+    ProxyNotFound,
+    ReadOnly,
+    StoreNotFound,
+)
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.serve import etag_for, serve_stored
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode, wire_details
+from pictrs_trio.repo.records import Details
 
 bp = Blueprint("process", __name__)
 
@@ -77,8 +84,22 @@ async def process_variant(ext: str) -> Response:
         except AliasNotFound:
             return empty(404)
         identifier, details = rendered.identifier, rendered.details
+    try:
+        return await _serve(identifier, details)
+    except StoreNotFound:
+        if request.method == "HEAD":
+            return empty(404)
+        # The row outlived its file (variants are not fsynced): render it again, once.
+        found = await state.repo.find_variant(alias, variant.key)
+        if found is not None:
+            await state.repo.forget_variant(found.hash, variant.key, identifier)
+        rendered = await process.find_or_render(state, alias, variant)
+        return await _serve(rendered.identifier, rendered.details)
+
+
+async def _serve(identifier: str, details: Details) -> Response:
     return await serve_stored(
-        state.store,
+        app_state().store,
         identifier,
         details,
         method=request.method,

@@ -259,3 +259,13 @@ def w_remove_alias(
                 conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned), now=now
             )
     return key, orphaned
+
+
+def w_forget_variant(conn: apsw.Connection, key: bytes, variant: str, identifier: str) -> None:
+    """Drop a variant row whose file is gone (it is rendered again on the next request)."""
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM variants WHERE hash = ? AND variant = ? AND identifier = ?",
+            (key, variant, identifier),
+        )
+        conn.execute("DELETE FROM details WHERE identifier = ?", (identifier,))

@@ -494,6 +494,9 @@ class SqliteRepo:
             media_sql.w_commit_motion, hash.key(), identifier, _DETAILS_ENCODER.encode(details)
         )
 
+    async def forget_variant(self, hash: Hash, variant: str, identifier: str) -> None:
+        await self._write(media_sql.w_forget_variant, hash.key(), variant, identifier)
+
     async def touch_variants(self, items: list[tuple[bytes, str, int]]) -> None:
         """Record last-access times: (hash key, variant, unix ns) per accessed variant."""
         await self._write(media_sql.w_touch_variants, items)

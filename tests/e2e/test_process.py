@@ -200,3 +200,19 @@ def test_two_processes_render_once(tmp_path: Path, samples: dict[str, Path]) -> 
     assert a.log == b.log  # both servers append to the one log of their shared folder
     renders = a.log.read_text().count("generated resize/400/blur/2/png")
     assert renders == 1
+
+
+def test_variant_file_lost_is_rendered_again(fresh_server: Server, samples: dict[str, Path]) -> None:
+    """Variants are not fsynced; if a power cut loses one, the next request renders it."""
+    with fresh_server.client() as c:
+        alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+        url = f"/image/process.png?src={alias}&thumbnail=40"
+        first = c.get(url)
+        assert first.status_code == 200
+        original = c.get(f"/image/original/{alias}").content
+        (variant,) = [p for p in fresh_server.stored_files(expect=2) if p.read_bytes() != original]
+        variant.unlink()
+        again = c.get(url)
+        assert again.status_code == 200
+        assert again.content == first.content
+        assert len(fresh_server.stored_files(expect=2)) == 2
