@@ -202,7 +202,9 @@ def test_two_processes_render_once(tmp_path: Path, samples: dict[str, Path]) -> 
     assert renders == 1
 
 
-def test_variant_file_lost_is_rendered_again(fresh_server: Server, samples: dict[str, Path]) -> None:
+def test_variant_file_lost_is_rendered_again(
+    fresh_server: Server, samples: dict[str, Path]
+) -> None:
     """Variants are not fsynced; if a power cut loses one, the next request renders it."""
     with fresh_server.client() as c:
         alias = upload(c, samples["test.png"]).json()["files"][0]["file"]

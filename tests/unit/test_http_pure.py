@@ -21,9 +21,9 @@ from pictrs_trio.errors import (
 )
 from pictrs_trio.http.deadline import parse_deadline
 from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.query import parse_upload_query
 from pictrs_trio.http.ranges import Unsatisfiable, parse_range
 from pictrs_trio.http.wire import rfc3339
+from pictrs_trio.query import parse_upload_query
 
 
 @pytest.mark.parametrize(
