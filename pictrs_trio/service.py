@@ -9,6 +9,7 @@ run(config)
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.metadata
 import os
@@ -38,6 +39,26 @@ from pictrs_trio.store import Store
 from pictrs_trio.store.file import open_file_store
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def tune_malloc() -> None:
+    """Keep glibc from holding on to freed upload and response buffers.
+
+    glibc raises its mmap threshold each time a large block is freed, after which 1 MiB
+    buffers come from the heap and stay in the process's RSS; and every thread that
+    allocates gets an arena of its own. A fixed threshold returns big buffers to the
+    kernel at once, and two arenas bound what worker threads keep. (No-op off glibc.)
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024)
+        libc.mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def run(config: Config) -> None:
     """Serve until SIGTERM/SIGINT. Blocks. Exits with a message for settings that this
     version cannot honour, rather than silently ignoring them."""
@@ -46,6 +67,7 @@ def run(config: Config) -> None:
     if config.server.workers != 1:
         raise SystemExit("error: server.workers > 1 is not supported yet; use 1")
     pictrs_logging.setup(config.tracing.logging)
+    tune_malloc()
     trio.run(serve, config)
 
 

@@ -95,6 +95,10 @@ class EnginePool:
             "VIPS_CONCURRENCY": "1",
             # glibc makes an arena per thread, which eats the address-space limit for nothing.
             "MALLOC_ARENA_MAX": "2",
+            # Return freed pixel buffers to the kernel at once instead of keeping them in
+            # RSS (glibc's dynamic threshold would move big buffers onto the heap).
+            "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+            "MALLOC_TRIM_THRESHOLD_": str(256 * 1024),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

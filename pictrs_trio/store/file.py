@@ -33,7 +33,7 @@ from pictrs_trio.errors import ErrorCode, StoreError, StoreNotFound
 __all__ = ["FileStore", "open_file_store"]
 
 CHUNK = 64 * 1024
-CHUNKS_PER_HOP = 16  # 1 MiB per thread hop when streaming
+CHUNKS_PER_HOP = 4  # 256 KiB per thread hop when streaming: bounded memory per response
 FILE_MODE = 0o644  # media is public; the same mode whether linked or copied
 TEMP_MARKER = ".tmp-"
 PROBE_PREFIX = ".health-"
