@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import http.server
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,17 +36,16 @@ class Remote:
         remote = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 with remote.lock:
                     remote.counts[path] += 1
-                try:
+                # the server may stop reading (a size limit): expected
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     remote.answer(self, path)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the server stopped reading (a size limit): expected
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -237,8 +238,6 @@ def test_proxy_original_downloads_once(srv: Server, remote: Remote) -> None:
 
 def remote_sample(remote: Remote, name: str) -> Path:
     """A sample as a file, for a plain upload next to proxied media."""
-    import tempfile
-
     path = Path(tempfile.mkdtemp()) / name
     path.write_bytes(remote.files[name])
     return path
