@@ -38,7 +38,6 @@ from pictrs_trio.state import AppState
 from pictrs_trio.store import Store
 from pictrs_trio.store.file import open_file_store
 
-
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
