@@ -265,9 +265,9 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
 
         runner = report.print_jobs
     if runner is None:
-        from pictrs_trio import service  # imported late: the CLI must not pull in the server
+        from pictrs_trio import launch  # imported late: the CLI must not pull in the server
 
-        runner = service.run
+        runner = launch.run
     runner(config)
     return 0
 

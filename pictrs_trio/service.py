@@ -59,12 +59,8 @@ def tune_malloc() -> None:
 
 
 def run(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT. Blocks. Exits with a message for settings that this
-    version cannot honour, rather than silently ignoring them."""
-    if config.server.danger_dummy_mode:
-        raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
-    if config.server.workers != 1:
-        raise SystemExit("error: server.workers > 1 is not supported yet; use 1")
+    """Serve in this process until SIGTERM/SIGINT. Blocks. (``launch.run`` picks between
+    this and several worker processes.)"""
     pictrs_logging.setup(config.tracing.logging)
     tune_malloc()
     trio.run(serve, config)
@@ -154,7 +150,7 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
             open_sqlite_repo(Path(config.repo.path)) as repo,
             open_store(config) as store,
             open_media_tools(
-                config.media, tmp_dir=tmp_dir, engine_workers=config.media.engine_workers
+                config.media, tmp_dir=tmp_dir, engine_workers=engine_workers(config)
             ) as media,
             open_http_client(config) as http,
         ):
@@ -173,10 +169,21 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(tmp_dir, ignore_errors=True))
 
 
-def hypercorn_config(config: Config) -> hypercorn.config.Config:
+def engine_workers(config: Config) -> int:
+    """Engine processes for this server process: the configured number, or the cores
+    shared out among the server processes (``server.workers``)."""
+    if config.media.engine_workers > 0:
+        return config.media.engine_workers
+    return max(1, (os.cpu_count() or 1) // config.server.workers)
+
+
+def hypercorn_config(config: Config, listen_fd: int | None = None) -> hypercorn.config.Config:
     host, port = parse_address(config.server.address)
     hc = hypercorn.config.Config()
-    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listen_fd is not None:  # a worker process: the parent bound the socket
+        hc.bind = [f"fd://{listen_fd}"]
+    else:
+        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.server.shutdown_timeout
     hc.accesslog = None
     hc.keep_alive_timeout = 75
@@ -206,7 +213,7 @@ async def _watch_signals(shutdown: trio.Event) -> None:
 
 async def _serve_http(
     app: object,
-    config: Config,
+    hc: hypercorn.config.Config,
     shutdown: trio.Event,
     done: trio.CancelScope,
     *,
@@ -214,7 +221,7 @@ async def _serve_http(
 ) -> None:
     await hypercorn.trio.serve(
         app,  # type: ignore[arg-type]
-        hypercorn_config(config),
+        hc,
         shutdown_trigger=shutdown.wait,
         task_status=task_status,
     )
@@ -222,7 +229,10 @@ async def _serve_http(
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    listen_fd: int | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open everything, serve, and return once a signal has drained in-flight requests.
 
@@ -247,7 +257,8 @@ async def serve(
             if not config.server.read_only:
                 nursery.start_soon(jobs.schedule, state, state.journal)
             binds = await nursery.start(
-                _serve_http, app, config, shutdown, nursery.cancel_scope
+                _serve_http, app, hypercorn_config(config, listen_fd), shutdown,
+                nursery.cancel_scope,
             )
             logger.info("pictrs-trio listening on {}", ", ".join(binds))
             task_status.started(binds)

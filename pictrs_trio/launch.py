@@ -1,0 +1,27 @@
+"""Start the service: one server process, or a light supervisor over several.
+
+Kept apart from ``service`` so that the supervisor process of ``server.workers`` > 1 does
+not import the web stack, the repo or the media tools it never uses.
+"""
+
+from __future__ import annotations
+
+from pictrs_trio.config import Config
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks."""
+    if config.server.danger_dummy_mode:
+        raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
+    if config.server.workers > 1:
+        import trio
+
+        from pictrs_trio import logging as pictrs_logging
+        from pictrs_trio import workers
+
+        pictrs_logging.setup(config.tracing.logging)
+        trio.run(workers.supervise, config)
+        return
+    from pictrs_trio import service
+
+    service.run(config)

@@ -1,0 +1,106 @@
+"""Several server processes on one port (``server.workers`` > 1).
+
+The parent binds the listening socket once and starts ``workers`` children, each a full
+pictrs-trio process (``service.serve``) accepting on the shared socket; the kernel spreads
+connections among them. They share the SQLite repo (WAL) and the store; the repo's claim
+rows keep rendering single-flight across them, and the journal's atomic claims let every
+process run jobs. The parent only supervises: it restarts a child that dies, passes
+SIGTERM/SIGINT on, and waits for the children's graceful shutdown. Children (and their own
+children) die with it, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import msgspec
+import trio
+from loguru import logger
+
+from pictrs_trio.config import Config, parse_address
+from pictrs_trio.media.run import die_with_parent
+
+CONFIG_ENV = "PICTRS_TRIO_WORKER_CONFIG"
+FD_ENV = "PICTRS_TRIO_LISTEN_FD"
+RESTART_DELAY = 1.0
+
+
+def listen_socket(config: Config) -> socket.socket:
+    host, port = parse_address(config.server.address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _child(
+    index: int, config: Config, fd: int, stopping: trio.Event, started: trio.Event
+) -> None:
+    env = {**os.environ, CONFIG_ENV: msgspec.json.encode(config).decode(), FD_ENV: str(fd)}
+    while not stopping.is_set():
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "pictrs_trio.workers"],
+            env=env,
+            pass_fds=(fd,),
+            preexec_fn=die_with_parent,
+        )
+        logger.info("worker {} started (pid {})", index, proc.pid)
+        started.set()
+        try:
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:  # we are being cancelled: take the child with us
+                with trio.move_on_after(config.server.shutdown_timeout + 5, shield=True):
+                    proc.send_signal(signal.SIGTERM)
+                    await proc.wait()
+                proc.kill()
+        if stopping.is_set():
+            return
+        logger.error("worker {} exited with {}; restarting", index, code)
+        await trio.sleep(RESTART_DELAY)
+
+
+async def supervise(config: Config) -> None:
+    sock = listen_socket(config)
+    stopping = trio.Event()
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                for i in range(config.server.workers):
+                    started = trio.Event()
+                    nursery.start_soon(_child, i, config, sock.fileno(), stopping, started)
+                    await started.wait()
+                logger.info(
+                    "pictrs-trio supervising {} workers on {}",
+                    config.server.workers,
+                    config.server.address,
+                )
+                async for signum in signals:
+                    if not stopping.is_set():
+                        logger.info("received {}, stopping workers", signal.Signals(signum).name)
+                        stopping.set()
+                        # Each child is sent SIGTERM and drains its own requests.
+                        nursery.cancel_scope.cancel()
+                    break
+    finally:
+        sock.close()
+
+
+def child_main() -> None:
+    """Entry of one worker process: the config and the listening socket come from the
+    parent."""
+    from pictrs_trio import logging as pictrs_logging
+    from pictrs_trio import service
+
+    config = msgspec.json.decode(os.environ[CONFIG_ENV].encode(), type=Config)
+    fd = int(os.environ[FD_ENV])
+    pictrs_logging.setup(config.tracing.logging)
+    service.tune_malloc()
+    trio.run(lambda: service.serve(config, listen_fd=fd))
+
+
+if __name__ == "__main__":
+    child_main()
