@@ -21,7 +21,7 @@ import trio
 from loguru import logger
 
 from pictrs_trio.config import Config, parse_address
-from pictrs_trio.media.run import die_with_parent
+from pictrs_trio.media.spawn import spawn
 
 CONFIG_ENV = "PICTRS_TRIO_WORKER_CONFIG"
 FD_ENV = "PICTRS_TRIO_LISTEN_FD"
@@ -41,11 +41,13 @@ async def _child(
 ) -> None:
     env = {**os.environ, CONFIG_ENV: msgspec.json.encode(config).decode(), FD_ENV: str(fd)}
     while not stopping.is_set():
-        proc = await trio.lowlevel.open_process(
+        proc = spawn(
             [sys.executable, "-m", "pictrs_trio.workers"],
             env=env,
             pass_fds=(fd,),
-            preexec_fn=die_with_parent,
+            stdin=None,
+            stdout=None,
+            stderr=None,
         )
         logger.info("worker {} started (pid {})", index, proc.pid)
         started.set()
@@ -57,6 +59,10 @@ async def _child(
                     proc.send_signal(signal.SIGTERM)
                     await proc.wait()
                 proc.kill()
+                with trio.move_on_after(5, shield=True):
+                    await proc.wait()
+            with trio.move_on_after(5, shield=True):
+                await proc.aclose()
         if stopping.is_set():
             return
         logger.error("worker {} exited with {}; restarting", index, code)

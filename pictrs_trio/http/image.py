@@ -16,7 +16,7 @@ from pictrs_trio.errors import (
     ReadOnly,
 )
 from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.http.serve import etag_for, serve_stored
+from pictrs_trio.http.serve import respond_with_file
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
 from pictrs_trio.ingest import IngestSession, ingest, upload_operations
@@ -100,15 +100,7 @@ async def _original(alias: str | None) -> Response:
     if identifier is None:
         return empty(404)
     details = await ensure_details(state, identifier)
-    return await serve_stored(
-        state.store,
-        identifier,
-        details,
-        method=request.method,
-        range_header=request.headers.get("Range"),
-        if_none_match=request.headers.get("If-None-Match"),
-        etag=etag_for(identifier),
-    )
+    return await respond_with_file(state.store, identifier, details)
 
 
 async def ensure_details(state: AppState, identifier: str) -> Details:

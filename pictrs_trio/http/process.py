@@ -17,7 +17,7 @@ from pictrs_trio.errors import (
     StoreNotFound,
 )
 from pictrs_trio.http.image import empty, json_response
-from pictrs_trio.http.serve import etag_for, serve_stored
+from pictrs_trio.http.serve import respond_with_file
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode, wire_details
 from pictrs_trio.repo.records import Details
@@ -98,15 +98,7 @@ async def process_variant(ext: str) -> Response:
 
 
 async def _serve(identifier: str, details: Details) -> Response:
-    return await serve_stored(
-        app_state().store,
-        identifier,
-        details,
-        method=request.method,
-        range_header=request.headers.get("Range"),
-        if_none_match=request.headers.get("If-None-Match"),
-        etag=etag_for(identifier),
-    )
+    return await respond_with_file(app_state().store, identifier, details)
 
 
 @bp.get("/image/process_backgrounded.<ext>")

@@ -6,7 +6,7 @@ import email.utils
 import hashlib
 from collections.abc import AsyncIterator
 
-from quart import Response
+from quart import Response, request
 
 from pictrs_trio.http.ranges import Unsatisfiable, parse_range
 from pictrs_trio.repo.records import Details
@@ -76,3 +76,16 @@ async def serve_stored(
     response.headers["Content-Length"] = str(end - start)
     response.timeout = None  # big files on slow links: no total limit on the body
     return response
+
+
+async def respond_with_file(store: Store, identifier: str, details: Details) -> Response:
+    """``serve_stored`` for the current request (method, Range, If-None-Match)."""
+    return await serve_stored(
+        store,
+        identifier,
+        details,
+        method=request.method,
+        range_header=request.headers.get("Range"),
+        if_none_match=request.headers.get("If-None-Match"),
+        etag=etag_for(identifier),
+    )

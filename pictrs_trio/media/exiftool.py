@@ -26,7 +26,8 @@ from loguru import logger
 
 from pictrs_trio.errors import ErrorCode, MediaToolError
 from pictrs_trio.formats import Fmt
-from pictrs_trio.media.run import die_with_parent, stderr_excerpt
+from pictrs_trio.media.run import stderr_excerpt
+from pictrs_trio.media.spawn import Child, spawn
 
 RESTART_BACKOFF_S = 1.0  # a process that dies at once is not restarted in a hot loop
 REAP_S = 5.0  # bounded wait for a killed child to be reaped
@@ -70,7 +71,7 @@ class ExifTool:
         self._warmup_dir = warmup_dir
         self._executable = executable
         self._lock = trio.Lock()
-        self._proc: trio.Process | None = None
+        self._proc: Child | None = None
         self._buffer = bytearray()
         self._alive = trio.Event()  # set while _proc is a live process
         self._spawn_error: MediaToolError | None = None
@@ -107,10 +108,11 @@ class ExifTool:
                 self._proc = None
                 self._exited.set()
                 self._exited = trio.Event()
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.move_on_after(REAP_S, shield=True):
+                with trio.move_on_after(REAP_S, shield=True):
+                    if proc.returncode is None:
+                        proc.kill()
                         await proc.wait()
+                    await proc.aclose()
             logger.warning(
                 "exiftool (pid {}) exited with {}; restarting", proc.pid, proc.returncode
             )
@@ -137,14 +139,11 @@ class ExifTool:
             src.unlink(missing_ok=True)
             dst.unlink(missing_ok=True)
 
-    async def _spawn(self) -> trio.Process | None:
+    async def _spawn(self) -> Child | None:
         try:
-            proc = await trio.lowlevel.open_process(
+            proc = spawn(
                 [self._executable, "-stay_open", "True", "-@", "-"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
             )
         except FileNotFoundError:
             self._spawn_error = MediaToolError(
@@ -204,13 +203,13 @@ class ExifTool:
                 self._kill()
                 raise
 
-    async def _wait_dead(self, proc: trio.Process) -> None:
+    async def _wait_dead(self, proc: Child) -> None:
         # Wait until the supervisor has noticed this process is gone (it then starts another).
         exited = self._exited
         if self._proc is proc:
             await exited.wait()
 
-    async def _wait_alive(self) -> trio.Process:
+    async def _wait_alive(self) -> Child:
         while True:
             proc = self._proc
             if proc is not None and proc.returncode is None:
@@ -219,7 +218,7 @@ class ExifTool:
                 raise self._spawn_error
             await self._alive.wait()
 
-    async def _roundtrip(self, proc: trio.Process, args: list[str]) -> str:
+    async def _roundtrip(self, proc: Child, args: list[str]) -> str:
         assert proc.stdin is not None
         assert proc.stdout is not None
         n = next(self._counter)
@@ -235,7 +234,7 @@ class ExifTool:
         del self._buffer[: end + len(marker)]
         return out.decode("utf-8", "replace")
 
-    def _kill(self, proc: trio.Process | None = None) -> None:
+    def _kill(self, proc: Child | None = None) -> None:
         proc = proc if proc is not None else self._proc
         if proc is not None and proc.returncode is None:
             proc.kill()  # the supervisor reaps it and starts a fresh one

@@ -7,9 +7,7 @@ nothing useful with SIGTERM that we would wait for.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,21 +28,6 @@ def stderr_excerpt(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace").strip().replace("\n", " | ")
     return text[-STDERR_EXCERPT:]
 
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for every tool we start: the kernel kills the child when the server
-    dies, even by SIGKILL, so no exiftool, engine worker or ffmpeg outlives it. (Linux
-    ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere.) It fires when the spawning thread
-    exits, and trio spawns from its own thread, which lives as long as the server."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 async def run_tool(
     argv: Sequence[str | Path],
@@ -78,7 +61,6 @@ async def run_tool(
                     capture_stderr=True,
                     check=False,
                     deliver_cancel=_kill_now,
-                    preexec_fn=die_with_parent,
                     **options,
                 )
     except trio.TooSlowError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from loguru import logger
 import pictrs_trio
 from pictrs_trio.errors import ErrorCode, MediaToolError, UnsupportedMedia
 from pictrs_trio.media.protocol import HEADER, MAX_FRAME, Failed, Ready, Reply, Request, frame
-from pictrs_trio.media.run import die_with_parent
+from pictrs_trio.media.spawn import Child, spawn
 from pictrs_trio.media.vips_worker import MEMORY_ENV
 
 DEFAULT_MEMORY_MB = 1024
@@ -37,7 +36,7 @@ STDERR_LINE = 300
 class _Worker:
     """One live worker process and its read buffer."""
 
-    def __init__(self, proc: trio.Process) -> None:
+    def __init__(self, proc: Child) -> None:
         self.proc = proc
         self.buffer = bytearray()
 
@@ -112,13 +111,8 @@ class EnginePool:
         started = False
         while True:
             try:
-                proc = await trio.lowlevel.open_process(
-                    [self._python, "-m", "pictrs_trio.media.vips_worker"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=self._env(),
-                    preexec_fn=die_with_parent,
+                proc = spawn(
+                    [self._python, "-m", "pictrs_trio.media.vips_worker"], env=self._env()
                 )
             except OSError as exc:
                 logger.error("engine worker {} could not start: {}", index, exc)
@@ -145,6 +139,7 @@ class EnginePool:
                     proc.kill()
                 with trio.move_on_after(REAP_S, shield=True):
                     await proc.wait()
+                    await proc.aclose()
             logger.info(
                 "engine worker {} (pid {}) exited with {}", index, proc.pid, proc.returncode
             )
@@ -172,7 +167,7 @@ class EnginePool:
         return False
 
     @staticmethod
-    async def _drain_stderr(proc: trio.Process, index: int) -> None:
+    async def _drain_stderr(proc: Child, index: int) -> None:
         # libvips warns about every odd upload; keep that out of the server's stderr.
         assert proc.stderr is not None
         pending = b""

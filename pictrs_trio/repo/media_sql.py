@@ -51,6 +51,14 @@ def q_motion(conn: apsw.Connection, key: bytes) -> str | None:
     return value
 
 
+def _put_details(conn: apsw.Connection, identifier: str, details_json: bytes) -> None:
+    conn.execute(
+        "INSERT INTO details (identifier, json) VALUES (?, ?)"
+        " ON CONFLICT (identifier) DO UPDATE SET json = excluded.json",
+        (identifier, details_json),
+    )
+
+
 def w_commit_variant(
     conn: apsw.Connection, key: bytes, variant: str, identifier: str, details_json: bytes,
     now_ns: int, release: str | None = None,
@@ -73,11 +81,7 @@ def w_commit_variant(
             existing = row[0][0]
             assert isinstance(existing, str)
             return existing, False
-        conn.execute(
-            "INSERT INTO details (identifier, json) VALUES (?, ?)"
-            " ON CONFLICT (identifier) DO UPDATE SET json = excluded.json",
-            (identifier, details_json),
-        )
+        _put_details(conn, identifier, details_json)
     return identifier, True
 
 
@@ -95,11 +99,7 @@ def w_commit_motion(
             if existing is None:
                 raise apsw.ConstraintError("hash gone while its motion still was rendered")
             return existing, False
-        conn.execute(
-            "INSERT INTO details (identifier, json) VALUES (?, ?)"
-            " ON CONFLICT (identifier) DO UPDATE SET json = excluded.json",
-            (identifier, details_json),
-        )
+        _put_details(conn, identifier, details_json)
     return identifier, True
 
 

@@ -97,3 +97,22 @@ def test_no_child_outlives_the_server(tmp_path: Path, samples: dict[str, Path]) 
         while any(alive(p) for p in kids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [p for p in kids if alive(p)] == [], how.name
+
+
+def test_children_live_as_long_as_the_server(tmp_path: Path, samples: dict[str, Path]) -> None:
+    """Long-lived children must not die with the thread that happened to fork them: trio
+    retires idle worker threads after 10 s, and Linux's parent-death signal follows the
+    forking thread. The children are forked on the event loop's thread instead."""
+    srv = Server(tmp_path).start()
+    try:
+        assert srv.proc is not None
+        with srv.client() as c:
+            upload(c, samples["test.png"])
+        before = children_of(srv.proc.pid)
+        time.sleep(12)  # past trio's idle-thread lifetime
+        after = children_of(srv.proc.pid)
+        assert set(after) == set(before)
+        with srv.client() as c:
+            assert upload(c, samples["cat.jpg"]).status_code == 201
+    finally:
+        srv.stop()
