@@ -1,9 +1,9 @@
 """Several server processes on one port (``server.workers`` > 1).
 
-The parent binds the listening socket once and starts ``workers`` children, each a full
-pictrs-trio process (``service.serve``) accepting on the shared socket; the kernel spreads
-connections among them. They share the SQLite repo (WAL) and the store; the repo's claim
-rows keep rendering single-flight across them, and the journal's atomic claims let every
+The parent binds one SO_REUSEPORT listening socket per worker and starts ``workers``
+children, each a full pictrs-trio process (``service.serve``) accepting on its own socket;
+the kernel spreads connections among them. They share the SQLite repo (WAL) and the store;
+the repo's claim rows keep rendering single-flight across them, and the journal's atomic claims let every
 process run jobs. The parent only supervises: it restarts a child that dies, passes
 SIGTERM/SIGINT on, and waits for the children's graceful shutdown. Children (and their own
 children) die with it, even on SIGKILL.
@@ -28,12 +28,27 @@ FD_ENV = "PICTRS_TRIO_LISTEN_FD"
 RESTART_DELAY = 1.0
 
 
-def listen_socket(config: Config) -> socket.socket:
+def listen_sockets(config: Config) -> list[socket.socket]:
+    """One listening socket per worker, all on the same address with SO_REUSEPORT: the
+    kernel spreads connections over them by hash (a shared socket would let one busy
+    process accept most of a burst while the other's engine idles). A worker that restarts
+    finds its socket, with the connections queued meanwhile, still there."""
     host, port = parse_address(config.server.address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
-    sock.set_inheritable(True)
-    return sock
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(config.server.workers):
+            sock = socket.create_server(
+                (host, port), family=family, backlog=1024, reuse_port=True
+            )
+            sock.set_inheritable(True)
+            socks.append(sock)
+            port = sock.getsockname()[1]  # port 0: the others join the one picked
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 async def _child(
@@ -70,14 +85,14 @@ async def _child(
 
 
 async def supervise(config: Config) -> None:
-    sock = listen_socket(config)
+    socks = listen_sockets(config)
     stopping = trio.Event()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 for i in range(config.server.workers):
                     started = trio.Event()
-                    nursery.start_soon(_child, i, config, sock.fileno(), stopping, started)
+                    nursery.start_soon(_child, i, config, socks[i].fileno(), stopping, started)
                     await started.wait()
                 logger.info(
                     "pictrs-trio supervising {} workers on {}",
@@ -92,7 +107,8 @@ async def supervise(config: Config) -> None:
                         nursery.cancel_scope.cancel()
                     break
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
 
 
 def child_main() -> None:
