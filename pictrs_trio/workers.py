@@ -3,8 +3,8 @@
 The parent binds one SO_REUSEPORT listening socket per worker and starts ``workers``
 children, each a full pictrs-trio process (``service.serve``) accepting on its own socket;
 the kernel spreads connections among them. They share the SQLite repo (WAL) and the store;
-the repo's claim rows keep rendering single-flight across them, and the journal's atomic claims let every
-process run jobs. The parent only supervises: it restarts a child that dies, passes
+the repo's claim rows keep rendering single-flight across them, and the journal's atomic
+claims let every process run jobs. The parent only supervises: it restarts a child that dies, passes
 SIGTERM/SIGINT on, and waits for the children's graceful shutdown. Children (and their own
 children) die with it, even on SIGKILL.
 """
