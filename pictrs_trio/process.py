@@ -1,15 +1,15 @@
 """Variants: find a processed rendition of a file, or render it once.
 
-    request -> variants.parse -> repo.find_variant
+    request -> parse_request -> repo.find_variant
       hit  -> serve from the store
-      miss -> Generations.wait_or_render (single flight per key: in this process by an
-              event, across processes by a claim row with a heartbeat)
+      miss -> _single_flight (one render per key: in this process by an event
+              (single_flight.SingleFlight), across processes by a claim row with a heartbeat)
                 -> input: the original, or its motion still (videos; animations to stills)
                 -> media.process -> store.save_file -> repo.commit_variant
 
-Rendering runs in the request's own cancel scope; a request that gives up cancels its
-render, and the next request for the key renders again. (The journal takes generation over
-as a job later, so a render can outlive its request as pict-rs's does.)
+A GET renders in the request's own cancel scope: a request that gives up cancels its render,
+and the next request for the key renders again. ``process_backgrounded`` queues a
+``Generate`` job instead (jobs.py), which renders through the same path.
 """
 
 from __future__ import annotations
