@@ -102,7 +102,9 @@ async def sweep_orphans(state: AppState) -> int:
             if identifier in referenced:
                 continue
             born = ids.identifier_time(identifier)
-            if born is not None and born > cutoff:
+            if born is None or born > cutoff:
+                # Only files named the way this store names them are ours to remove: never
+                # a database, a temp folder or anything else that shares the directory.
                 continue
             candidates.append(identifier)
     # Read the rows again: a file listed before its commit must not be taken for an orphan.
@@ -166,7 +168,11 @@ async def handle_generate(state: AppState, job: Job) -> None:
         payload.ext, payload.query, allowed=state.config.media.filters
     )
     try:
-        await process.find_or_render(state, payload.alias, request)
+        # A job may take as long as pict-rs allows a render (4 x process_timeout), not just
+        # the ~35 s a waiting request gets.
+        await process.find_or_render(
+            state, payload.alias, request, wait=4 * state.config.media.process_timeout
+        )
     except PictrsError as exc:
         raise Abort(exc.msg) from exc  # a render that failed once fails again
 

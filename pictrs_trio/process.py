@@ -251,14 +251,16 @@ async def _details_of(state: AppState, identifier: str) -> Details:
     return details
 
 
-async def find_or_render(state: AppState, alias: str, request: VariantRequest) -> Rendered:
+async def find_or_render(
+    state: AppState, alias: str, request: VariantRequest, *, wait: float = WAIT_SECONDS
+) -> Rendered:
     """The variant ``request`` of ``alias``, rendered now if missing.
 
     Raises AliasNotFound (unknown alias), ReadOnly (missing and read-only), MediaToolError
-    (render failed, or not done within WAIT_SECONDS).
+    (render failed, or not done within ``wait`` seconds).
     """
     repo = state.repo
-    with trio.move_on_after(WAIT_SECONDS) as waited:
+    with trio.move_on_after(wait) as waited:
         while True:
             found = await repo.find_variant(alias, request.key)
             if found is None:

@@ -22,9 +22,13 @@ def parse_bool(key: str, value: str) -> bool:
 
 
 def parse_uint(key: str, value: str, maximum: int = 0xFFFF_FFFF) -> int:
-    if not value.isascii() or not value.lstrip("+").isdigit():
+    digits = value[1:] if value.startswith("+") else value
+    if not digits.isascii() or not digits.isdigit():
         raise InvalidQuery(f"Invalid query: {key} must be a non-negative integer")
-    n = int(value)
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 20:  # beyond any limit; and int() refuses very long strings
+        raise InvalidQuery(f"Invalid query: {key} is out of range")
+    n = int(digits)
     if n > maximum:
         raise InvalidQuery(f"Invalid query: {key} is out of range")
     return n

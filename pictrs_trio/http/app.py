@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pictrs_trio.errors import FileTooLarge, PictrsError, error_response
 from pictrs_trio.http import backgrounded, download, health, image, internal, process
+from pictrs_trio.http.backpressure import BoundedHTTPConnection
 from pictrs_trio.http.deadline import deadline_middleware
 from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
@@ -72,6 +73,7 @@ async def handle_error(exc: Exception) -> Response:
 def create_app(state: AppState) -> Any:
     """Build the app. Returns the ASGI callable with the deadline middleware outermost."""
     app = QuartTrio(__name__)
+    app.asgi_http_class = BoundedHTTPConnection  # type: ignore[assignment]
     # No blanket body cap: ingest enforces each file's size while it streams, and a cap
     # here would make Quart refuse the body unread, which leaves the connection unusable.
     app.config["MAX_CONTENT_LENGTH"] = None

@@ -35,7 +35,9 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
         raise RangeNotSatisfiable("Multiple ranges are not supported")
     m = parsed[0]
     assert m is not None
-    first, last = m.group(1), m.group(2)
+    # Positions past 2**63 are beyond any file; capping the digits also keeps int() from
+    # refusing a hostile thousands-digit number.
+    first, last = _cap(m.group(1)), _cap(m.group(2))
     if length == 0:
         raise Unsatisfiable
     if first == "":
@@ -52,3 +54,8 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
     if start > end:
         raise Unsatisfiable
     return start, min(end, length - 1)
+
+
+def _cap(digits: str) -> str:
+    digits = digits.lstrip("0") or ("0" if digits else "")
+    return "9" * 19 if len(digits) > 19 else digits

@@ -96,4 +96,12 @@ def spawn(
         pass_fds=tuple(pass_fds),
         preexec_fn=_die_with_parent,
     )
-    return Child(popen)
+    try:
+        return Child(popen)
+    except BaseException:  # e.g. out of file descriptors for the pidfd: do not leak it
+        popen.kill()
+        popen.wait()
+        for f in (popen.stdin, popen.stdout, popen.stderr):
+            if f is not None:
+                f.close()
+        raise

@@ -151,3 +151,17 @@ async def test_multipart_errors() -> None:
         async with aclosing(parts):
             async for _ in parts:
                 pass
+
+
+def test_hostile_numbers_are_4xx_not_crashes() -> None:
+    """Thousands of digits must not reach int() (Python refuses > 4300 digits)."""
+    with pytest.raises(InvalidQuery):
+        parse_upload_query([("max_width", "++5")])
+    with pytest.raises(InvalidQuery):
+        parse_upload_query([("max_width", "0" * 5000 + "1" + "0" * 30)])
+    limits, _ = parse_upload_query([("max_width", "0" * 5000 + "7")])
+    assert limits.max_width == 7
+    with pytest.raises(Unsatisfiable):
+        parse_range("bytes=" + "9" * 5000 + "-", 100)
+    assert parse_range("bytes=0-" + "9" * 5000, 100) == (0, 99)
+    assert parse_range("bytes=-" + "9" * 5000, 100) == (0, 99)
