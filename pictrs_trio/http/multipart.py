@@ -17,6 +17,7 @@ from pictrs_trio.errors import NoFiles, UploadError
 
 FILE_FIELDS = frozenset({"images[]", "images"})
 MAX_HEADER_BYTES = 16 * 1024
+MAX_IGNORED_BYTES = 1024 * 1024  # text fields and unknown parts: no client needs more
 
 
 class _Reader:
@@ -133,6 +134,7 @@ async def iter_file_parts(
     await r.read_until(b"--" + boundary, 64 * 1024)
     delimiter = b"\r\n--" + boundary
     count = 0
+    ignored = 0
     more = await _after_delimiter(r)
     while more:
         headers = _headers(await r.read_until(b"\r\n\r\n", MAX_HEADER_BYTES))
@@ -151,8 +153,10 @@ async def iter_file_parts(
             if not part.done:
                 raise UploadError("File part was not consumed")
         else:
-            async for _ in part.chunks():
-                pass  # plain fields and other parts are ignored
+            async for chunk in part.chunks():  # plain fields and other parts are ignored
+                ignored += len(chunk)
+                if ignored > MAX_IGNORED_BYTES:
+                    raise UploadError("Too much data outside the files of the upload")
         more = await _after_delimiter(r)
     if count == 0:
         raise NoFiles("No files present in upload")

@@ -165,3 +165,9 @@ def test_hostile_numbers_are_4xx_not_crashes() -> None:
         parse_range("bytes=" + "9" * 5000 + "-", 100)
     assert parse_range("bytes=0-" + "9" * 5000, 100) == (0, 99)
     assert parse_range("bytes=-" + "9" * 5000, 100) == (0, 99)
+
+
+async def test_multipart_ignored_parts_are_capped() -> None:
+    big_field = _form(("note", None, b"x" * (2 * 1024 * 1024)), ("images[]", "a", b"1"))
+    with pytest.raises(UploadError):
+        await _collect(big_field, step=65536)
