@@ -7,25 +7,41 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from pictrs_trio.errors import PictrsError
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: PictrsError | None = None
+
 
 class SingleFlight:
     """Lives on AppState; one per process. (Across processes the repo's claims do this.)"""
 
     def __init__(self) -> None:
-        self._running: dict[str, trio.Event] = {}
+        self._running: dict[str, _Flight] = {}
 
     @asynccontextmanager
     async def lead_or_wait(self, key: str) -> AsyncIterator[bool]:
         """Yields True to the one task that should do ``key`` now; the others wait until
-        it is done, however it ends, and get False (then they look again)."""
-        event = self._running.get(key)
-        if event is not None:
-            await event.wait()
+        it is done and get False (then they look again). If the leader failed with a
+        client-facing error (a dead URL, media a tool rejects), the waiters raise that same
+        error instead of each trying again in turn; after any other ending (cancelled, a
+        crash) they get False and may try themselves."""
+        flight = self._running.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
             yield False
             return
-        event = self._running[key] = trio.Event()
+        flight = self._running[key] = _Flight()
         try:
             yield True
+        except PictrsError as exc:
+            flight.error = exc
+            raise
         finally:
             del self._running[key]
-            event.set()
+            flight.done.set()
