@@ -9,10 +9,27 @@ from __future__ import annotations
 from pictrs_trio.config import Config
 
 
-def run(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT. Blocks."""
+def check(config: Config) -> None:
+    """Settings that parse but cannot work stop start-up with a message (exit status 1)."""
     if config.server.danger_dummy_mode:
         raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
+    if config.media.preprocess_steps:
+        from urllib.parse import parse_qsl
+
+        from pictrs_trio import variants
+        from pictrs_trio.errors import PictrsError
+
+        try:
+            variants.parse_operations(
+                parse_qsl(config.media.preprocess_steps, keep_blank_values=True), allowed=None
+            )
+        except PictrsError as exc:
+            raise SystemExit(f"error: media.preprocess_steps: {exc.msg}") from None
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks."""
+    check(config)
     if config.server.workers > 1:
         import trio
 

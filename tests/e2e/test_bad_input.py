@@ -159,3 +159,19 @@ def test_sigterm_lets_in_flight_upload_finish(tmp_path: Path, samples: dict[str,
     assert r.status_code == 201, r.text
     assert srv.stop() == 0
     assert len(srv.stored_files(expect=1)) == 1
+
+
+def test_bad_preprocess_steps_stop_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "run", "--media-preprocess-steps",
+         "resize=abc", "filesystem", "-p", str(tmp_path / "f"), "sqlite", "-p",
+         str(tmp_path / "s")],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode != 0
+    assert "media.preprocess_steps" in r.stderr
