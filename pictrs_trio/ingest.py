@@ -117,6 +117,17 @@ def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]
     return variants.parse_operations(pairs, allowed=None)
 
 
+def details_now(found: Discovery) -> Details:
+    """The details to record for a file just discovered, created now."""
+    return Details(
+        width=found.width,
+        height=found.height,
+        frames=found.frames,
+        format=found.format,
+        created_at=dt.datetime.now(dt.UTC),
+    )
+
+
 def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
@@ -223,13 +234,7 @@ async def ingest(
 
     sha, stored_size = await trio.to_thread.run_sync(_hash_file, out)
     fmt = final.format
-    details = Details(
-        width=final.width,
-        height=final.height,
-        frames=final.frames,
-        format=fmt,
-        created_at=dt.datetime.now(dt.UTC),
-    )
+    details = details_now(final)
     identifier = await state.store.save_file(
         out, extension=fmt.extension, content_type=fmt.content_type
     )

@@ -14,7 +14,6 @@ and the next request for the key renders again. ``process_backgrounded`` queues 
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ from loguru import logger
 from pictrs_trio import variants
 from pictrs_trio.errors import AliasNotFound, ErrorCode, MediaToolError, ReadOnly
 from pictrs_trio.formats import Fmt
-from pictrs_trio.ingest import CLEANUP_SECONDS
+from pictrs_trio.ingest import CLEANUP_SECONDS, details_now
 from pictrs_trio.media import Discovery
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.state import AppState
@@ -125,14 +124,7 @@ async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple
     identifier = await state.store.save_file(
         out, extension=fmt.extension, content_type=fmt.content_type, durable=False
     )
-    details = Details(
-        width=result.width,
-        height=result.height,
-        frames=result.frames,
-        format=fmt,
-        created_at=dt.datetime.now(dt.UTC),
-    )
-    return identifier, details
+    return identifier, details_now(result)
 
 
 async def _discard(state: AppState, identifier: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from contextlib import aclosing
 
 from quart import Blueprint, Response, request
@@ -19,7 +18,7 @@ from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.serve import respond_with_file
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.ingest import IngestSession, ingest, upload_operations
+from pictrs_trio.ingest import IngestSession, details_now, ingest, upload_operations
 from pictrs_trio.query import parse_upload_query
 from pictrs_trio.repo.records import Details
 from pictrs_trio.state import AppState
@@ -112,14 +111,7 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
     path = await state.store.local_path(identifier)
     if path is None:
         raise AliasNotFound("Details are missing and the file cannot be read locally")
-    found = await state.media.discover(path)
-    details = Details(
-        width=found.width,
-        height=found.height,
-        frames=found.frames,
-        format=found.format,
-        created_at=dt.datetime.now(dt.UTC),
-    )
+    details = details_now(await state.media.discover(path))
     await state.repo.relate_details(identifier, details)
     return details
 
