@@ -23,7 +23,7 @@ import trio
 from loguru import logger
 
 from pictrs_trio import variants
-from pictrs_trio.errors import AliasNotFound, ErrorCode, MediaToolError, ReadOnly
+from pictrs_trio.errors import AliasNotFound, ErrorCode, MediaToolError
 from pictrs_trio.formats import Fmt
 from pictrs_trio.ingest import CLEANUP_SECONDS, details_now
 from pictrs_trio.media import Discovery
@@ -172,8 +172,7 @@ async def motion_still(
             still = await repo.details(identifier)
             if still is not None:
                 return identifier, still
-        if state.config.server.read_only:
-            raise ReadOnly("Server is in read-only mode")
+        state.require_writable()
         await _single_flight(
             state, f"{hash.key().hex()}:motion", _MotionRender(state, hash, original, details)
         )
@@ -260,8 +259,7 @@ async def find_or_render(
             if found.identifier is not None and found.details is not None:
                 record_access(state, found.hash, request.key)
                 return Rendered(identifier=found.identifier, details=found.details)
-            if state.config.server.read_only:
-                raise ReadOnly("Server is in read-only mode")
+            state.require_writable()
             render = _VariantRender(state, alias, request)
             await _single_flight(state, f"{found.hash.key().hex()}:{request.key}", render)
             if render.result is not None:  # ours: no need to read it back

@@ -16,7 +16,7 @@ import time
 
 from pictrs_trio.config import Config, parse_retention
 from pictrs_trio.download import download_and_ingest
-from pictrs_trio.errors import ProxyNotFound, ReadOnly
+from pictrs_trio.errors import ProxyNotFound
 from pictrs_trio.ingest import IngestSession, upload_operations
 from pictrs_trio.state import AppState
 from pictrs_trio.validate import UploadLimits
@@ -66,8 +66,7 @@ async def fetch(state: AppState, url: str) -> str:
         alias = await lookup(state, url)
         if alias is not None:
             return alias
-        if state.config.server.read_only:
-            raise ReadOnly("Server is in read-only mode")
+        state.require_writable()
         async with state.generations.lead_or_wait(f"proxy:{url}") as leading:
             if leading:
                 # A fetch that ended between our look-up and now has related it already.

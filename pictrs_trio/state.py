@@ -10,6 +10,7 @@ import httpx
 from journal import Journal
 from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
+from pictrs_trio.errors import ReadOnly
 from pictrs_trio.media.tools import MediaTools
 from pictrs_trio.repo import Repo
 from pictrs_trio.single_flight import SingleFlight
@@ -27,3 +28,8 @@ class AppState:
     http: httpx.AsyncClient  # every outbound request (downloads, proxies); closed at shutdown
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)
+
+    def require_writable(self) -> None:
+        """Raises ReadOnly (400 read-only) when ``server.read_only`` is set."""
+        if self.config.server.read_only:
+            raise ReadOnly("Server is in read-only mode")

@@ -8,9 +8,9 @@ import trio
 from loguru import logger
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
-from pictrs_trio.errors import FileTooLarge, PictrsError, error_response
+from pictrs_trio.errors import PictrsError, error_response
 from pictrs_trio.http import backgrounded, download, health, image, internal, process
 from pictrs_trio.http.backpressure import BoundedHTTPConnection
 from pictrs_trio.http.deadline import deadline_middleware
@@ -41,7 +41,8 @@ async def drain_body() -> None:
     A handler may fail before reading the body (a bad query, a size limit). hypercorn
     closes a keep-alive connection whose body was not fully read, and clients such as httpx
     send the whole body before reading the answer, so they would see a dead connection.
-    pict-rs has the same drainer. Bounded in time; Quart bounds the size.
+    pict-rs has the same drainer. Bounded in time and bytes; past them the connection
+    simply closes.
     """
     drained = 0
     with trio.move_on_after(DRAIN_SECONDS):
@@ -57,9 +58,7 @@ async def drain_body() -> None:
 async def handle_error(exc: Exception) -> Response:
     await drain_body()
     exc2 = _innermost(exc)
-    if isinstance(exc2, RequestEntityTooLarge):
-        exc2 = FileTooLarge("Request body is larger than the upload limit")
-    if isinstance(exc2, HTTPException) and not isinstance(exc2, RequestEntityTooLarge):
+    if isinstance(exc2, HTTPException):
         # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405.
         return Response(b"", status=exc2.code or 500)
     if not isinstance(exc2, PictrsError):

@@ -15,7 +15,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from pictrs_trio import job_types
-from pictrs_trio.errors import AlreadyClaimed, ErrorBody, InvalidQuery, ReadOnly
+from pictrs_trio.errors import AlreadyClaimed, ErrorBody, InvalidQuery
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.state import app_state
@@ -78,8 +78,7 @@ async def upload_backgrounded() -> Response:
     pending: list[PendingUpload] = []
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
-            if state.config.server.read_only:
-                raise ReadOnly("Server is in read-only mode")
+            state.require_writable()
             pending.append(await store_raw(state, session, part.chunks(), query))
         return await queue_uploads(state, session, pending)
 

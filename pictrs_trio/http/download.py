@@ -10,7 +10,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from pictrs_trio.download import download_and_ingest, open_remote, parse_url
-from pictrs_trio.errors import InvalidQuery, ReadOnly
+from pictrs_trio.errors import InvalidQuery
 from pictrs_trio.http.backgrounded import queue_uploads, store_raw
 from pictrs_trio.http.image import json_response
 from pictrs_trio.http.state import app_state
@@ -46,8 +46,7 @@ async def download() -> Response:
     url, backgrounded, query = _split_query(list(request.args.items(multi=True)))
     limits, pairs = parse_upload_query(query)
     operations = upload_operations(state, pairs)  # a bad operation fails before the fetch
-    if state.config.server.read_only:
-        raise ReadOnly("Server is in read-only mode")
+    state.require_writable()
     cap = limits.byte_cap(state.config.media)
     async with IngestSession(state) as session:
         if backgrounded:

@@ -12,7 +12,6 @@ from pictrs_trio.errors import (
     AliasNotFound,
     InvalidDeleteToken,
     InvalidQuery,
-    ReadOnly,
 )
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.serve import respond_with_file
@@ -34,11 +33,6 @@ def empty(status: int) -> Response:
     return Response(b"", status=status)
 
 
-def _check_writable(state: AppState) -> None:
-    if state.config.server.read_only:
-        raise ReadOnly("Server is in read-only mode")
-
-
 @bp.post("/image")
 async def upload() -> Response:
     state = app_state()
@@ -52,7 +46,7 @@ async def upload() -> Response:
     )
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
-            _check_writable(state)
+            state.require_writable()
             done = await ingest(
                 state, session, part.chunks(), limits=limits, operations=operations
             )
@@ -107,7 +101,7 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
     details = await state.repo.details(identifier)
     if details is not None:
         return details
-    _check_writable(state)
+    state.require_writable()
     path = await state.store.local_path(identifier)
     if path is None:
         raise AliasNotFound("Details are missing and the file cannot be read locally")
@@ -149,7 +143,7 @@ async def details_query() -> Response:
 @bp.route("/image/delete/<token>/<alias>", methods=["GET", "DELETE"])
 async def delete(token: str, alias: str) -> Response:
     state = app_state()
-    _check_writable(state)
+    state.require_writable()
     canonical = _alias_from(alias)
     if canonical is None:
         return empty(204)

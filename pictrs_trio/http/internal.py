@@ -9,7 +9,7 @@ from quart import Blueprint, Response, request
 
 from pictrs_trio import ids, job_types, proxy
 from pictrs_trio.download import parse_url
-from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery, ReadOnly
+from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode
@@ -56,11 +56,6 @@ async def check_api_key() -> None:
         raise InvalidApiToken("Invalid API Key")
 
 
-def _writable() -> None:
-    if app_state().config.server.read_only:
-        raise ReadOnly("Server is in read-only mode")
-
-
 async def _alias() -> str:
     """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
     ``?alias=``."""
@@ -79,7 +74,7 @@ async def _alias() -> str:
 @bp.delete("/variants")
 async def delete_variants() -> Response:
     state = app_state()
-    _writable()
+    state.require_writable()
     await state.journal.push(
         job_types.CLEANUP, job_types.RemoveAllVariants(), unique_key="remove-all-variants"
     )
@@ -89,7 +84,7 @@ async def delete_variants() -> Response:
 @bp.post("/delete")
 async def delete_alias() -> Response:
     state = app_state()
-    _writable()
+    state.require_writable()
     alias = await _alias()
     if await state.repo.delete_token(alias) is None:
         return empty(404)
@@ -102,7 +97,7 @@ async def delete_alias() -> Response:
 @bp.post("/purge")
 async def purge() -> Response:
     state = app_state()
-    _writable()
+    state.require_writable()
     alias = await _alias()
     hash_ = await state.repo.alias_hash(alias)
     if hash_ is None:

@@ -13,7 +13,6 @@ from pictrs_trio.errors import (
     AliasNotFound,
     InvalidQuery,
     ProxyNotFound,
-    ReadOnly,
     StoreNotFound,
 )
 from pictrs_trio.http.image import empty, json_response
@@ -116,8 +115,7 @@ async def process_backgrounded(ext: str) -> Response:
     if found is None:
         return empty(400)
     if found.identifier is None:
-        if state.config.server.read_only:
-            raise ReadOnly("Server is in read-only mode")
+        state.require_writable()
         job = job_types.Generate(alias=alias, ext=ext, query=list(request.args.items(multi=True)))
         await state.journal.push(
             job_types.PROCESS, job, unique_key=f"{found.hash.key().hex()}:{variant.key}"
