@@ -16,7 +16,6 @@ which flags take a value.
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 import os
 import sys
@@ -28,6 +27,7 @@ import msgspec
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
+import pictrs_trio
 from pictrs_trio import config as cfg
 from pictrs_trio.config import Config, ConfigError
 
@@ -323,10 +323,7 @@ def _switches(flags: Sequence[Flag]) -> frozenset[str]:
 
 def build_app() -> App:
     """The cyclopts tree; each command returns the ``(Flag, value)`` pairs it was given."""
-    try:
-        version = importlib.metadata.version("pictrs-trio")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+    version = pictrs_trio.version()
     app = App(
         name="pictrs-trio",
         help="A pict-rs compatible image hosting service, on trio.",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.metadata
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ import hypercorn.trio
 import trio
 from loguru import logger
 
+import pictrs_trio
 from journal import Journal, run_workers
 from pictrs_trio import jobs
 from pictrs_trio import logging as pictrs_logging
@@ -118,11 +118,7 @@ def sweep_temp_root(root: Path) -> int:
 
 
 def user_agent() -> str:
-    try:
-        version = importlib.metadata.version("pictrs-trio")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"pictrs-trio/{version}"
+    return f"pictrs-trio/{pictrs_trio.version()}"
 
 
 def open_http_client(config: Config) -> httpx.AsyncClient:
