@@ -294,6 +294,19 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def process_role(pid: int) -> str:
+    """A short name for a process of the server's tree: its command line, trimmed."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return "?"
+    words = [Path(a.decode(errors="replace")).name for a in argv if a]
+    if "-m" in words:  # python -m module: the module says what it is
+        return words[words.index("-m") + 1].rsplit(".", 1)[-1]
+    return next((w for w in words if not w.startswith(("python", "perl", "-"))), "?")
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
     with open("/proc/stat") as fh:
@@ -324,14 +337,22 @@ class TreeSampler:
         self.root, self.interval = root, interval
         self.peak_rss = self.peak_pss = self.peak_root_rss = 0
         self.peak_procs = self.samples = 0
+        self.phase = "start"  # set by the bench; peaks are also kept per phase
+        self.phase_peaks: dict[str, int] = {}
+        self.peak_parts: list[tuple[str, int]] = []  # (process, RSS) at the overall peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             pids = tree_pids(self.root)
-            rss = sum(rss_bytes(p) for p in pids)
+            parts = [(process_role(p), rss_bytes(p)) for p in pids]
+            rss = sum(r for _, r in parts)
             pss = sum(pss_bytes(p) for p in pids)
+            if rss > self.peak_rss:
+                self.peak_parts = parts
+            phase = self.phase
+            self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), rss)
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_root_rss = max(self.peak_root_rss, rss_bytes(self.root))
@@ -354,6 +375,8 @@ class TreeSampler:
             "peak_main_rss_mb": round(self.peak_root_rss / 2**20, 1),
             "peak_processes": self.peak_procs,
             "samples": self.samples,
+            "peak_by_process_mb": [[n, round(r / 2**20, 1)] for n, r in self.peak_parts],
+            "peak_by_phase_mb": {k: round(v / 2**20, 1) for k, v in self.phase_peaks.items()},
         }
 
 
@@ -789,7 +812,13 @@ class Session:
     want: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     rows: dict[str, dict[str, float | int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    memory: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    sampler: TreeSampler | None = None
+
+    def phase(self, name: str) -> None:
+        """Label what runs next, so memory peaks can be told apart per phase."""
+        if self.sampler is not None:
+            self.sampler.phase = name
 
     def ours_url(self, alias: str, size: int, dims: tuple[int, int], pages: int = 1) -> str:
         url = f"/image/process.webp?src={alias}&thumbnail={size}"
@@ -828,6 +857,7 @@ async def first_time(s: Session, jpeg_dir: Path, workdir: Path) -> None:
             for r in range(sz.rounds):  # the two servers alternate order between rounds
                 for side, c in steps if r % 2 == 0 else steps[::-1]:
                     n = sz.first_c1 if c == 1 else sz.first_c8
+                    s.phase(f"first-time c{c}")
                     if side == "ours" and s.process_ok:
                         urls = [
                             s.ours_url(s.jpeg_alias[i], size, s.jpeg_dims[i])
@@ -843,6 +873,7 @@ async def first_time(s: Session, jpeg_dir: Path, workdir: Path) -> None:
         if th:
             s.memory["thumbor_first_time"] = th[1].summary()
     if s.process_ok:
+        s.phase("first-time c32")
         urls = [
             s.ours_url(s.jpeg_alias[i], size, s.jpeg_dims[i])
             for i, size in take(ours_pairs, sz.first_c32)
@@ -850,6 +881,7 @@ async def first_time(s: Session, jpeg_dir: Path, workdir: Path) -> None:
         runs["pictrs-trio first-time c32"] = [
             await load(s.ours, urls, 32, keep_bodies=True, pid=s.ours_pid)
         ]
+        s.phase("first-time PNG, GIF")
         sizes = range(THUMB, THUMB - sz.other_first, -1)
         urls = [s.ours_url(a, size, PNG_SIZE) for a in s.png_alias for size in sizes]
         runs[f"pictrs-trio first-time PNG {PNG_SIZE[0]}x{PNG_SIZE[1]} c1"] = [
@@ -866,6 +898,7 @@ async def first_time(s: Session, jpeg_dir: Path, workdir: Path) -> None:
 async def cached(s: Session, jpeg_dir: Path, workdir: Path) -> None:
     """The 256 px variants of every JPEG, requested again and again for a fixed time."""
     sz, runs = s.sz, dict[str, list[Run]]()
+    s.phase("cached")
     ours_urls = [s.ours_url(a, THUMB, s.jpeg_dims[i]) for i, a in enumerate(s.jpeg_alias)]
     their_urls = [s.their_url(i, THUMB) for i in range(len(s.jpegs))]
     async with running_thumbor(jpeg_dir, workdir / "thumbor-cached", result_storage=True) as th:
@@ -925,6 +958,7 @@ async def cached(s: Session, jpeg_dir: Path, workdir: Path) -> None:
 async def originals(s: Session) -> None:
     """`GET /image/original/{alias}` of the stored JPEGs (about 2.3 MB each)."""
     urls = [f"/image/original/{a}" for a in s.jpeg_alias]
+    s.phase("originals")
     for c in (1, 8, 32):
         s.record(
             f"pictrs-trio original c{c}",
@@ -972,6 +1006,11 @@ def print_report(result: dict[str, Any], s: Session, raw: dict[str, dict[str, fl
             f"{m['peak_processes']} process(es), {m['peak_tree_pss_mb']} MB PSS, "
             f"main process {m['peak_main_rss_mb']} MB ({m['samples']} samples)"
         )
+    if mem:
+        parts = ", ".join(f"{n} {mb}" for n, mb in mem["peak_by_process_mb"])
+        print(f"  at the peak (MB RSS): {parts}")
+        phases = ", ".join(f"{k} {v}" for k, v in mem["peak_by_phase_mb"].items())
+        print(f"  peak per phase (MB RSS summed): {phases}")
     ratios, goals = result["ratios"], result["goals"]
     word = {True: "met", False: "MISSED", None: "n/a"}
     lines = [
@@ -1063,6 +1102,7 @@ async def bench(args: argparse.Namespace) -> int:
             await server.wait_healthy()
             ours = httpx.AsyncClient(base_url=server.url, timeout=REQUEST_TIMEOUT_S, limits=LIMITS)
             async with ours:
+                sampler.phase = "upload"
                 aliases = [
                     [await upload(ours, p, ctype) for p in paths]
                     for paths, ctype in (
@@ -1092,6 +1132,7 @@ async def bench(args: argparse.Namespace) -> int:
                 if not s.process_ok:
                     s.problems.append(f"process route: {probe.status_code} {probe.text[:200]}")
                     log(f"process route not working: {probe.status_code} {probe.text[:200]}")
+                s.sampler = sampler
                 await first_time(s, jpeg_dir, workdir)
                 await cached(s, jpeg_dir, workdir)
                 await originals(s)

@@ -164,9 +164,7 @@ async def _ingest_upload(state: AppState, payload: job_types.IngestUpload) -> No
 
 async def handle_generate(state: AppState, job: Job) -> None:
     payload = job.decode(_generate_decoder)
-    request = process.parse_request(
-        payload.ext, payload.query, allowed=state.config.media.filters
-    )
+    request = process.parse_request(payload.ext, payload.query, allowed=state.config.media.filters)
     try:
         # A job may take as long as pict-rs allows a render (4 x process_timeout), not just
         # the ~35 s a waiting request gets.

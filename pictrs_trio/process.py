@@ -180,21 +180,19 @@ async def motion_still(
 
 
 class _VariantRender(_Render):
-    def __init__(
-        self, state: AppState, alias: str, request: VariantRequest
-    ) -> None:
+    def __init__(self, state: AppState, alias: str, request: VariantRequest) -> None:
         self.state, self.alias, self.request = state, alias, request
         self.result: Rendered | None = None
 
     async def done(self) -> bool:
-        found = await self.state.repo.find_variant(self.alias, self.request.key)
+        found = self.state.repo.find_variant_now(self.alias, self.request.key)
         return found is not None and found.identifier is not None
 
     async def run(self, claim_key: str) -> None:
         # No "already done?" read here: find_or_render looked a moment ago, and a render
         # that finished in between only costs a duplicate that commit_variant discards.
         state, request = self.state, self.request
-        found = await state.repo.find_original(self.alias)
+        found = state.repo.find_original_now(self.alias)
         if found is None or found.identifier is None:
             raise AliasNotFound("Alias not found")
         original_details = found.details or await _details_of(state, found.identifier)
@@ -253,7 +251,8 @@ async def find_or_render(
     repo = state.repo
     with trio.move_on_after(wait) as waited:
         while True:
-            found = await repo.find_variant(alias, request.key)
+            # Point reads on the loop thread: microseconds in WAL, a thread hop is ~100 µs.
+            found = repo.find_variant_now(alias, request.key)
             if found is None:
                 raise AliasNotFound("Alias not found")
             if found.identifier is not None and found.details is not None:
@@ -269,4 +268,3 @@ async def find_or_render(
     raise MediaToolError(
         "Timed out waiting for the variant", code=ErrorCode.COMMAND_TIMEOUT, status=500
     )
-

@@ -253,7 +253,10 @@ async def serve(
             if not config.server.read_only:
                 nursery.start_soon(jobs.schedule, state, state.journal)
             binds = await nursery.start(
-                _serve_http, app, hypercorn_config(config, listen_fd), shutdown,
+                _serve_http,
+                app,
+                hypercorn_config(config, listen_fd),
+                shutdown,
                 nursery.cancel_scope,
             )
             logger.info("pictrs-trio listening on {}", ", ".join(binds))

@@ -38,9 +38,7 @@ def listen_sockets(config: Config) -> list[socket.socket]:
     socks: list[socket.socket] = []
     try:
         for _ in range(config.server.workers):
-            sock = socket.create_server(
-                (host, port), family=family, backlog=1024, reuse_port=True
-            )
+            sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=True)
             sock.set_inheritable(True)
             socks.append(sock)
             port = sock.getsockname()[1]  # port 0: the others join the one picked

@@ -112,8 +112,9 @@ async def claim() -> Response:
     if not await state.repo.claim_upload(upload_id):
         raise AlreadyClaimed("Upload was already claimed")
     if outcome.alias is None or outcome.delete_token is None:
-        error = ErrorBody(msg=outcome.error_msg or "Upload failed",
-                          code=outcome.error_code or "unknown-error")
+        error = ErrorBody(
+            msg=outcome.error_msg or "Upload failed", code=outcome.error_code or "unknown-error"
+        )
         return json_response(encode(error), 422)
     found = await state.repo.find_original(outcome.alias)
     if found is None or found.details is None:

@@ -53,9 +53,7 @@ async def download() -> Response:
             async with open_remote(state, url, cap=cap) as chunks:
                 pending = await store_raw(state, session, chunks, query)
             return await queue_uploads(state, session, [pending])
-        done = await download_and_ingest(
-            state, session, url, limits=limits, operations=operations
-        )
+        done = await download_and_ingest(state, session, url, limits=limits, operations=operations)
         session.disarm()
     entry = UploadedFile(
         delete_token=done.delete_token, details=wire_details(done.details), file=done.alias

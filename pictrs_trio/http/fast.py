@@ -17,11 +17,9 @@ from loguru import logger
 from pictrs_trio import ids, process
 from pictrs_trio.errors import PictrsError
 from pictrs_trio.http.deadline import ASGIApp, Receive, Scope, Send
-from pictrs_trio.http.serve import etag_for, media_headers
+from pictrs_trio.http.serve import SMALL_FILE, etag_for, media_headers
 from pictrs_trio.repo.records import Found
 from pictrs_trio.state import AppState
-
-SMALL_FILE = 1024 * 1024  # larger files stream through Quart
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

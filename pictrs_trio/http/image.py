@@ -47,9 +47,7 @@ async def upload() -> Response:
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
             state.require_writable()
-            done = await ingest(
-                state, session, part.chunks(), limits=limits, operations=operations
-            )
+            done = await ingest(state, session, part.chunks(), limits=limits, operations=operations)
             files.append(
                 UploadedFile(
                     delete_token=done.delete_token,

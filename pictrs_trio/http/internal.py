@@ -134,8 +134,9 @@ async def jobs() -> Response:
     report = JobsReport(
         queues={q: dict(counts) for q, counts in stats.items()},
         dead=[
-            DeadJob(id=j.id, queue=j.queue, kind=j.kind, attempts=j.attempts,
-                    last_error=j.last_error)
+            DeadJob(
+                id=j.id, queue=j.queue, kind=j.kind, attempts=j.attempts, last_error=j.last_error
+            )
             for j in dead
         ],
     )

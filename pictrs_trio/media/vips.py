@@ -111,9 +111,7 @@ class EnginePool:
         started = False
         while True:
             try:
-                proc = spawn(
-                    [self._python, "-m", "pictrs_trio.media.vips_worker"], env=self._env()
-                )
+                proc = spawn([self._python, "-m", "pictrs_trio.media.vips_worker"], env=self._env())
             except OSError as exc:
                 logger.error("engine worker {} could not start: {}", index, exc)
                 if not started:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pictrs_trio.media import apng
+from pictrs_trio.media import apng, turbojpeg
 from pictrs_trio.media.protocol import Process, ProcessResult
 from pictrs_trio.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
 
@@ -95,12 +95,36 @@ def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, in
     if job.sniffed == "jpeg":
         shrink = next((f for f in JPEG_SHRINKS if f <= reduction), 1)
         if shrink > 1:
-            image = load(vips, job.src, "jpeg", shrink=shrink, **options)
+            image = _jpeg_shrunk(vips, job.src, shrink) or load(
+                vips, job.src, "jpeg", shrink=shrink, **options
+            )
     elif job.sniffed == "webp" and reduction > 1.0:
         # A pixel of slack so rounding in the decoder never leaves us short of the target.
         scale = min(1.0, 1.0 / reduction + 1.0 / min(width, height))
         image = load(vips, job.src, "webp", scale=scale, **options)
     return image, width, height, width / image.width
+
+
+def _jpeg_shrunk(vips: type[pyvips.Image], path: str, shrink: int) -> pyvips.Image | None:
+    """Decode at 1/``shrink`` through TurboJPEG (faster than libvips' own decode here), or
+    None when that path does not apply (the caller then uses ``jpegload``)."""
+    tj = turbojpeg.decoder()
+    if tj is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    decoded = tj.decode(data, shrink)
+    if decoded is None:
+        return None
+    image = vips.new_from_memory(
+        decoded.pixels, decoded.width, decoded.height, decoded.bands, "uchar"
+    ).copy(interpretation="b-w" if decoded.bands == 1 else "srgb")
+    # libvips rounds a shrunk size down (libjpeg rounds up): keep libvips' sizes.
+    width = max(1, decoded.full_width // shrink)
+    height = max(1, decoded.full_height // shrink)
+    if width < image.width or height < image.height:
+        image = image.crop(0, 0, width, height)
+    return image
 
 
 # ----------------------------------------------------------------------------- pixels

@@ -14,10 +14,13 @@ Hardening, because the input is untrusted:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     import pyvips
 
 MEMORY_ENV = "PICTRS_ENGINE_MEMORY_MB"
+TRIM_ABOVE = 4 << 20  # free heap bytes worth handing back after a job
 
 
 def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
@@ -137,6 +141,39 @@ def _warm_up(vips: type[pyvips.Image]) -> None:
         getattr(vips, f"{fmt}load_buffer")(getattr(pixel, f"{fmt}save_buffer")()).avg()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def memory_releaser() -> Callable[[], None]:
+    """A function that gives freed heap memory back to the kernel when enough has piled up.
+
+    libvips frees its pixel buffers, but glibc keeps the holes they leave in the heap: a
+    worker that has processed a few PNGs and GIFs sits at ~45 MB RSS instead of ~30 MB.
+    ``malloc_trim`` returns them (~0.5 ms), so it runs after a reply is sent, and only when
+    more than ``TRIM_ABOVE`` bytes are free in the heap.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim, info = libc.malloc_trim, libc.mallinfo2
+    except (OSError, AttributeError):  # not glibc (or older than 2.33): nothing to do
+        return lambda: None
+    info.restype = _MallInfo2
+    trim.argtypes = [ctypes.c_size_t]
+
+    def release() -> None:
+        if info().fordblks > TRIM_ABOVE:
+            trim(0)
+
+    return release
+
+
 def _read_exact(fd: int, n: int) -> bytes | None:
     data = bytearray()
     while len(data) < n:
@@ -168,6 +205,7 @@ def main() -> None:
 
     decoder = msgspec.msgpack.Decoder(Request)
     encoder = msgspec.msgpack.Encoder()
+    release_memory = memory_releaser()
     _write_all(out_fd, frame(encoder.encode(Ready())))
     while True:
         head = _read_exact(0, HEADER.size)
@@ -181,6 +219,7 @@ def main() -> None:
             return
         reply = handle(pyvips.Image, pyvips.Error, decoder.decode(body))
         _write_all(out_fd, frame(encoder.encode(reply)))
+        release_memory()
 
 
 if __name__ == "__main__":

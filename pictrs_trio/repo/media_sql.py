@@ -60,8 +60,13 @@ def _put_details(conn: apsw.Connection, identifier: str, details_json: bytes) ->
 
 
 def w_commit_variant(
-    conn: apsw.Connection, key: bytes, variant: str, identifier: str, details_json: bytes,
-    now_ns: int, release: str | None = None,
+    conn: apsw.Connection,
+    key: bytes,
+    variant: str,
+    identifier: str,
+    details_json: bytes,
+    now_ns: int,
+    release: str | None = None,
 ) -> tuple[str, bool]:
     """Record a rendered variant and its details together (and drop the generation claim
     ``release``). Returns (identifier now on record, ours_kept); when another generation
@@ -179,9 +184,7 @@ def w_create_uploads(
                 " VALUES (?, NULL, ?, ?)",
                 (upload_id, now_ns, raw_identifier),
             )
-            push_in(
-                conn, job_types.INGEST, payload, kind="ingest_upload", unique_key=upload_id
-            )
+            push_in(conn, job_types.INGEST, payload, kind="ingest_upload", unique_key=upload_id)
 
 
 def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]:
@@ -255,9 +258,7 @@ def w_remove_alias(
         conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
         if orphaned:
             # Same transaction: the rows and the job that deletes their files commit together.
-            push_in(
-                conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned), now=now
-            )
+            push_in(conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned), now=now)
     return key, orphaned
 
 

@@ -42,9 +42,7 @@ def w_relate_proxy(conn: apsw.Connection, url: str, alias: str, now_ns: int) -> 
 
 def w_touch_proxy(conn: apsw.Connection, url: str, now_ns: int) -> None:
     with transaction(conn):
-        conn.execute(
-            "UPDATE proxies SET accessed = max(accessed, ?) WHERE url = ?", (now_ns, url)
-        )
+        conn.execute("UPDATE proxies SET accessed = max(accessed, ?) WHERE url = ?", (now_ns, url))
 
 
 def w_expire_proxies(conn: apsw.Connection, before_ns: int, limit: int, now: float) -> int:

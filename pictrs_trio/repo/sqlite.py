@@ -443,9 +443,9 @@ class SqliteRepo:
         return Found(
             hash=Hash.from_key(_as_bytes(key)),
             identifier=None if identifier is None else _as_str(identifier),
-            details=None if details_json is None else _DETAILS_DECODER.decode(
-                _as_bytes(details_json)
-            ),
+            details=None
+            if details_json is None
+            else _DETAILS_DECODER.decode(_as_bytes(details_json)),
         )
 
     def find_variant_now(self, alias: str, variant: str) -> Found | None:
@@ -567,9 +567,7 @@ class SqliteRepo:
         await self._write(proxy_sql.w_touch_proxy, url, _now_ns())
 
     async def expire_proxies(self, accessed_before_ns: int, limit: int) -> int:
-        return await self._write(
-            proxy_sql.w_expire_proxies, accessed_before_ns, limit, time.time()
-        )
+        return await self._write(proxy_sql.w_expire_proxies, accessed_before_ns, limit, time.time())
 
     def journal_db(self) -> JournalDb:
         return _JournalDb(self)

@@ -217,6 +217,35 @@ async def test_shrink_on_load(tools: MediaTools, big_jpeg: Path, tmp_path: Path)
         assert decoded(dst, Fmt.WEBP, tmp_path)[:2] == size
 
 
+async def test_shrink_on_load_colour_spaces(tools: MediaTools, tmp_path: Path) -> None:
+    """Greyscale and RGB JPEGs decode scaled through TurboJPEG, CMYK through libvips; each
+    variant looks like the same thumbnail made by libvips from the full-size decode."""
+    noise = pyvips.Image.perlin(4001, 3001, cell_size=128, uchar=True)
+    sources = {
+        "grey": noise.copy(interpretation="b-w"),
+        "rgb": noise.bandjoin([noise.flip("horizontal"), noise.flip("vertical")]),
+        "cmyk": noise.bandjoin([noise.flip("horizontal"), noise, noise.flip("vertical")]).copy(
+            interpretation="cmyk"
+        ),
+    }
+    for name, image in sources.items():
+        src = tmp_path / f"{name}.jpg"
+        image.jpegsave(str(src), Q=90)
+        dst = tmp_path / f"{name}.png"
+        job = Process(
+            src=str(src), sniffed="jpeg", dst=str(dst), ops=ops_of("thumbnail=250"), out_fmt="png"
+        )
+        reply = await tools.submit(job)
+        assert isinstance(reply, ProcessResult), (name, reply)
+        # decoded at 1/8: 500x375 (libvips rounds 500.1 x 375.1 down)
+        assert (reply.shrink, reply.width, reply.height) == (4001 / 500, 250, 188), name
+        out = pyvips.Image.pngload(str(dst))
+        ref = pyvips.Image.jpegload(str(src)).colourspace("srgb" if name != "grey" else "b-w")
+        ref = ref.resize(250 / ref.width, vscale=188 / ref.height)
+        assert out.bands == ref.bands, name
+        assert abs(out.avg() - ref.avg()) < 2.0, name
+
+
 async def test_refusals(tools: MediaTools, samples: dict[str, Path], tmp_path: Path) -> None:
     svg = samples["image.svg"]
     for sniffed in ("svg", "png", "jpeg", "tiff"):
