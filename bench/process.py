@@ -339,6 +339,7 @@ class TreeSampler:
         self.peak_procs = self.samples = 0
         self.phase = "start"  # set by the bench; peaks are also kept per phase
         self.phase_peaks: dict[str, int] = {}
+        self.phase_main_peaks: dict[str, int] = {}  # the root process alone
         self.peak_parts: list[tuple[str, int]] = []  # (process, RSS) at the overall peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -353,6 +354,8 @@ class TreeSampler:
                 self.peak_parts = parts
             phase = self.phase
             self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), rss)
+            main = parts[0][1] if parts else 0
+            self.phase_main_peaks[phase] = max(self.phase_main_peaks.get(phase, 0), main)
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_root_rss = max(self.peak_root_rss, rss_bytes(self.root))
@@ -377,6 +380,9 @@ class TreeSampler:
             "samples": self.samples,
             "peak_by_process_mb": [[n, round(r / 2**20, 1)] for n, r in self.peak_parts],
             "peak_by_phase_mb": {k: round(v / 2**20, 1) for k, v in self.phase_peaks.items()},
+            "main_peak_by_phase_mb": {
+                k: round(v / 2**20, 1) for k, v in self.phase_main_peaks.items()
+            },
         }
 
 
@@ -1011,6 +1017,8 @@ def print_report(result: dict[str, Any], s: Session, raw: dict[str, dict[str, fl
         print(f"  at the peak (MB RSS): {parts}")
         phases = ", ".join(f"{k} {v}" for k, v in mem["peak_by_phase_mb"].items())
         print(f"  peak per phase (MB RSS summed): {phases}")
+        phases = ", ".join(f"{k} {v}" for k, v in mem["main_peak_by_phase_mb"].items())
+        print(f"  main process peak per phase (MB RSS): {phases}")
     ratios, goals = result["ratios"], result["goals"]
     word = {True: "met", False: "MISSED", None: "n/a"}
     lines = [

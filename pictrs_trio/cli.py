@@ -323,11 +323,10 @@ def _switches(flags: Sequence[Flag]) -> frozenset[str]:
 
 def build_app() -> App:
     """The cyclopts tree; each command returns the ``(Flag, value)`` pairs it was given."""
-    version = pictrs_trio.version()
     app = App(
         name="pictrs-trio",
         help="A pict-rs compatible image hosting service, on trio.",
-        version=version,
+        version=pictrs_trio.version,  # called for --version only
         version_flags=["--version", "-V"],
         default_parameter=Parameter(negative=()),  # switches only switch on
     )

@@ -199,8 +199,10 @@ class Media(msgspec.Struct, **Frozen):
     image: Image = Image()
     animation: Animation = Animation()
     video: Video = Video()
-    # pictrs-trio addition: engine worker processes (0 = number of cores)
+    # pictrs-trio additions: engine worker processes (0 = number of cores); seconds without
+    # a metadata command before exiftool is stopped (0 = keep it running)
     engine_workers: Count = 0
+    exiftool_idle_timeout: Seconds = 10.0
 
 
 class SqliteRepo(msgspec.Struct, tag="sqlite", tag_field="type", **Frozen):

@@ -1,6 +1,6 @@
 """Fetching remote media: ``GET /image/download`` and first-time ``?proxy=`` requests.
 
-    url -> parse_url (absolute http/https) -> state.http GET, redirects followed
+    url -> parse_url (absolute http/https) -> state.http.client GET, redirects followed
       -> non-2xx: DownloadFailed (500 download-file-error)
       -> body streamed in chunks, capped: over the limit is FileTooLarge with status 400
          (pict-rs answers 400 for a download body, 413 for multipart)
@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-
-import httpx
+from typing import TYPE_CHECKING
 
 from pictrs_trio.errors import DownloadFailed, FileTooLarge, HttpClientError, InvalidQuery
 from pictrs_trio.ingest import Ingested, IngestSession, ingest
 from pictrs_trio.state import AppState
 from pictrs_trio.validate import MIB, UploadLimits
 from pictrs_trio.variants import Op
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def parse_url(raw: str | None, key: str = "url") -> str:
@@ -35,6 +37,8 @@ def parse_url(raw: str | None, key: str = "url") -> str:
     unparseable URL, as pict-rs's typed ``Url`` query field does."""
     if raw is None:
         raise InvalidQuery(f"Invalid query: {key} is required")
+    import httpx  # here, not at import time: see outbound.py
+
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, ValueError, TypeError):
@@ -66,8 +70,10 @@ async def open_remote(
     Raises DownloadFailed (remote status not 2xx), HttpClientError (network failure, also
     mid-body), FileTooLarge with status 400 (body, or its declared length, over ``cap``).
     """
+    import httpx  # loaded with the first outbound request (outbound.py)
+
     try:
-        async with state.http.stream("GET", url) as response:
+        async with state.http.client.stream("GET", url) as response:
             if not response.is_success:
                 raise DownloadFailed(
                     f"Failed to download file: remote answered {response.status_code}"

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -33,6 +32,7 @@ from pictrs_trio import logging as pictrs_logging
 from pictrs_trio.config import Config, FilesystemStore, parse_address
 from pictrs_trio.http.app import create_app
 from pictrs_trio.media.tools import open_media_tools
+from pictrs_trio.outbound import Outbound
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.state import AppState
 from pictrs_trio.store import Store
@@ -121,14 +121,9 @@ def user_agent() -> str:
     return f"pictrs-trio/{pictrs_trio.version()}"
 
 
-def open_http_client(config: Config) -> httpx.AsyncClient:
-    """The one outbound client (downloads, proxies). pict-rs builds its client without a
-    timeout; we apply ``client.timeout`` (per connect, read, write and pool wait)."""
-    return httpx.AsyncClient(
-        timeout=config.client.timeout,
-        follow_redirects=True,
-        headers={"User-Agent": user_agent()},
-    )
+def open_http_client(config: Config) -> Outbound:
+    """The one outbound client (downloads, proxies); httpx loads with the first request."""
+    return Outbound(timeout=config.client.timeout, user_agent=user_agent)
 
 
 @asynccontextmanager

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import httpx
-
 from journal import Journal
 from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
 from pictrs_trio.errors import ReadOnly
 from pictrs_trio.media.tools import MediaTools
+from pictrs_trio.outbound import Outbound
 from pictrs_trio.repo import Repo
 from pictrs_trio.single_flight import SingleFlight
 from pictrs_trio.store import Store
@@ -25,7 +24,7 @@ class AppState:
     media: MediaTools
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
     journal: Journal  # durable jobs, in the repo's database
-    http: httpx.AsyncClient  # every outbound request (downloads, proxies); closed at shutdown
+    http: Outbound  # every outbound request (downloads, proxies); closed at shutdown
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)
 

@@ -18,12 +18,15 @@ import decimal
 import math
 import re
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from pictrs_trio.config import Media
 from pictrs_trio.errors import InvalidFileExtension, InvalidProcessPath
 from pictrs_trio.formats import Fmt, Kind, MediaFormat
+
+if TYPE_CHECKING:  # engine workers import this module: not the whole configuration
+    from pictrs_trio.config import Media
 
 MAX_SIZE = 65535
 MAX_AREA = MAX_SIZE * MAX_SIZE

@@ -39,43 +39,110 @@ def make_samples(out: Path) -> dict[str, Path]:
     # JPEG carrying EXIF + GPS + XMP + a comment, upright (orientation 1)
     s["exif.jpg"] = out / "exif.jpg"
     shutil.copy(media / "cat.jpg", s["exif.jpg"])
-    _run("exiftool", "-q", "-overwrite_original", "-Make=TestCam", "-Model=T1",
-         "-GPSLatitude=48.8584", "-GPSLatitudeRef=N", "-GPSLongitude=2.2945",
-         "-GPSLongitudeRef=E", "-XMP:Creator=someone", "-Comment=secret comment",
-         "-Orientation#=1", str(s["exif.jpg"]))
+    _run(
+        "exiftool",
+        "-q",
+        "-overwrite_original",
+        "-Make=TestCam",
+        "-Model=T1",
+        "-GPSLatitude=48.8584",
+        "-GPSLatitudeRef=N",
+        "-GPSLongitude=2.2945",
+        "-GPSLongitudeRef=E",
+        "-XMP:Creator=someone",
+        "-Comment=secret comment",
+        "-Orientation#=1",
+        str(s["exif.jpg"]),
+    )
 
     # JPEG stored sideways with orientation 6 (rotate 90 CW to view): 300x200 raw pixels
     s["rotated.jpg"] = out / "rotated.jpg"
-    pyvips.Image.black(300, 200, bands=3).draw_rect([255, 0, 0], 0, 0, 150, 200,
-                                                    fill=True).jpegsave(str(s["rotated.jpg"]))
-    _run("exiftool", "-q", "-overwrite_original", "-Orientation#=6", "-GPSLatitude=1",
-         str(s["rotated.jpg"]))
+    pyvips.Image.black(300, 200, bands=3).draw_rect(
+        [255, 0, 0], 0, 0, 150, 200, fill=True
+    ).jpegsave(str(s["rotated.jpg"]))
+    _run(
+        "exiftool",
+        "-q",
+        "-overwrite_original",
+        "-Orientation#=6",
+        "-GPSLatitude=1",
+        str(s["rotated.jpg"]),
+    )
 
     s["avif.avif"] = out / "still.avif"
     pyvips.Image.new_from_file(str(s["test.png"])).heifsave(
-        str(s["avif.avif"]), compression="av1", Q=50, effort=0)
+        str(s["avif.avif"]), compression="av1", Q=50, effort=0
+    )
 
     s["jxl.jxl"] = out / "still.jxl"
     _run("cjxl", "-q", "90", "-e", "1", str(s["test.png"]), str(s["jxl.jxl"]))
 
     s["anim.webp"] = out / "anim.webp"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=1",
-            "-loop", "0", "-c:v", "libwebp_anim", str(s["anim.webp"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=10:duration=1",
+        "-loop",
+        "0",
+        "-c:v",
+        "libwebp_anim",
+        str(s["anim.webp"]),
+    )
 
     s["anim.apng"] = out / "anim.apng"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=1",
-            "-plays", "0", "-f", "apng", str(s["anim.apng"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=10:duration=1",
+        "-plays",
+        "0",
+        "-f",
+        "apng",
+        str(s["anim.apng"]),
+    )
 
     s["video.mp4"] = out / "video.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=1",
-            "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-shortest", "-metadata", "title=secret", str(s["video.mp4"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        "-metadata",
+        "title=secret",
+        str(s["video.mp4"]),
+    )
 
     s["video.webm"] = out / "video.webm"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=1",
-            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k",
-            str(s["video.webm"]))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25:duration=1",
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "200k",
+        str(s["video.webm"]),
+    )
 
     # things we must refuse
     s["random.bin"] = out / "random.bin"

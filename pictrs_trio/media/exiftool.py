@@ -13,6 +13,7 @@ and errors arrive in order, before the marker.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -62,21 +63,35 @@ def _safe_arg(path: Path) -> str:
 
 
 class ExifTool:
-    """The supervised exiftool process: create, ``nursery.start(et.supervise)``, then call."""
+    """The supervised exiftool process: create, ``nursery.start(et.supervise)``, then call.
+
+    With ``idle_timeout`` > 0 the process starts on the first command and is stopped after
+    that many seconds without one (Perl and exiftool hold ~29 MB, and most servers upload
+    far less often than they serve); the next command starts it again (~0.1 s). With 0 it
+    starts at once and runs until shutdown.
+    """
 
     def __init__(
-        self, *, timeout: float, warmup_dir: Path | None = None, executable: str = "exiftool"
+        self,
+        *,
+        timeout: float,
+        warmup_dir: Path | None = None,
+        executable: str = "exiftool",
+        idle_timeout: float = 0.0,
     ) -> None:
         self._timeout = timeout
         self._warmup_dir = warmup_dir
         self._executable = executable
+        self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
         self._proc: Child | None = None
         self._buffer = bytearray()
         self._alive = trio.Event()  # set while _proc is a live process
+        self._wanted = trio.Event()  # set when a command waits for a process
         self._spawn_error: MediaToolError | None = None
         self._counter = itertools.count(1)
         self._exited = trio.Event()  # set when the current process has been reaped
+        self._last_used = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -86,9 +101,19 @@ class ExifTool:
     async def supervise(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep one exiftool running until cancelled; the child is killed and reaped on exit."""
-        started = False
+        """Keep exiftool available until cancelled: started when needed (or at once without
+        an idle timeout), restarted when it dies, stopped when idle; the child is killed and
+        reaped on exit."""
+        lazy = self._idle_timeout > 0
+        if lazy:
+            task_status.started()
+        started = lazy
         while True:
+            if lazy:
+                await self._wanted.wait()
+                # Reset before starting: a command that finds this process dead later sets
+                # the new event, and the next turn of the loop starts another.
+                self._wanted = trio.Event()
             proc = await self._spawn()
             if proc is None:
                 if not started:
@@ -98,11 +123,16 @@ class ExifTool:
                 continue
             began = trio.current_time()
             try:
-                await self._warm_up()
+                if not lazy:  # a lazy start is for a waiting command: no extra work first
+                    await self._warm_up()
                 if not started:
                     task_status.started()
                     started = True
-                await proc.wait()
+                if lazy:
+                    self._last_used = trio.current_time()
+                    await self._run_until_idle(proc)
+                else:
+                    await proc.wait()
             finally:
                 self._alive = trio.Event()
                 self._proc = None
@@ -113,6 +143,9 @@ class ExifTool:
                         proc.kill()
                         await proc.wait()
                     await proc.aclose()
+            if proc.returncode == 0:  # stopped because idle
+                logger.debug("exiftool (pid {}) stopped after being idle", proc.pid)
+                continue
             logger.warning(
                 "exiftool (pid {}) exited with {}; restarting", proc.pid, proc.returncode
             )
@@ -123,6 +156,28 @@ class ExifTool:
                 and trio.current_time() - began < RESTART_BACKOFF_S
             ):
                 await trio.sleep(RESTART_BACKOFF_S)
+
+    async def _run_until_idle(self, proc: Child) -> None:
+        """Return when ``proc`` has exited: on its own, or asked to once it sat idle."""
+        while proc.returncode is None:
+            with trio.move_on_at(self._last_used + self._idle_timeout):
+                await proc.wait()
+                return
+            async with self._lock:  # waits for a running command; none starts meanwhile
+                idle = trio.current_time() >= self._last_used + self._idle_timeout
+                if idle and proc.returncode is None:
+                    await self._stop(proc)
+
+    async def _stop(self, proc: Child) -> None:
+        # "-stay_open False" makes exiftool exit 0 after the commands before it.
+        assert proc.stdin is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await proc.stdin.send_all(b"-stay_open\nFalse\n")
+        with trio.move_on_after(REAP_S):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
     async def _warm_up(self) -> None:
         # The first write command loads exiftool's writer modules (~40 ms): not in an upload.
@@ -176,6 +231,7 @@ class ExifTool:
         """
         async with self._lock:
             try:
+                self._last_used = trio.current_time()
                 with trio.fail_after(self._timeout):
                     for attempt in (1, 2):
                         proc = await self._wait_alive()
@@ -202,6 +258,8 @@ class ExifTool:
                 # The caller gave up mid-command: the reply would confuse the next caller.
                 self._kill()
                 raise
+            finally:
+                self._last_used = trio.current_time()
 
     async def _wait_dead(self, proc: Child) -> None:
         # Wait until the supervisor has noticed this process is gone (it then starts another).
@@ -214,6 +272,7 @@ class ExifTool:
             proc = self._proc
             if proc is not None and proc.returncode is None:
                 return proc
+            self._wanted.set()  # (re)started on demand when idle-stopped or after a failure
             if self._spawn_error is not None:
                 raise self._spawn_error
             await self._alive.wait()

@@ -1,7 +1,8 @@
 """``MediaTools``: the one object ingest (and later processing) uses for native media work.
 
-``open_media_tools`` starts the supervised helpers (one exiftool ``-stay_open`` process, the
-engine worker pool) in its own nursery and stops them on exit: every child killed and reaped.
+``open_media_tools`` starts the supervised helpers (one exiftool ``-stay_open`` process, started
+on demand and stopped when idle; the engine worker pool) in its own nursery and stops them on
+exit: every child killed and reaped.
 """
 
 from __future__ import annotations
@@ -309,7 +310,11 @@ async def open_media_tools(
     tools, and stop everything on exit. ``limiter`` caps short-lived tool processes
     (default: one per core)."""
     cores = os.cpu_count() or 1
-    exiftool = ExifTool(timeout=config.process_timeout, warmup_dir=tmp_dir)
+    exiftool = ExifTool(
+        timeout=config.process_timeout,
+        warmup_dir=tmp_dir,
+        idle_timeout=config.exiftool_idle_timeout,
+    )
     engine = EnginePool(
         size=engine_workers if engine_workers > 0 else cores,
         job_timeout=config.process_timeout,

@@ -206,6 +206,7 @@ def main() -> None:
     decoder = msgspec.msgpack.Decoder(Request)
     encoder = msgspec.msgpack.Encoder()
     release_memory = memory_releaser()
+    release_memory()  # what the warm-up left behind
     _write_all(out_fd, frame(encoder.encode(Ready())))
     while True:
         head = _read_exact(0, HEADER.size)

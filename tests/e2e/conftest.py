@@ -26,8 +26,9 @@ def free_port() -> int:
 class Server:
     """A running ``pictrs-trio run`` process with its own data folder."""
 
-    def __init__(self, root: Path, args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,9 +41,19 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         cmd = [
-            sys.executable, "-m", "pictrs_trio",
-            "run", "-a", f"127.0.0.1:{self.port}", *self.args,
-            "filesystem", "-p", str(self.files), "sqlite", "-p", str(self.db),
+            sys.executable,
+            "-m",
+            "pictrs_trio",
+            "run",
+            "-a",
+            f"127.0.0.1:{self.port}",
+            *self.args,
+            "filesystem",
+            "-p",
+            str(self.files),
+            "sqlite",
+            "-p",
+            str(self.db),
         ]
         env = {**os.environ, **self.env}
         env["PICTRS__SERVER__TEMPORARY_DIRECTORY"] = str(self.root / "tmp")

@@ -60,8 +60,12 @@ def test_unread_body_does_not_fill_memory(fresh_server: Server) -> None:
     try:
         # the server may close the connection once its answer is out
         with httpx.Client(timeout=30) as c, contextlib.suppress(httpx.HTTPError):
-            c.request("GET", f"{fresh_server.url}/image/download",
-                      params={"url": f"http://127.0.0.1:{port}/x"}, content=body())
+            c.request(
+                "GET",
+                f"{fresh_server.url}/image/download",
+                params={"url": f"http://127.0.0.1:{port}/x"},
+                content=body(),
+            )
     finally:
         stop.set()
         sampler.join()

@@ -18,8 +18,12 @@ def png_bomb(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height; the pixel data is a few bytes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 4096)
@@ -48,8 +52,9 @@ def assert_error(r, status: int, code: str | None = None) -> None:
         ("image.bmp", None),
     ],
 )
-def test_rejected_files_leave_nothing(fresh_server: Server, samples: dict[str, Path],
-                                      name: str, code: str | None) -> None:
+def test_rejected_files_leave_nothing(
+    fresh_server: Server, samples: dict[str, Path], name: str, code: str | None
+) -> None:
     with fresh_server.client() as c:
         # a misleading file name and Content-Type must not matter
         files = [("images[]", ("photo.png", samples[name].read_bytes(), "image/png"))]
@@ -74,22 +79,24 @@ def test_png_bomb_refused_fast(fresh_server: Server) -> None:
 
 def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
     with fresh_server.client() as c:
-        assert_error(upload(c, samples["test.png"], query="?max_width=100"), 400,
-                     "validate-width")
-        assert_error(upload(c, samples["test.png"], query="?max_height=100"), 400,
-                     "validate-height")
-        assert_error(upload(c, samples["test.png"], query="?max_area=1000"), 400,
-                     "validate-area")
-        assert_error(upload(c, samples["earth.gif"], query="?max_frame_count=10"), 400,
-                     "validate-frames")
-        assert_error(upload(c, samples["earth.gif"], query="?allow_animation=false"), 400,
-                     "media-disallowed")
-        assert_error(upload(c, samples["video.mp4"], query="?allow_video=false"), 400,
-                     "media-disallowed")
-        assert_error(upload(c, samples["test.png"], query="?allow_image=maybe"), 400,
-                     "invalid-query")
-        assert_error(upload(c, samples["test.png"], query="?max_width=-1"), 400,
-                     "invalid-query")
+        assert_error(upload(c, samples["test.png"], query="?max_width=100"), 400, "validate-width")
+        assert_error(
+            upload(c, samples["test.png"], query="?max_height=100"), 400, "validate-height"
+        )
+        assert_error(upload(c, samples["test.png"], query="?max_area=1000"), 400, "validate-area")
+        assert_error(
+            upload(c, samples["earth.gif"], query="?max_frame_count=10"), 400, "validate-frames"
+        )
+        assert_error(
+            upload(c, samples["earth.gif"], query="?allow_animation=false"), 400, "media-disallowed"
+        )
+        assert_error(
+            upload(c, samples["video.mp4"], query="?allow_video=false"), 400, "media-disallowed"
+        )
+        assert_error(
+            upload(c, samples["test.png"], query="?allow_image=maybe"), 400, "invalid-query"
+        )
+        assert_error(upload(c, samples["test.png"], query="?max_width=-1"), 400, "invalid-query")
         # the limits that pass still let the upload through
         ok = upload(c, samples["test.png"], query="?max_width=640&allow_animation=false")
         assert ok.status_code == 201
@@ -104,8 +111,11 @@ def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> N
         assert_error(r, 400, "validate-no-files")
         r = c.post("/image", content=b"not multipart", headers={"content-type": "text/plain"})
         assert_error(r, 400, "file-upload-error")
-        r = c.post("/image", content=b"--xyz\r\nbroken",
-                   headers={"content-type": "multipart/form-data; boundary=xyz"})
+        r = c.post(
+            "/image",
+            content=b"--xyz\r\nbroken",
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+        )
         assert 400 <= r.status_code < 500
         # a bad file after a good one: all or nothing
         r = upload(c, samples["test.png"], samples["random.bin"])
@@ -133,8 +143,9 @@ def test_sigterm_lets_in_flight_upload_finish(tmp_path: Path, samples: dict[str,
 
     srv = Server(tmp_path).start()
     data = samples["test.png"].read_bytes()
-    head = (b'--b0undary\r\nContent-Disposition: form-data; name="images[]"; '
-            b'filename="t.png"\r\n\r\n')
+    head = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="images[]"; filename="t.png"\r\n\r\n'
+    )
     tail = b"\r\n--b0undary--\r\n"
     sent_half = threading.Event()
 
@@ -153,8 +164,11 @@ def test_sigterm_lets_in_flight_upload_finish(tmp_path: Path, samples: dict[str,
     killer = threading.Thread(target=terminate)
     killer.start()
     with srv.client() as c:
-        r = c.post("/image", content=body(),
-                   headers={"content-type": "multipart/form-data; boundary=b0undary"})
+        r = c.post(
+            "/image",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=b0undary"},
+        )
     killer.join()
     assert r.status_code == 201, r.text
     assert srv.stop() == 0
@@ -168,10 +182,24 @@ def test_bad_preprocess_steps_stop_start_up(tmp_path: Path) -> None:
     from tests.e2e.conftest import REPO
 
     r = subprocess.run(
-        [sys.executable, "-m", "pictrs_trio", "run", "--media-preprocess-steps",
-         "resize=abc", "filesystem", "-p", str(tmp_path / "f"), "sqlite", "-p",
-         str(tmp_path / "s")],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "pictrs_trio",
+            "run",
+            "--media-preprocess-steps",
+            "resize=abc",
+            "filesystem",
+            "-p",
+            str(tmp_path / "f"),
+            "sqlite",
+            "-p",
+            str(tmp_path / "s"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode != 0
     assert "media.preprocess_steps" in r.stderr

@@ -34,8 +34,9 @@ def make_pngs(out: Path, n: int, seed: int) -> list[Path]:
     for i in range(n):
         w, h = rng.randint(48, 160), rng.randint(48, 160)
         img = pyvips.Image.black(w, h, bands=3) + [rng.randint(0, 255) for _ in range(3)]
-        img = img.draw_rect([rng.randint(0, 255)] * 3, rng.randint(0, w - 8), 0, 8, h,
-                            fill=True).cast("uchar")
+        img = img.draw_rect(
+            [rng.randint(0, 255)] * 3, rng.randint(0, w - 8), 0, 8, h, fill=True
+        ).cast("uchar")
         path = out / f"img-{seed}-{i}.png"
         img.pngsave(str(path))
         files.append(path)
@@ -75,8 +76,9 @@ def background_uploader(url: str, files: list[Path], log: Log, stop: threading.E
             if stop.is_set():
                 return
             try:
-                r = c.post("/image/backgrounded",
-                           files=[("images[]", (path.name, path.read_bytes()))])
+                r = c.post(
+                    "/image/backgrounded", files=[("images[]", (path.name, path.read_bytes()))]
+                )
             except httpx.HTTPError:
                 return
             if r.status_code == 202:
@@ -109,8 +111,12 @@ def wait_jobs_idle(c: httpx.Client, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         queues = c.get("/internal/jobs", headers={"X-Api-Token": API_KEY}).json()["queues"]
-        busy = sum(n for counts in queues.values() for s, n in counts.items()
-                   if s in ("pending", "running"))
+        busy = sum(
+            n
+            for counts in queues.values()
+            for s, n in counts.items()
+            if s in ("pending", "running")
+        )
         if busy == 0:
             return
         time.sleep(0.1)
@@ -133,8 +139,9 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
             threading.Thread(target=plain_uploader, args=(srv.url, files[i::5], log, stop))
             for i in range(PLAIN_THREADS)
         ] + [
-            threading.Thread(target=background_uploader,
-                             args=(srv.url, files[PLAIN_THREADS + i :: 5], log, stop))
+            threading.Thread(
+                target=background_uploader, args=(srv.url, files[PLAIN_THREADS + i :: 5], log, stop)
+            )
             for i in range(BACKGROUND_THREADS)
         ]
         for t in threads:
@@ -147,8 +154,9 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert log.plain, "no upload was acknowledged before the kills"
     assert log.background
 
-    srv = Server(data, ["--api-key", API_KEY],
-                 env={"PICTRS__SERVER__ORPHAN_SWEEP_GRACE": "0"}).start()
+    srv = Server(
+        data, ["--api-key", API_KEY], env={"PICTRS__SERVER__ORPHAN_SWEEP_GRACE": "0"}
+    ).start()
     try:
         with srv.client() as c:
             for alias, (path, details, stored) in log.plain.items():

@@ -122,21 +122,22 @@ def test_download_inline(srv: Server, remote: Remote) -> None:
         assert stored.status_code == 200
         assert size_of(stored.content) == (640, 360)
         # the upload query's limits and operations apply to downloads too
-        r = c.get("/image/download",
-                  params={"url": remote.url("/dl2/cat.jpg"), "thumbnail": "100"})
+        r = c.get("/image/download", params={"url": remote.url("/dl2/cat.jpg"), "thumbnail": "100"})
         assert r.status_code == 201, r.text
         d = r.json()["files"][0]["details"]
         assert max(d["width"], d["height"]) == 100
-        limited = c.get("/image/download",
-                        params={"url": remote.url("/dl3/cat.jpg"), "max_width": "100"})
+        limited = c.get(
+            "/image/download", params={"url": remote.url("/dl3/cat.jpg"), "max_width": "100"}
+        )
         assert_error(limited, 400, "validate-width")
     assert remote.count("/dl/test.png") == 1
 
 
 def test_download_backgrounded(srv: Server, remote: Remote) -> None:
     with srv.client() as c:
-        r = c.get("/image/download",
-                  params={"url": remote.url("/bg/scene.webp"), "backgrounded": "true"})
+        r = c.get(
+            "/image/download", params={"url": remote.url("/bg/scene.webp"), "backgrounded": "true"}
+        )
         assert r.status_code == 202, r.text
         [up] = r.json()["uploads"]
         done = claim(c, up["upload_id"])
@@ -145,8 +146,9 @@ def test_download_backgrounded(srv: Server, remote: Remote) -> None:
         assert (entry["details"]["width"], entry["details"]["height"]) == (550, 368)
         stored = c.get(f"/image/original/{entry['file']}")
         assert size_of(stored.content) == (550, 368)
-        bad = c.get("/image/download",
-                    params={"url": remote.url("/bg/scene.webp"), "backgrounded": "yes"})
+        bad = c.get(
+            "/image/download", params={"url": remote.url("/bg/scene.webp"), "backgrounded": "yes"}
+        )
         assert_error(bad, 400, "invalid-query")
 
 
@@ -157,23 +159,25 @@ def test_download_errors(srv: Server, remote: Remote) -> None:
         assert_error(missing, 500, "download-file-error")
         assert "404" in missing.json()["msg"]
 
-        huge = c.get("/image/download",
-                     params={"url": remote.url("/e/huge"), "max_file_size": "1"})
+        huge = c.get("/image/download", params={"url": remote.url("/e/huge"), "max_file_size": "1"})
         assert_error(huge, 400, "validate-file-size")
-        huge_bg = c.get("/image/download", params={
-            "url": remote.url("/e2/huge"), "max_file_size": "1", "backgrounded": "true"})
+        huge_bg = c.get(
+            "/image/download",
+            params={"url": remote.url("/e2/huge"), "max_file_size": "1", "backgrounded": "true"},
+        )
         assert_error(huge_bg, 400, "validate-file-size")
 
-        refused = c.get("/image/download",
-                        params={"url": f"http://127.0.0.1:{free_port()}/x.png"})
+        refused = c.get("/image/download", params={"url": f"http://127.0.0.1:{free_port()}/x.png"})
         assert_error(refused, 500, "http-client-error")
 
         for url in ("ftp://127.0.0.1/x.png", "not a url", "/relative.png", "http://"):
             assert_error(c.get("/image/download", params={"url": url}), 400, "invalid-query")
         assert_error(c.get("/image/download"), 400, "invalid-query")
-        assert_error(c.get("/image/download", params={"url": remote.url("/e/test.png"),
-                                                      "bogus": "1"}),
-                     400, "invalid-process-path")
+        assert_error(
+            c.get("/image/download", params={"url": remote.url("/e/test.png"), "bogus": "1"}),
+            400,
+            "invalid-process-path",
+        )
         assert remote.count("/e/test.png") == 0  # bad queries never reach the network
         # nothing was kept from the failures
         assert len(srv.stored_files(expect=before)) == before
@@ -186,10 +190,14 @@ def test_read_only(tmp_path: Path, remote: Remote) -> None:
             url = remote.url("/ro/test.png")
             assert_error(c.get("/image/download", params={"url": url}), 400, "read-only")
             assert_error(c.get("/image/original", params={"proxy": url}), 400, "read-only")
-            assert_error(c.get("/image/process.png", params={"proxy": url, "thumbnail": "9"}),
-                         400, "read-only")
-            assert_error(c.get("/image/details/original", params={"proxy": url}),
-                         404, "proxy-not-found")
+            assert_error(
+                c.get("/image/process.png", params={"proxy": url, "thumbnail": "9"}),
+                400,
+                "read-only",
+            )
+            assert_error(
+                c.get("/image/details/original", params={"proxy": url}), 404, "proxy-not-found"
+            )
         assert remote.count("/ro/test.png") == 0
     finally:
         s.stop()
@@ -202,15 +210,20 @@ def test_proxy_original_downloads_once(srv: Server, remote: Remote) -> None:
     url = remote.url("/px/cat.jpg")
     with srv.client() as c:
         # looking up never downloads
-        assert_error(c.get("/image/details/original", params={"proxy": url}),
-                     404, "proxy-not-found")
+        assert_error(
+            c.get("/image/details/original", params={"proxy": url}), 404, "proxy-not-found"
+        )
         assert c.head("/image/original", params={"proxy": url}).status_code == 404
         assert c.head("/image/process.png", params={"proxy": url}).status_code == 404
         assert c.get("/image/process_backgrounded.png", params={"proxy": url}).status_code == 404
-        assert_error(c.get("/image/details/process.png", params={"proxy": url}),
-                     404, "proxy-not-found")
-        assert_error(c.get("/internal/identifier", params={"proxy": url}, headers=KEY),
-                     404, "proxy-not-found")
+        assert_error(
+            c.get("/image/details/process.png", params={"proxy": url}), 404, "proxy-not-found"
+        )
+        assert_error(
+            c.get("/internal/identifier", params={"proxy": url}, headers=KEY),
+            404,
+            "proxy-not-found",
+        )
         assert remote.count("/px/cat.jpg") == 0
 
         first = c.get("/image/original", params={"proxy": url})
@@ -250,18 +263,28 @@ def test_proxy_process(srv: Server, remote: Remote) -> None:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "image/webp"
         assert size_of(r.content) == (50, 33)
-        assert c.head("/image/process.webp",
-                      params={"proxy": url, "thumbnail": "50"}).status_code == 200
+        assert (
+            c.head("/image/process.webp", params={"proxy": url, "thumbnail": "50"}).status_code
+            == 200
+        )
         d = c.get("/image/details/process.webp", params={"proxy": url, "thumbnail": "50"})
         assert d.status_code == 200
         assert (d.json()["width"], d.json()["height"]) == (50, 33)
-        assert c.get("/image/process_backgrounded.webp",
-                     params={"proxy": url, "thumbnail": "60"}).status_code == 202
-        assert wait_for(lambda: c.head("/image/process.webp",
-                                       params={"proxy": url, "thumbnail": "60"}),
-                        200).status_code == 200
-        missing = c.get("/image/process.webp",
-                        params={"proxy": remote.url("/pp/missing"), "thumbnail": "50"})
+        assert (
+            c.get(
+                "/image/process_backgrounded.webp", params={"proxy": url, "thumbnail": "60"}
+            ).status_code
+            == 202
+        )
+        assert (
+            wait_for(
+                lambda: c.head("/image/process.webp", params={"proxy": url, "thumbnail": "60"}), 200
+            ).status_code
+            == 200
+        )
+        missing = c.get(
+            "/image/process.webp", params={"proxy": remote.url("/pp/missing"), "thumbnail": "50"}
+        )
         assert_error(missing, 500, "download-file-error")
     assert remote.count("/pp/scene.webp") == 1
 
@@ -294,16 +317,20 @@ def test_proxy_retention(tmp_path: Path, remote: Remote) -> None:
             kept = upload(c, remote_sample(remote, "scene.webp")).json()["files"][0]["file"]
             url = remote.url("/ret/cat.jpg")
             assert c.get("/image/original", params={"proxy": url}).status_code == 200
-            assert c.get("/image/process.png",
-                         params={"proxy": url, "thumbnail": "20"}).status_code == 200
+            assert (
+                c.get("/image/process.png", params={"proxy": url, "thumbnail": "20"}).status_code
+                == 200
+            )
             assert len(s.stored_files(expect=3)) == 3
             [alias] = c.get("/internal/aliases", params={"proxy": url}, headers=KEY).json()[
-                "aliases"]
+                "aliases"
+            ]
             # Poll by alias: an access through ?proxy= would keep it alive.
             gone = wait_for(lambda: c.get(f"/image/details/original/{alias}"), 404, timeout=20)
             assert_error(gone, 404, "alias-not-found")
-            assert_error(c.get("/image/details/original", params={"proxy": url}),
-                         404, "proxy-not-found")
+            assert_error(
+                c.get("/image/details/original", params={"proxy": url}), 404, "proxy-not-found"
+            )
             # the proxied file and its variant went; the plain upload stays
             assert len(s.stored_files(expect=1)) == 1
             assert c.get(f"/image/original/{kept}").status_code == 200

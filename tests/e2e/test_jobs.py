@@ -102,7 +102,9 @@ def test_internal_variants_removal(tmp_path: Path, samples: dict[str, Path]) -> 
     # the same view from the command line, read from the database file
     out = subprocess.run(
         [sys.executable, "-m", "pictrs_trio", "jobs", "sqlite", "-p", str(srv.db)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cleanup = next(line.split() for line in out.splitlines() if line.startswith("cleanup"))
     assert int(cleanup[3]) >= 1  # done

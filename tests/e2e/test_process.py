@@ -70,8 +70,15 @@ def aliases(server: Server, samples: dict[str, Path]) -> dict[str, str]:
         ("anim.apng", "thumbnail=80", "gif", (80, 60), 10),
     ],
 )
-def test_variant_dimensions(server: Server, aliases: dict[str, str], name: str, query: str,
-                            ext: str, size: tuple[int, int], n_pages: int) -> None:
+def test_variant_dimensions(
+    server: Server,
+    aliases: dict[str, str],
+    name: str,
+    query: str,
+    ext: str,
+    size: tuple[int, int],
+    n_pages: int,
+) -> None:
     url = f"/image/process.{ext}?src={aliases[name]}&{query}"
     with server.client() as c:
         r = c.get(url)
@@ -98,8 +105,9 @@ def test_variant_lifecycle(fresh_server: Server, samples: dict[str, Path]) -> No
         missing = c.get(f"/image/details/process.webp?src={alias}&thumbnail=64")
         assert missing.status_code == 404
         assert missing.json()["code"] == "alias-not-found"
-        assert c.get(f"/image/process_backgrounded.webp?src={alias}&thumbnail=64"
-                     ).status_code == 202
+        assert (
+            c.get(f"/image/process_backgrounded.webp?src={alias}&thumbnail=64").status_code == 202
+        )
         head = wait_for(lambda: c.head(url), 200)
         assert head.headers["content-type"] == "image/webp"
         body = c.get(url).content
@@ -146,8 +154,9 @@ def test_concurrent_requests_render_once(fresh_server: Server, samples: dict[str
         ("/image/process.webp?thumbnail=10", 400, "invalid-query"),
     ],
 )
-def test_bad_process_queries(server: Server, aliases: dict[str, str], query: str, status: int,
-                             code: str) -> None:
+def test_bad_process_queries(
+    server: Server, aliases: dict[str, str], query: str, status: int, code: str
+) -> None:
     with server.client() as c:
         r = c.get(query.format(a=aliases["test.png"]))
         assert r.status_code == status, r.text

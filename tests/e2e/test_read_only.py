@@ -36,8 +36,7 @@ def test_read_only_mode(tmp_path: Path, samples: dict[str, Path]) -> None:
             ] == [alias]
             # mutations
             assert_read_only(upload(c, samples["cat.jpg"]))
-            assert_read_only(c.post("/image/backgrounded",
-                                    files=[("images[]", ("a.png", b"x"))]))
+            assert_read_only(c.post("/image/backgrounded", files=[("images[]", ("a.png", b"x"))]))
             assert_read_only(c.get(f"/image/process.webp?src={alias}&thumbnail=31"))
             assert_read_only(c.get(f"/image/process_backgrounded.webp?src={alias}&thumbnail=32"))
             assert_read_only(c.delete(f"/image/delete/{entry['delete_token']}/{alias}"))

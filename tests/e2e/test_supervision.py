@@ -103,7 +103,8 @@ def test_children_live_as_long_as_the_server(tmp_path: Path, samples: dict[str, 
     """Long-lived children must not die with the thread that happened to fork them: trio
     retires idle worker threads after 10 s, and Linux's parent-death signal follows the
     forking thread. The children are forked on the event loop's thread instead."""
-    srv = Server(tmp_path).start()
+    # exiftool would stop on its own after 10 idle seconds: keep it running for this test.
+    srv = Server(tmp_path, env={"PICTRS__MEDIA__EXIFTOOL_IDLE_TIMEOUT": "0"}).start()
     try:
         assert srv.proc is not None
         with srv.client() as c:

@@ -88,8 +88,9 @@ def _round_trip(server: Server, samples: dict[str, Path]) -> None:
     assert server.stored_files(expect=0) == []
 
 
-def test_metadata_stripped_losslessly(server: Server, samples: dict[str, Path],
-                                      tmp_path: Path) -> None:
+def test_metadata_stripped_losslessly(
+    server: Server, samples: dict[str, Path], tmp_path: Path
+) -> None:
     import pyvips
 
     src = samples["exif.jpg"]
@@ -101,8 +102,14 @@ def test_metadata_stripped_losslessly(server: Server, samples: dict[str, Path],
         alias = r.json()["files"][0]["file"]
         stored = c.get(f"/image/original/{alias}").content
     tags = exif_tags(stored, tmp_path)
-    leaked = [k for k in tags if k.split(":")[0] in ("EXIF", "XMP", "GPS", "IPTC")
-              or "GPS" in k or k.endswith(":Comment") or k.endswith(":Make")]
+    leaked = [
+        k
+        for k in tags
+        if k.split(":")[0] in ("EXIF", "XMP", "GPS", "IPTC")
+        or "GPS" in k
+        or k.endswith(":Comment")
+        or k.endswith(":Make")
+    ]
     assert leaked == []
     # lossless: the decoded pixels are identical
     a = pyvips.Image.new_from_file(str(src))
@@ -136,8 +143,9 @@ def test_orientation_applied(server: Server, samples: dict[str, Path], tmp_path:
         ("video.webm", (320, 240, 25, "video/webm", "Video")),
     ],
 )
-def test_more_formats(server: Server, samples: dict[str, Path], name: str,
-                      expect: tuple[object, ...]) -> None:
+def test_more_formats(
+    server: Server, samples: dict[str, Path], name: str, expect: tuple[object, ...]
+) -> None:
     with server.client() as c:
         r = upload(c, samples[name])
         assert r.status_code == 201, r.text

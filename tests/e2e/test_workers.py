@@ -23,7 +23,8 @@ def test_two_workers_serve_and_stop(tmp_path: Path, samples: dict[str, Path]) ->
     for how in (signal.SIGTERM, signal.SIGKILL):
         root = tmp_path / how.name
         root.mkdir()
-        srv = Server(root, env={"PICTRS__SERVER__WORKERS": "2"}).start()
+        env = {"PICTRS__SERVER__WORKERS": "2", "PICTRS__MEDIA__EXIFTOOL_IDLE_TIMEOUT": "0"}
+        srv = Server(root, env=env).start()  # exiftool running in both from the start
         assert srv.proc is not None
         workers = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
         assert len(workers) == 2

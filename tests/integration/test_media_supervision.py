@@ -66,6 +66,40 @@ async def test_exiftool_recovers_after_kill(tmp_path: Path, jpeg: Path) -> None:
         assert (tmp_path / "b.jpeg").read_bytes() == (tmp_path / "a.jpeg").read_bytes()
 
 
+async def test_exiftool_starts_on_demand_and_stops_when_idle(tmp_path: Path, jpeg: Path) -> None:
+    before = children()
+    et = ExifTool(timeout=10, idle_timeout=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(et.supervise)
+        await trio.sleep(0.2)
+        assert et.pid is None and children() - before == set()  # nothing until needed
+        for turn in range(2):  # the second time it is started again
+            await et.strip(jpeg, tmp_path / f"s{turn}.jpeg")
+            pid = et.pid
+            assert pid is not None and children() - before == {pid}
+            for _ in range(3):  # used again within the idle time: the same process
+                await trio.sleep(0.3)
+                assert "GPSLatitude" not in await et.execute(["-j", str(tmp_path / "s0.jpeg")])
+            assert et.pid == pid
+            with trio.fail_after(5):
+                while children() - before:  # noqa: ASYNC110 - polling another process
+                    await trio.sleep(0.05)  # stopped (exit 0) and reaped once idle
+            assert et.pid is None
+        nursery.cancel_scope.cancel()
+    assert (tmp_path / "s0.jpeg").read_bytes() == (tmp_path / "s1.jpeg").read_bytes()
+
+
+async def test_exiftool_on_demand_reports_a_missing_binary(tmp_path: Path) -> None:
+    et = ExifTool(timeout=10, idle_timeout=1, executable=str(tmp_path / "no-exiftool"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(et.supervise)
+        for _ in range(3):  # each command fails at once (no hang until the timeout)
+            with trio.fail_after(3), pytest.raises(MediaToolError) as info:
+                await et.execute(["-ver"])
+            assert (str(info.value.code), info.value.status) == ("command-not-found", 500)
+        nursery.cancel_scope.cancel()
+
+
 async def test_exiftool_timeout_kills_and_restarts(tmp_path: Path) -> None:
     hang = tmp_path / "hang.sh"
     hang.write_text("#!/bin/sh\nexec cat > /dev/null\n")  # reads commands, never answers

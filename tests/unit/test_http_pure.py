@@ -121,8 +121,9 @@ class _body:
 
 async def _collect(data: bytes, step: int = 7, max_files: int = 5) -> list[tuple[str, bytes]]:
     out = []
-    parts = iter_file_parts("multipart/form-data; boundary=B", _body(data, step),
-                            max_files=max_files)
+    parts = iter_file_parts(
+        "multipart/form-data; boundary=B", _body(data, step), max_files=max_files
+    )
     async with aclosing(parts):
         async for part in parts:
             out.append((part.filename, b"".join([c async for c in part.chunks()])))
@@ -144,8 +145,10 @@ async def test_multipart_errors() -> None:
     with pytest.raises(UploadError):
         await _collect(_form(("images[]", None, b"1")))
     with pytest.raises(UploadError):
-        await _collect(b"--B\r\nContent-Disposition: form-data; name=\"images[]\"; "
-                       b"filename=\"a\"\r\n\r\nunterminated")
+        await _collect(
+            b'--B\r\nContent-Disposition: form-data; name="images[]"; '
+            b'filename="a"\r\n\r\nunterminated'
+        )
     with pytest.raises(UploadError):
         parts = iter_file_parts("text/plain", _body(b"", 1), max_files=1)
         async with aclosing(parts):
