@@ -40,8 +40,14 @@ class _Body:
 def _form(parts: list[tuple[str, str, bytes]], boundary: str) -> bytes:
     out = b""
     for name, filename, data in parts:
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                f'filename="{filename}"\r\n\r\n').encode() + data + b"\r\n"
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{filename}"\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return out + f"--{boundary}--\r\n".encode()
 
 
@@ -49,8 +55,9 @@ async def _parse(body: bytes, cuts: list[int], boundary: str) -> list[bytes]:
     points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
     chunks = [body[a:b] for a, b in itertools.pairwise(points) if b > a]
     out: list[bytes] = []
-    parts = iter_file_parts(f"multipart/form-data; boundary={boundary}", _Body(chunks),
-                            max_files=10)
+    parts = iter_file_parts(
+        f"multipart/form-data; boundary={boundary}", _Body(chunks), max_files=10
+    )
     async with aclosing(parts):
         async for part in parts:
             out.append(b"".join([c async for c in part.chunks()]))
@@ -113,10 +120,19 @@ def test_deadline_header(raw: bytes) -> None:
     trio.run(check)
 
 
-prefixes = st.sampled_from([
-    b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8X",
-    b"\x00\x00\x00\x1cftypavif", b"\x00\x00\x00\x18ftypisom", b"\x1a\x45\xdf\xa3", b"\xff\x0a",
-])
+prefixes = st.sampled_from(
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff\xd8\xff",
+        b"GIF89a",
+        b"RIFF\x00\x00\x00\x00WEBPVP8X",
+        b"\x00\x00\x00\x1cftypavif",
+        b"\x00\x00\x00\x18ftypisom",
+        b"\x1a\x45\xdf\xa3",
+        b"\xff\x0a",
+    ]
+)
 
 
 @FUZZ

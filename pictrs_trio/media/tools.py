@@ -31,6 +31,7 @@ from pictrs_trio.media.ffmpeg import (
 )
 from pictrs_trio.media.protocol import Convert, Process, ProcessResult, Reply, Request
 from pictrs_trio.media.run import run_tool
+from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
 from pictrs_trio.variants import Op
 
@@ -79,9 +80,13 @@ class MediaTools:
         return await discovery.discover(path, engine=self.engine, run=self.run)
 
     async def strip(self, src: Path, dst: Path, fmt: MediaFormat) -> None:
-        """Lossless metadata removal for images and animations (exiftool ``-all=``)."""
+        """Lossless metadata removal for images and animations: JPEG, PNG, WebP and GIF
+        in-process (``media.strip``), anything else, or any file of those whose structure
+        is unusual, by exiftool ``-all=``."""
         if fmt.kind is Kind.VIDEO:
             raise ValueError("videos are stripped by MediaTools.video")
+        if await trio.to_thread.run_sync(strip_file, src, dst, fmt.fmt):
+            return
         await self.exiftool.strip(src, dst, fmt=fmt.fmt)
 
     async def convert(self, src: Path, dst: Path, *, source: Discovery, plan: Plan) -> Discovery:

@@ -57,11 +57,11 @@ def jpeg(tmp_path: Path) -> Path:
 
 async def test_exiftool_recovers_after_kill(tmp_path: Path, jpeg: Path) -> None:
     async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
-        await tools.strip(jpeg, tmp_path / "a.jpeg", JPEG)
+        await tools.exiftool.strip(jpeg, tmp_path / "a.jpeg")
         pid = tools.exiftool.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await tools.strip(jpeg, tmp_path / "b.jpeg", JPEG)  # right away: retried on the new one
+        await tools.exiftool.strip(jpeg, tmp_path / "b.jpeg")  # at once: retried on a new one
         assert tools.exiftool.pid not in (None, pid)
         assert (tmp_path / "b.jpeg").read_bytes() == (tmp_path / "a.jpeg").read_bytes()
 
@@ -177,8 +177,10 @@ async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
 async def test_shutdown_leaves_no_children(tmp_path: Path, jpeg: Path) -> None:
     before = children()
     async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=2) as tools:
-        await tools.strip(jpeg, tmp_path / "s.jpeg", JPEG)
-        assert len(children() - before) == 3  # exiftool + two engine workers
+        await tools.strip(jpeg, tmp_path / "s.jpeg", JPEG)  # in-process: no exiftool
+        assert len(children() - before) == 2  # two engine workers
+        await tools.exiftool.execute(["-ver"])
+        assert len(children() - before) == 3  # and exiftool, started on demand
     assert children() - before == set()
 
 
