@@ -228,7 +228,7 @@ class _VariantRender(_Render):
             self.result = Rendered(identifier=identifier, details=details)
         else:
             await _discard(state, identifier)
-        logger.bind(alias=self.alias).info(
+        logger.bind(alias=self.alias).debug(
             "generated {} {}x{}", request.key, details.width, details.height
         )
 

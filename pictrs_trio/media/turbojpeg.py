@@ -23,6 +23,7 @@ from typing import NamedTuple
 # TurboJPEG constants (turbojpeg.h)
 _TJCS_RGB, _TJCS_YCBCR, _TJCS_GRAY = 0, 1, 2
 _TJPF_RGB, _TJPF_GRAY = 0, 6
+_TJFLAG_FASTUPSAMPLE, _TJFLAG_FASTDCT = 256, 2048
 
 
 class Decoded(NamedTuple):
@@ -73,8 +74,11 @@ class TurboJPEG:
         )
         return (w.value, h.value, cs.value) if ok == 0 else None
 
-    def decode(self, data: bytes, denominator: int) -> Decoded | None:
-        """Decode at 1/``denominator`` (1, 2, 4 or 8); None when this path does not apply."""
+    def decode(self, data: bytes, denominator: int, *, fast: bool = False) -> Decoded | None:
+        """Decode at 1/``denominator`` (1, 2, 4 or 8); None when this path does not apply.
+
+        ``fast`` trades the last bit of accuracy for speed (plain chroma upsampling, the fast
+        integer IDCT), as Pillow's draft mode does: for plain sampling (``thumbnail``)."""
         if denominator not in (1, 2, 4, 8):
             raise ValueError(f"unsupported scale 1/{denominator}")
         head = self.header(data)
@@ -92,7 +96,15 @@ class TurboJPEG:
         out_h = -(-height // denominator)
         buffer = ctypes.create_string_buffer(out_w * out_h * bands)
         ok = self._lib.tjDecompress2(
-            self._handle, data, len(data), buffer, out_w, 0, out_h, pixel_format, 0
+            self._handle,
+            data,
+            len(data),
+            buffer,
+            out_w,
+            0,
+            out_h,
+            pixel_format,
+            _TJFLAG_FASTUPSAMPLE | _TJFLAG_FASTDCT if fast else 0,
         )
         if ok != 0:
             return None  # an error or a warning: let libvips decide with its own policy

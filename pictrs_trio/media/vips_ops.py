@@ -91,11 +91,17 @@ def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, in
         )
     if animated:
         return image, width, height, 1.0
-    reduction = load_reduction(width, height, plan(width, height, job.ops))
+    steps = plan(width, height, job.ops)
+    reduction = load_reduction(width, height, steps)
     if job.sniffed == "jpeg":
         shrink = next((f for f in JPEG_SHRINKS if f <= reduction), 1)
         if shrink > 1:
-            image = _jpeg_shrunk(vips, job.src, shrink) or load(
+            # Plain sampling all the way (thumbnail): the decoder may take shortcuts too.
+            sampling = all(
+                isinstance(s, CropBox) or (isinstance(s, ScaleTo) and s.kernel == NEAREST)
+                for s in steps
+            )
+            image = _jpeg_shrunk(vips, job.src, shrink, fast=sampling) or load(
                 vips, job.src, "jpeg", shrink=shrink, **options
             )
     elif job.sniffed == "webp" and reduction > 1.0:
@@ -105,7 +111,9 @@ def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, in
     return image, width, height, width / image.width
 
 
-def _jpeg_shrunk(vips: type[pyvips.Image], path: str, shrink: int) -> pyvips.Image | None:
+def _jpeg_shrunk(
+    vips: type[pyvips.Image], path: str, shrink: int, *, fast: bool
+) -> pyvips.Image | None:
     """Decode at 1/``shrink`` through TurboJPEG (faster than libvips' own decode here), or
     None when that path does not apply (the caller then uses ``jpegload``)."""
     tj = turbojpeg.decoder()
@@ -113,7 +121,7 @@ def _jpeg_shrunk(vips: type[pyvips.Image], path: str, shrink: int) -> pyvips.Ima
         return None
     with open(path, "rb") as f:
         data = f.read()
-    decoded = tj.decode(data, shrink)
+    decoded = tj.decode(data, shrink, fast=fast)
     if decoded is None:
         return None
     image = vips.new_from_memory(

@@ -40,6 +40,18 @@ def test_scaled_decode_matches_libvips(shrink: int, size: tuple[int, int]) -> No
     assert (ours - ref).abs().avg() < 0.1
 
 
+def test_fast_decode_is_close() -> None:
+    data = _photo(1600, 1200).jpegsave_buffer(Q=90)
+    accurate, fast = tj.decode(data, 8), tj.decode(data, 8, fast=True)
+    assert accurate is not None and fast is not None
+    a, f = (
+        pyvips.Image.new_from_memory(d.pixels, d.width, d.height, d.bands, "uchar")
+        for d in (accurate, fast)
+    )
+    assert (a.width, a.height) == (f.width, f.height) == (200, 150)
+    assert (a - f).abs().avg() < 2.0  # plain upsampling, fast IDCT: close, not equal
+
+
 def test_greyscale_decodes_to_one_band() -> None:
     data = _photo(640, 480, bands=1).jpegsave_buffer(Q=90)
     decoded = tj.decode(data, 8)
