@@ -184,8 +184,9 @@ def test_upload_preprocess_operations(server: Server, samples: dict[str, Path]) 
 def test_two_processes_render_once(tmp_path: Path, samples: dict[str, Path]) -> None:
     """Two servers sharing one repo and store: the claim row makes rendering single-flight
     across processes, not only within one."""
-    a = Server(tmp_path).start()
-    b = Server(tmp_path).start()  # same files/ and sqlite/ folders, another port
+    debug = {"PICTRS__TRACING__LOGGING__TARGETS": "debug"}  # renders are logged at debug
+    a = Server(tmp_path, env=debug).start()
+    b = Server(tmp_path, env=debug).start()  # same files/ and sqlite/ folders, another port
     try:
         with a.client() as c:
             alias = upload(c, samples["cat.jpg"]).json()["files"][0]["file"]
