@@ -5,31 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from loguru import logger
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from pictrs_trio.errors import PictrsError, error_response
 from pictrs_trio.http import backgrounded, download, health, image, internal, process
 from pictrs_trio.http.backpressure import BoundedHTTPConnection
 from pictrs_trio.http.deadline import deadline_middleware
+from pictrs_trio.http.failure import failure_answer, innermost
 from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
 from pictrs_trio.state import AppState
 from pictrs_trio.validate import MIB
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    """Unwrap single-member exception groups that nurseries add around one failure."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if isinstance(inner, PictrsError):
-                return inner
-    return exc
-
 
 DRAIN_SECONDS = 120.0
 DRAIN_BYTES = 256 * MIB  # past this, let the connection close instead
@@ -57,15 +44,11 @@ async def drain_body() -> None:
 
 async def handle_error(exc: Exception) -> Response:
     await drain_body()
-    exc2 = _innermost(exc)
+    exc2 = innermost(exc)
     if isinstance(exc2, HTTPException):
         # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405.
         return Response(b"", status=exc2.code or 500)
-    if not isinstance(exc2, PictrsError):
-        logger.opt(exception=exc2).error("unhandled error")
-    elif exc2.status >= 500:
-        logger.warning("request failed: {} ({})", exc2.msg, exc2.code)
-    status, body = error_response(exc2)
+    status, body = failure_answer(exc2)
     return Response(body, status=status, content_type="application/json")
 
 

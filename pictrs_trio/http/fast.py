@@ -2,23 +2,26 @@
 
 Most traffic of a media server is GETs of things already stored. This middleware answers
 those without Quart: one indexed SQLite read on the event loop thread, one read of a small
-page-cached file, and a response whose head and body go out back to back. Anything it cannot
-answer on its own (a miss, a Range request, a large file, any error) falls through to the
-Quart app unchanged, which implements the full behaviour; both produce the same headers
-(``serve.media_headers``).
+page-cached file, and a response whose head and body go out back to back. A GET for a variant
+not rendered yet renders it through ``process.find_or_render``, as the Quart route would.
+Anything else it cannot answer on its own (a HEAD miss, a Range request, a large file, any
+error) falls through to the Quart app unchanged, which implements the full behaviour; both
+produce the same headers (``serve.media_headers``).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from loguru import logger
 
 from pictrs_trio import ids, process
-from pictrs_trio.errors import PictrsError
+from pictrs_trio.errors import AliasNotFound, PictrsError
 from pictrs_trio.http.deadline import ASGIApp, Receive, Scope, Send
+from pictrs_trio.http.failure import failure_answer, innermost
 from pictrs_trio.http.serve import SMALL_FILE, etag_for, media_headers
-from pictrs_trio.repo.records import Found
+from pictrs_trio.repo.records import Found, Hash
 from pictrs_trio.state import AppState
 
 
@@ -29,8 +32,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _lookup(state: AppState, scope: Scope) -> Found | None:
-    """The stored file a GET/HEAD asks for, or None to fall through."""
+class _Miss(NamedTuple):
+    """A variant not rendered yet: a GET renders it here (HEAD answers 404 in Quart)."""
+
+    alias: str
+    variant: process.VariantRequest
+    hash: Hash
+
+
+def _lookup(state: AppState, scope: Scope) -> Found | _Miss | None:
+    """The stored file a GET/HEAD asks for, a variant to render, or None to fall through."""
     path: str = scope["path"]
     if path.startswith("/image/original/"):
         raw = path[len("/image/original/") :]
@@ -46,11 +57,43 @@ def _lookup(state: AppState, scope: Scope) -> Found | None:
         if source is None:
             return None
         variant = process.parse_request(ext, pairs, allowed=state.config.media.filters)
-        found = state.repo.find_variant_now(ids.parse_alias(source), variant.key)
-        if found is not None and found.identifier is not None:
-            process.record_access(state, found.hash, variant.key)
+        alias = ids.parse_alias(source)
+        found = state.repo.find_variant_now(alias, variant.key)
+        if found is None:
+            return None
+        if found.identifier is None:
+            return _Miss(alias, variant, found.hash)
+        process.record_access(state, found.hash, variant.key)
         return found
     return None
+
+
+class _Failed(NamedTuple):
+    status: int
+    body: bytes  # pict-rs error JSON
+
+
+async def _render(state: AppState, miss: _Miss) -> Found | _Failed | None:
+    """Render a missing variant (the most common miss: a new thumbnail). A failed render is
+    answered as the Quart app would and never tried twice (a file that kills the engine
+    costs one attempt per request); None (the alias is gone) falls through."""
+    try:
+        rendered = await process.find_or_render(state, miss.alias, miss.variant)
+    except Exception as exc:
+        inner = innermost(exc)
+        if isinstance(inner, AliasNotFound):
+            return None
+        return _Failed(*failure_answer(inner))
+    return Found(hash=miss.hash, identifier=rendered.identifier, details=rendered.details)
+
+
+async def _send(
+    send: Send, status: int, head: list[tuple[bytes, bytes]], body: bytes, *, head_only: bool
+) -> None:
+    """Head and body back to back; a HEAD gets the length of what a GET would send."""
+    head.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": b"" if head_only else body})
 
 
 def fast_path_middleware(app: ASGIApp, state: AppState) -> ASGIApp:
@@ -69,6 +112,12 @@ def fast_path_middleware(app: ASGIApp, state: AppState) -> ASGIApp:
         except Exception:
             logger.exception("fast path failed; falling back")
             found = None
+        if isinstance(found, _Miss):  # HEAD of a missing variant: 404, in Quart
+            found = await _render(state, found) if scope["method"] == "GET" else None
+        if isinstance(found, _Failed):
+            head = [(b"content-type", b"application/json")]
+            await _send(send, found.status, head, found.body, head_only=False)
+            return
         if found is None or found.identifier is None or found.details is None:
             await app(scope, receive, send)
             return
@@ -83,9 +132,6 @@ def fast_path_middleware(app: ASGIApp, state: AppState) -> ASGIApp:
         if if_none_match is not None and etag.encode() in if_none_match:
             status, data = 304, b""
         head = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        head.append((b"content-length", str(len(data)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        body = b"" if scope["method"] == "HEAD" else data
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await _send(send, status, head, data, head_only=scope["method"] == "HEAD")
 
     return middleware

@@ -11,7 +11,8 @@ allow-list also drops parts nobody has named yet.
 What is kept, per format:
 
 * JPEG: SOI, SOFn, DHT, DAC, DQT, DRI, DNL, SOS and the entropy-coded data, APP0 ``JFIF``
-  and APP14 ``Adobe`` (its colour-transform flag changes how CMYK/RGB files decode), EOI.
+  (without its thumbnail) and APP14 ``Adobe`` (its colour-transform flag changes how
+  CMYK/RGB files decode), EOI.
   Segments between progressive scans are filtered by the same rule.
 * PNG: the critical chunks and tRNS, gAMA, cHRM, sRGB, cICP, sBIT, bKGD, pHYs, and the APNG
   chunks acTL, fcTL, fdAT. Nothing after IEND.
@@ -47,6 +48,8 @@ class Malformed(Exception):
 
 _JPEG_KEEP = {0xC4, 0xCC, 0xDA, 0xDB, 0xDD, 0xDC} | (set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC})
 _SOS, _EOI, _APP0, _APP14 = 0xDA, 0xD9, 0xE0, 0xEE
+# APP0 JFIF without a thumbnail: length, "JFIF\0", version, units, densities, 0x0 thumbnail
+_JFIF_LENGTH = 16
 # A marker inside entropy-coded data: 0xFF (any fill 0xFFs) then not 0x00 (stuffing), not a
 # restart marker RST0-7, not 0xFF.
 _JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
@@ -91,7 +94,12 @@ def strip_jpeg(data: bytes | mmap.mmap) -> list[Piece]:
         end = pos + length
         if length < 2 or end > size:
             raise Malformed(f"segment {marker:#x} of length {length} does not fit")
-        if _jpeg_keeps(marker, bytes(data[pos + 2 : min(end, pos + 8)])):
+        head = bytes(data[pos + 2 : min(end, pos + 8)])
+        if marker == _APP0 and head.startswith(b"JFIF\x00") and length > _JFIF_LENGTH:
+            # A JFIF thumbnail is a picture of the original: keep the header without it.
+            body = bytes(data[pos + 2 : pos + _JFIF_LENGTH - 2])
+            pieces.append(b"\xff\xe0" + struct.pack(">H", _JFIF_LENGTH) + body + b"\x00\x00")
+        elif _jpeg_keeps(marker, head):
             pieces.append((start, end))
         seen_frame |= 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
         pos = end

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import threading
 from typing import NamedTuple
 
@@ -35,6 +36,17 @@ class Decoded(NamedTuple):
     full_height: int
 
 
+# The compressed bytes: ``bytes``, or a writable buffer such as an ``ACCESS_COPY`` mmap of
+# the file (read in place, never copied).
+Source = bytes | bytearray | mmap.mmap
+
+
+def _pointer(data: Source) -> bytes | ctypes.Array[ctypes.c_char]:
+    if isinstance(data, bytes):
+        return data
+    return (ctypes.c_char * len(data)).from_buffer(data)
+
+
 class TurboJPEG:
     """One decompressor handle; not thread-safe (a worker runs one job at a time)."""
 
@@ -45,13 +57,13 @@ class TurboJPEG:
         lib.tjDestroy.argtypes = [ctypes.c_void_p]
         lib.tjDecompressHeader3.argtypes = [
             ctypes.c_void_p,
-            ctypes.c_char_p,
+            ctypes.c_void_p,
             ctypes.c_ulong,
             *[ctypes.POINTER(ctypes.c_int)] * 4,
         ]
         lib.tjDecompress2.argtypes = [
             ctypes.c_void_p,
-            ctypes.c_char_p,
+            ctypes.c_void_p,
             ctypes.c_ulong,
             ctypes.c_void_p,
             *[ctypes.c_int] * 5,
@@ -66,15 +78,15 @@ class TurboJPEG:
             self._lib.tjDestroy(self._handle)
             self._handle = ctypes.c_void_p()
 
-    def header(self, data: bytes) -> tuple[int, int, int] | None:
+    def header(self, data: Source) -> tuple[int, int, int] | None:
         """(width, height, colourspace) or None when TurboJPEG cannot read the header."""
         w, h, sub, cs = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         ok = self._lib.tjDecompressHeader3(
-            self._handle, data, len(data), *(ctypes.byref(v) for v in (w, h, sub, cs))
+            self._handle, _pointer(data), len(data), *(ctypes.byref(v) for v in (w, h, sub, cs))
         )
         return (w.value, h.value, cs.value) if ok == 0 else None
 
-    def decode(self, data: bytes, denominator: int, *, fast: bool = False) -> Decoded | None:
+    def decode(self, data: Source, denominator: int, *, fast: bool = False) -> Decoded | None:
         """Decode at 1/``denominator`` (1, 2, 4 or 8); None when this path does not apply.
 
         ``fast`` trades the last bit of accuracy for speed (plain chroma upsampling, the fast
@@ -97,7 +109,7 @@ class TurboJPEG:
         buffer = ctypes.create_string_buffer(out_w * out_h * bands)
         ok = self._lib.tjDecompress2(
             self._handle,
-            data,
+            _pointer(data),
             len(data),
             buffer,
             out_w,

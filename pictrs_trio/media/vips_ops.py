@@ -13,6 +13,7 @@ get the exact sizes computed at full size, so shrink-on-load never changes the o
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -119,9 +120,9 @@ def _jpeg_shrunk(
     tj = turbojpeg.decoder()
     if tj is None:
         return None
-    with open(path, "rb") as f:
-        data = f.read()
-    decoded = tj.decode(data, shrink, fast=fast)
+    # Mapped, not read: the decoder takes the page-cached bytes as they are.
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as data:
+        decoded = tj.decode(data, shrink, fast=fast)
     if decoded is None:
         return None
     image = vips.new_from_memory(

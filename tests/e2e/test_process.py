@@ -228,3 +228,24 @@ def test_variant_file_lost_is_rendered_again(
         assert again.status_code == 200
         assert again.content == first.content
         assert len(fresh_server.stored_files(expect=2)) == 2
+
+
+def test_render_within_the_request_deadline(fresh_server: Server, samples: dict[str, Path]) -> None:
+    """A first-time render runs under the request's X-Request-Deadline: past it the client
+    gets 408 at once, the render is cancelled (nothing recorded), and a later request
+    renders the variant normally."""
+    import time
+
+    with fresh_server.client() as c:
+        alias = upload(c, samples["cat.jpg"]).json()["files"][0]["file"]
+        url = f"/image/process.png?src={alias}&blur=40"  # ~1 s of engine work
+        began = time.monotonic()
+        soon = str(time.time_ns() + 100_000_000)
+        r = c.get(url, headers={"X-Request-Deadline": soon})
+        assert (r.status_code, r.json()["code"]) == (408, "request-timeout")
+        assert time.monotonic() - began < 0.9  # answered at the deadline, not after the work
+        assert c.head(url).status_code == 404  # cancelled: not generated
+        r = c.get(url)
+        assert r.status_code == 200 and decode(r.content).width == 1200
+        assert c.head(url).status_code == 200
+        assert c.get("/healthz").status_code == 200

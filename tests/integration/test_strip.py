@@ -120,6 +120,24 @@ def test_jpeg_progressive_with_metadata_between_scans_and_a_trailer(tmp_path: Pa
     assert out.count(b"\xff\xda") == buf.getvalue().count(b"\xff\xda")  # every scan kept
 
 
+def test_jpeg_jfif_thumbnail_is_dropped(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    PILImage.open(SHARED / "cat.jpg").save(buf, "JPEG", quality=85)
+    data = buf.getvalue()
+    assert data[2:4] == b"\xff\xe0" and data[6:11] == b"JFIF\x00"
+    length = struct.unpack_from(">H", data, 4)[0]
+    thumb = bytes([9, 7, 3] * 4)  # a 2x2 RGB thumbnail
+    app0 = data[4 + 2 : 4 + length - 2] + b"\x02\x02" + thumb
+    src = tmp_path / "thumb.jpg"
+    src.write_bytes(data[:2] + _segment(0xE0, app0) + data[4 + length :])
+    dst = tmp_path / "out.jpg"
+    assert strip_file(src, dst, Fmt.JPEG)
+    out = dst.read_bytes()
+    assert out[2:20] == b"\xff\xe0\x00\x10" + app0[:12] + b"\x00\x00"  # no thumbnail
+    assert thumb not in out
+    assert pixels(dst) == pixels(src)
+
+
 def test_jpeg_cmyk_keeps_the_adobe_segment(tmp_path: Path) -> None:
     src = tmp_path / "cmyk.jpg"
     PILImage.open(SHARED / "cat.jpg").convert("CMYK").save(src, quality=90)
