@@ -1,6 +1,6 @@
 """Fetching remote media: ``GET /image/download`` and first-time ``?proxy=`` requests.
 
-    url -> parse_url (absolute http/https) -> state.http.client GET, redirects followed
+    url -> parse_url (absolute http/https) -> state.http client GET, redirects followed
       -> non-2xx: DownloadFailed (500 download-file-error)
       -> body streamed in chunks, capped: over the limit is FileTooLarge with status 400
          (pict-rs answers 400 for a download body, 413 for multipart)
@@ -70,10 +70,11 @@ async def open_remote(
     Raises DownloadFailed (remote status not 2xx), HttpClientError (network failure, also
     mid-body), FileTooLarge with status 400 (body, or its declared length, over ``cap``).
     """
-    import httpx  # loaded with the first outbound request (outbound.py)
+    client = await state.http.client()
+    import httpx  # loaded by then (outbound.py)
 
     try:
-        async with state.http.client.stream("GET", url) as response:
+        async with client.stream("GET", url) as response:
             if not response.is_success:
                 raise DownloadFailed(
                     f"Failed to download file: remote answered {response.status_code}"

@@ -70,20 +70,25 @@ def _lookup(state: AppState, scope: Scope) -> Found | _Miss | None:
 
 class _Failed(NamedTuple):
     status: int
-    body: bytes  # pict-rs error JSON
+    body: bytes  # pict-rs error JSON, or empty
+    head: list[tuple[bytes, bytes]]
 
 
-async def _render(state: AppState, miss: _Miss) -> Found | _Failed | None:
+async def _render(state: AppState, miss: _Miss) -> Found | _Failed:
     """Render a missing variant (the most common miss: a new thumbnail). A failed render is
-    answered as the Quart app would and never tried twice (a file that kills the engine
-    costs one attempt per request); None (the alias is gone) falls through."""
+    answered as the Quart route would (an alias gone meanwhile: empty 404) and never tried
+    twice: a file that kills the engine costs one attempt per request.
+
+    Unlike Quart's request handling, nothing here watches for the client going away: a
+    render whose client disconnected runs on (bounded by the deadline and the engine's
+    time limit) and its variant is kept for the next request."""
     try:
         rendered = await process.find_or_render(state, miss.alias, miss.variant)
     except Exception as exc:
         inner = innermost(exc)
         if isinstance(inner, AliasNotFound):
-            return None
-        return _Failed(*failure_answer(inner))
+            return _Failed(404, b"", [])
+        return _Failed(*failure_answer(inner), [(b"content-type", b"application/json")])
     return Found(hash=miss.hash, identifier=rendered.identifier, details=rendered.details)
 
 
@@ -115,8 +120,7 @@ def fast_path_middleware(app: ASGIApp, state: AppState) -> ASGIApp:
         if isinstance(found, _Miss):  # HEAD of a missing variant: 404, in Quart
             found = await _render(state, found) if scope["method"] == "GET" else None
         if isinstance(found, _Failed):
-            head = [(b"content-type", b"application/json")]
-            await _send(send, found.status, head, found.body, head_only=False)
+            await _send(send, found.status, found.head, found.body, head_only=False)
             return
         if found is None or found.identifier is None or found.details is None:
             await app(scope, receive, send)

@@ -122,6 +122,7 @@ class ExifTool:
                 await trio.sleep(RESTART_BACKOFF_S)
                 continue
             began = trio.current_time()
+            idle_stop = False
             try:
                 if not lazy:  # a lazy start is for a waiting command: no extra work first
                     await self._warm_up()
@@ -130,7 +131,7 @@ class ExifTool:
                     started = True
                 if lazy:
                     self._last_used = trio.current_time()
-                    await self._run_until_idle(proc)
+                    idle_stop = await self._run_until_idle(proc)
                 else:
                     await proc.wait()
             finally:
@@ -143,7 +144,7 @@ class ExifTool:
                         proc.kill()
                         await proc.wait()
                     await proc.aclose()
-            if proc.returncode == 0:  # stopped because idle
+            if idle_stop:
                 logger.debug("exiftool (pid {}) stopped after being idle", proc.pid)
                 continue
             logger.warning(
@@ -157,16 +158,26 @@ class ExifTool:
             ):
                 await trio.sleep(RESTART_BACKOFF_S)
 
-    async def _run_until_idle(self, proc: Child) -> None:
-        """Return when ``proc`` has exited: on its own, or asked to once it sat idle."""
+    async def _run_until_idle(self, proc: Child) -> bool:
+        """Return when ``proc`` has exited: True when we stopped it for being idle, False
+        when it exited on its own (a crash, or killed by a command that gave up on it)."""
         while proc.returncode is None:
             with trio.move_on_at(self._last_used + self._idle_timeout):
                 await proc.wait()
-                return
-            async with self._lock:  # waits for a running command; none starts meanwhile
+                return False
+            if self._lock.locked():
+                # A command is running. Keep watching the process rather than queueing on
+                # the lock: if it dies mid-command, that command waits for us to notice.
+                with trio.move_on_after(self._idle_timeout):
+                    await proc.wait()
+                    return False
+                continue
+            async with self._lock:  # no command starts while it shuts down
                 idle = trio.current_time() >= self._last_used + self._idle_timeout
                 if idle and proc.returncode is None:
                     await self._stop(proc)
+                    return True
+        return False
 
     async def _stop(self, proc: Child) -> None:
         # "-stay_open False" makes exiftool exit 0 after the commands before it.

@@ -11,12 +11,13 @@ allow-list also drops parts nobody has named yet.
 What is kept, per format:
 
 * JPEG: SOI, SOFn, DHT, DAC, DQT, DRI, DNL, SOS and the entropy-coded data, APP0 ``JFIF``
-  (without its thumbnail) and APP14 ``Adobe`` (its colour-transform flag changes how
-  CMYK/RGB files decode), EOI.
+  (without its thumbnail) and the 12 bytes of APP14 ``Adobe`` (its colour-transform flag
+  changes how CMYK/RGB files decode), EOI.
   Segments between progressive scans are filtered by the same rule.
 * PNG: the critical chunks and tRNS, gAMA, cHRM, sRGB, cICP, sBIT, bKGD, pHYs, and the APNG
   chunks acTL, fcTL, fdAT. Nothing after IEND.
-* WebP: VP8, VP8L, VP8X (its ICC, EXIF and XMP flags cleared), ALPH, ANIM, ANMF.
+* WebP: VP8, VP8L, VP8X (its ICC, EXIF and XMP flags cleared), ALPH, ANIM, and ANMF frames
+  with only their image sub-chunks.
 * GIF: the screen and image descriptors with their colour tables and image data, graphic
   control and plain-text extensions, and the NETSCAPE2.0/ANIMEXTS1.0 looping extension.
 
@@ -50,9 +51,12 @@ _JPEG_KEEP = {0xC4, 0xCC, 0xDA, 0xDB, 0xDD, 0xDC} | (set(range(0xC0, 0xD0)) - {0
 _SOS, _EOI, _APP0, _APP14 = 0xDA, 0xD9, 0xE0, 0xEE
 # APP0 JFIF without a thumbnail: length, "JFIF\0", version, units, densities, 0x0 thumbnail
 _JFIF_LENGTH = 16
+# APP14 Adobe: "Adobe", version, flags0, flags1, transform; anything after is not needed
+_ADOBE_BODY = 12
 # A marker inside entropy-coded data: 0xFF (any fill 0xFFs) then not 0x00 (stuffing), not a
-# restart marker RST0-7, not 0xFF.
-_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+# restart marker RST0-7, not 0xFF. Matched only from the first 0xFF of a run and without
+# backtracking into it: a hostile run of 0xFFs costs linear time, not quadratic.
+_JPEG_MARKER = re.compile(rb"(?<!\xff)\xff++([^\x00\xd0-\xd7\xff])")
 
 
 def _jpeg_keeps(marker: int, body: bytes) -> bool:
@@ -99,6 +103,10 @@ def strip_jpeg(data: bytes | mmap.mmap) -> list[Piece]:
             # A JFIF thumbnail is a picture of the original: keep the header without it.
             body = bytes(data[pos + 2 : pos + _JFIF_LENGTH - 2])
             pieces.append(b"\xff\xe0" + struct.pack(">H", _JFIF_LENGTH) + body + b"\x00\x00")
+        elif marker == _APP14 and head.startswith(b"Adobe") and length > _ADOBE_BODY + 2:
+            # Only the colour-transform fields: no room for anything riding along.
+            body = bytes(data[pos + 2 : pos + 2 + _ADOBE_BODY])
+            pieces.append(b"\xff\xee" + struct.pack(">H", _ADOBE_BODY + 2) + body)
         elif _jpeg_keeps(marker, head):
             pieces.append((start, end))
         seen_frame |= 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
@@ -159,6 +167,30 @@ _WEBP_KEEP = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"}
 _VP8X_ICC, _VP8X_EXIF, _VP8X_XMP = 0x20, 0x08, 0x04
 
 
+def _webp_frame(data: bytes | mmap.mmap, start: int, stop: int) -> bytes:
+    """An ANMF chunk rebuilt from its 16-byte frame header and its image sub-chunks (ALPH,
+    VP8, VP8L) only: unknown sub-chunks, which the format allows, are dropped too."""
+    if stop - start < 16:
+        raise Malformed("short ANMF chunk")
+    parts = [bytes(data[start : start + 16])]
+    pos, image = start + 16, False
+    while pos < stop:
+        if pos + 8 > stop:
+            raise Malformed("truncated frame sub-chunk")
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        end = pos + 8 + length + (length & 1)
+        if end > stop:
+            raise Malformed(f"frame sub-chunk {kind!r} does not fit")
+        if kind in (b"ALPH", b"VP8 ", b"VP8L"):
+            parts.append(bytes(data[pos:end]))
+            image |= kind != b"ALPH"
+        pos = end
+    if not image:
+        raise Malformed("frame without image data")
+    payload = b"".join(parts)
+    return b"ANMF" + struct.pack("<I", len(payload)) + payload
+
+
 def strip_webp(data: bytes | mmap.mmap) -> list[Piece]:
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         raise Malformed("not a RIFF WEBP file")
@@ -177,18 +209,22 @@ def strip_webp(data: bytes | mmap.mmap) -> list[Piece]:
         end = pos + 8 + length + (length & 1)
         if end > size:
             raise Malformed(f"chunk {kind!r} does not fit")
+        piece: Piece
         if kind == b"VP8X":
             if pos != 12 or length != 10:
                 raise Malformed("misplaced VP8X")
             flags = data[pos + 8] & ~(_VP8X_ICC | _VP8X_EXIF | _VP8X_XMP)
-            body.append(bytes(data[pos : pos + 8]) + bytes([flags]) + bytes(data[pos + 9 : end]))
+            piece = bytes(data[pos : pos + 8]) + bytes([flags]) + bytes(data[pos + 9 : end])
+        elif kind == b"ANMF":
+            piece = _webp_frame(data, pos + 8, pos + 8 + length)
         elif kind in _WEBP_KEEP:
-            body.append((pos, end))
+            piece = (pos, end)
         else:
             pos = end  # ICCP, EXIF, XMP and anything unknown
             continue
+        body.append(piece)
         seen_image |= kind in (b"VP8 ", b"VP8L", b"ANMF")
-        body_size += end - pos
+        body_size += len(piece) if isinstance(piece, bytes) else end - pos
         pos = end
     if not seen_image:
         raise Malformed("no image data")

@@ -89,6 +89,52 @@ async def test_exiftool_starts_on_demand_and_stops_when_idle(tmp_path: Path, jpe
     assert (tmp_path / "s0.jpeg").read_bytes() == (tmp_path / "s1.jpeg").read_bytes()
 
 
+FAKE_EXIFTOOL = """#!/bin/sh
+# answers every command; "crash" kills it mid-command; "-stay_open False" ends it
+while IFS= read -r line; do
+  case "$line" in
+    crash) sleep 0.3; exit 1;;
+    False) exit 0;;
+    -execute*) printf '{ready%s}\\n' "${line#-execute}";;
+  esac
+done
+"""
+
+
+async def test_exiftool_dying_mid_command_at_the_idle_deadline(tmp_path: Path) -> None:
+    """A command still running when the idle time runs out, whose process then dies, gets
+    'died during a command' at once, not a timeout after the full limit."""
+    fake = tmp_path / "fake-exiftool"
+    fake.write_text(FAKE_EXIFTOOL)
+    fake.chmod(0o755)
+    et = ExifTool(timeout=5, idle_timeout=0.5, executable=str(fake))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(et.supervise)
+        await et.execute(["-ver"])
+        await trio.sleep(0.4)  # the next command crosses the idle deadline while it runs
+        began = trio.current_time()
+        with pytest.raises(MediaToolError, match="died during a command"):
+            await et.execute(["crash"])
+        assert trio.current_time() - began < 3
+        await et.execute(["-ver"])  # and a fresh process answers the next one
+        nursery.cancel_scope.cancel()
+
+
+async def test_exiftool_that_exits_cleanly_is_restarted_with_backoff(tmp_path: Path) -> None:
+    """Without an idle stop, a process that exits 0 on its own is a failure: restarted
+    after the back-off, not in a tight loop."""
+    starts = tmp_path / "starts"
+    fake = tmp_path / "fake-exiftool"
+    fake.write_text(f"#!/bin/sh\necho x >> {starts}\nexit 0\n")
+    fake.chmod(0o755)
+    et = ExifTool(timeout=5, executable=str(fake))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(et.supervise)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    assert 1 <= len(starts.read_text().split()) <= 3
+
+
 async def test_exiftool_on_demand_reports_a_missing_binary(tmp_path: Path) -> None:
     et = ExifTool(timeout=10, idle_timeout=1, executable=str(tmp_path / "no-exiftool"))
     async with trio.open_nursery() as nursery:

@@ -146,6 +146,36 @@ def test_jpeg_cmyk_keeps_the_adobe_segment(tmp_path: Path) -> None:
     assert b"Adobe" in dst.read_bytes()
 
 
+def test_jpeg_adobe_segment_keeps_only_its_fields(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    PILImage.open(SHARED / "cat.jpg").convert("CMYK").save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    at = data.index(b"\xff\xee\x00\x0eAdobe")  # Pillow writes the 12-byte form
+    riding = SECRET.encode()
+    adobe = data[at + 4 : at + 16] + riding
+    src = tmp_path / "adobe.jpg"
+    src.write_bytes(data[:at] + _segment(0xEE, adobe) + data[at + 16 :])
+    dst = tmp_path / "out.jpg"
+    assert strip_file(src, dst, Fmt.JPEG)
+    out = dst.read_bytes()
+    assert riding not in out and b"\xff\xee\x00\x0eAdobe" in out
+    assert pixels(dst) == pixels(src)
+
+
+def test_jpeg_long_fill_runs_cost_linear_time(tmp_path: Path) -> None:
+    """A hostile scan of 0xFF bytes (a regex that backtracks took quadratic time: ~1 s for
+    16 KB, hours for a few MB). Not a benchmark: the bound is far above linear time."""
+    import time
+
+    sof = bytes.fromhex("ffc0000b080010001001011100")
+    sos = bytes.fromhex("ffda0008010100003f00")
+    src, dst = tmp_path / "ff.jpg", tmp_path / "out.jpg"
+    src.write_bytes(b"\xff\xd8" + sof + sos + b"\xff" * (8 << 20) + b"\x00\xff\xd9")
+    began = time.monotonic()
+    strip_file(src, dst, Fmt.JPEG)
+    assert time.monotonic() - began < 20
+
+
 # ----------------------------------------------------------------------------- PNG / APNG
 
 
@@ -202,6 +232,25 @@ def test_animated_webp_stays_animated(tmp_path: Path) -> None:
     tag(src, f"-XMP-dc:Creator={SECRET}")
     dst = check(src, Fmt.WEBP, tmp_path)
     assert pyvips.Image.new_from_file(str(dst), n=-1).get("n-pages") == 4
+
+
+def test_animated_webp_frames_keep_only_image_sub_chunks(tmp_path: Path) -> None:
+    gif = pyvips.Image.gifload(str(SHARED / "earth.gif"), n=3)
+    data = bytearray(gif.webpsave_buffer(Q=60))
+    # Put an unknown sub-chunk carrying a secret into the first ANMF frame.
+    at = data.index(b"ANMF")
+    (length,) = struct.unpack_from("<I", data, at + 4)
+    extra = b"XYZW" + struct.pack("<I", len(SECRET)) + SECRET.encode()
+    extra += b"\x00" * (len(extra) % 2)
+    data[at + 4 : at + 8] = struct.pack("<I", length + len(extra))
+    data[at + 8 + length : at + 8 + length] = extra
+    data[4:8] = struct.pack("<I", len(data) - 8)
+    src, dst = tmp_path / "anim.webp", tmp_path / "out.webp"
+    src.write_bytes(bytes(data))
+    assert pyvips.Image.new_from_file(str(src), n=-1).get("n-pages") == 3  # still valid
+    assert strip_file(src, dst, Fmt.WEBP)
+    assert SECRET.encode() not in dst.read_bytes()
+    assert pixels(dst) == pixels(src)
 
 
 # ----------------------------------------------------------------------------- GIF
