@@ -10,6 +10,7 @@ never reused after a purge: a waiter holding an old id can never see somebody el
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,12 +127,26 @@ def ensure(conn: apsw.Connection) -> None:
             )
 
 
+def set_wal(conn: apsw.Connection, busy_timeout_ms: int) -> object:
+    """Switch to WAL, waiting out another process that is switching it right now: changing
+    the journal mode answers SQLITE_BUSY at once instead of waiting on busy_timeout (two
+    processes opening a new database together hit this). Returns the mode now in force."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            return conn.pragma("journal_mode", "wal")
+        except apsw.BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def connect(db_file: Path, *, busy_timeout_ms: int, synchronous_full: bool) -> apsw.Connection:
     """A connection in WAL mode; the journal writes on it through ``transaction``."""
     conn = apsw.Connection(str(db_file), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:
         conn.set_busy_timeout(busy_timeout_ms)
-        mode = conn.pragma("journal_mode", "wal")
+        mode = set_wal(conn, busy_timeout_ms)
         if mode != "wal":
             raise JournalError(f"SQLite refused WAL mode (journal_mode={mode})")
         conn.pragma("synchronous", "FULL" if synchronous_full else "NORMAL")

@@ -110,15 +110,19 @@ def fast_path_middleware(app: ASGIApp, state: AppState) -> ASGIApp:
         ):
             await app(scope, receive, send)
             return
+        looked: Found | _Miss | None
         try:
-            found = _lookup(state, scope)
+            looked = _lookup(state, scope)
         except (PictrsError, ValueError):
-            found = None  # let the full app produce the proper answer
+            looked = None  # let the full app produce the proper answer
         except Exception:
             logger.exception("fast path failed; falling back")
-            found = None
-        if isinstance(found, _Miss):  # HEAD of a missing variant: 404, in Quart
-            found = await _render(state, found) if scope["method"] == "GET" else None
+            looked = None
+        found: Found | _Failed | None
+        if isinstance(looked, _Miss):  # HEAD of a missing variant: 404, in Quart
+            found = await _render(state, looked) if scope["method"] == "GET" else None
+        else:
+            found = looked
         if isinstance(found, _Failed):
             await _send(send, found.status, found.head, found.body, head_only=False)
             return

@@ -31,7 +31,7 @@ import msgspec
 import trio
 
 from journal import schema as journal_schema
-from journal.schema import transaction
+from journal.schema import set_wal, transaction
 from pictrs_trio import job_types
 from pictrs_trio.errors import DuplicateAlias, PictrsError, RepoError
 from pictrs_trio.repo import JournalDb, media_sql, migrations, proxy_sql
@@ -115,24 +115,11 @@ def _as_bytes(value: apsw.SQLiteValue) -> bytes:
 # --- connections -----------------------------------------------------------------------------
 
 
-def _set_wal(conn: apsw.Connection, busy_timeout_ms: int) -> object:
-    """Switch to WAL, waiting out another process that is switching it right now
-    (changing the journal mode does not wait on busy_timeout)."""
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    while True:
-        try:
-            return conn.pragma("journal_mode", "wal")
-        except apsw.BusyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 def _connect(db_file: Path, *, synchronous_full: bool, busy_timeout_ms: int) -> apsw.Connection:
     conn = apsw.Connection(str(db_file), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:
         conn.set_busy_timeout(busy_timeout_ms)
-        mode = _set_wal(conn, busy_timeout_ms)
+        mode = set_wal(conn, busy_timeout_ms)
         if mode != "wal":
             raise RepoError(f"SQLite refused WAL mode (journal_mode={mode})")
         conn.pragma("synchronous", "FULL" if synchronous_full else "NORMAL")
