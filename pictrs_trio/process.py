@@ -83,6 +83,10 @@ async def _single_flight(state: AppState, key: str, render: _Render) -> None:
             if await render.done():
                 return
         try:
+            # Another process may have finished and released its claim between our first
+            # look and our claim: look again (a point read) rather than render twice.
+            if await render.done():
+                return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, state, key)
                 await render.run(key)
@@ -141,8 +145,6 @@ class _MotionRender(_Render):
 
     async def run(self, claim_key: str) -> None:
         state = self.state
-        if await self.done():
-            return
         out = state.tmp_dir / f"motion-{uuid.uuid4().hex}"
         src = await _input_path(state, self.original)
         try:
@@ -189,8 +191,6 @@ class _VariantRender(_Render):
         return found is not None and found.identifier is not None
 
     async def run(self, claim_key: str) -> None:
-        # No "already done?" read here: find_or_render looked a moment ago, and a render
-        # that finished in between only costs a duplicate that commit_variant discards.
         state, request = self.state, self.request
         found = state.repo.find_original_now(self.alias)
         if found is None or found.identifier is None:
