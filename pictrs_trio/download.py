@@ -17,7 +17,7 @@ docs/api.md).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -52,7 +52,7 @@ def _too_large(cap: int) -> FileTooLarge:
     return FileTooLarge(f"File is larger than {cap // MIB} MB", status=400)
 
 
-async def _capped(response: httpx.Response, cap: int) -> AsyncIterator[bytes]:
+async def _capped(response: httpx.Response, cap: int) -> AsyncGenerator[bytes, None]:
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)

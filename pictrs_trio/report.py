@@ -7,10 +7,9 @@ from pathlib import Path
 import trio
 
 from journal import open_journal
+from journal.records import STATUSES
 from pictrs_trio.config import Config
 from pictrs_trio.repo.sqlite import DB_FILE_NAME
-
-STATUSES = ("pending", "running", "done", "dead")
 
 
 async def _report(db_file: Path) -> str:

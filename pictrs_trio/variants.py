@@ -63,7 +63,8 @@ class Thumbnail(msgspec.Struct, tag="thumbnail", **_OP):
     size: int
 
 
-class Resize(msgspec.Struct, tag="resize", **_OP):
+class Resize(msgspec.Struct, tag="resize", frozen=True, kw_only=True, tag_field="op"):
+    # (the _OP options spelled out: type checkers read kw_only only from the class line)
     """Filtered shrink to fit ``size``×``size``, or (``area``) to at most ``size`` pixels.
 
     ``filter`` is the canonical name when the query named a known filter, else None: the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Response, request
@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from pictrs_trio.http import backgrounded, download, health, image, internal, process
 from pictrs_trio.http.backpressure import BoundedHTTPConnection
-from pictrs_trio.http.deadline import deadline_middleware
+from pictrs_trio.http.deadline import ASGIApp, deadline_middleware
 from pictrs_trio.http.failure import failure_answer, innermost
 from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
@@ -55,7 +55,7 @@ async def handle_error(exc: Exception) -> Response:
 def create_app(state: AppState) -> Any:
     """Build the app. Returns the ASGI callable with the deadline middleware outermost."""
     app = QuartTrio(__name__)
-    app.asgi_http_class = BoundedHTTPConnection  # type: ignore[assignment]
+    app.asgi_http_class = BoundedHTTPConnection
     # No blanket body cap: ingest enforces each file's size while it streams, and a cap
     # here would make Quart refuse the body unread, which leaves the connection unusable.
     app.config["MAX_CONTENT_LENGTH"] = None
@@ -69,7 +69,9 @@ def create_app(state: AppState) -> Any:
     app.register_blueprint(internal.bp)
     app.register_error_handler(Exception, handle_error)
     # Outermost first: the request deadline, the cached-media fast path, then Quart.
-    app.asgi_app = deadline_middleware(  # type: ignore[method-assign]
-        fast_path_middleware(app.asgi_app, state)
+    # (Quart types its ASGI callables with Hypercorn's TypedDicts, ours with plain mappings.)
+    quart_app = cast(ASGIApp, app.asgi_app)
+    app.asgi_app = cast(  # type: ignore[method-assign]
+        Any, deadline_middleware(fast_path_middleware(quart_app, state))
     )
     return app

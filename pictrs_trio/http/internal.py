@@ -132,7 +132,7 @@ async def jobs() -> Response:
     stats = await state.journal.stats()
     dead = await state.journal.dead_jobs(100)
     report = JobsReport(
-        queues={q: dict(counts) for q, counts in stats.items()},
+        queues={q: {str(s): n for s, n in counts.items()} for q, counts in stats.items()},
         dead=[
             DeadJob(
                 id=j.id, queue=j.queue, kind=j.kind, attempts=j.attempts, last_error=j.last_error

@@ -9,7 +9,7 @@ named ``images[]`` (also ``images``); other fields are read and ignored.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 from werkzeug.http import parse_options_header
 
@@ -123,7 +123,7 @@ async def _after_delimiter(r: _Reader) -> bool:
 
 async def iter_file_parts(
     content_type: str | None, body: AsyncIterable[bytes], *, max_files: int
-) -> AsyncIterator[FilePart]:
+) -> AsyncGenerator[FilePart, None]:
     """Yield file parts in order. The caller must drain each part before asking for the next.
 
     Raises UploadError (malformed form, too many files, part without filename) and NoFiles.

@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -46,7 +47,8 @@ async def run_tool(
     """
     args = [os.fspath(a) for a in argv]
     tool = Path(args[0]).name
-    options: dict[str, object] = {}
+    # Only the options that apply: run_process refuses stdout= next to capture_stdout.
+    options: dict[str, Any] = {}
     if env is not None:
         options["env"] = {**os.environ, **env}
     if not capture_stdout:

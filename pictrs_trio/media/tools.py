@@ -222,7 +222,7 @@ class MediaTools:
 
         # 2. Output the engine writes, then the tool that finishes it, if any.
         out = output.fmt
-        finish: list[str | Path] | None = None
+        finish: Sequence[str | Path] | None = None
         target = dst
         if out is Fmt.JXL:
             target = temp(".png")

@@ -230,4 +230,5 @@ class EnginePool:
         (size,) = HEADER.unpack(await worker.read_exact(HEADER.size))
         if size > MAX_FRAME:
             raise msgspec.DecodeError(f"reply frame of {size} bytes")
-        return self._decoder.decode(await worker.read_exact(size))
+        reply: Reply = self._decoder.decode(await worker.read_exact(size))
+        return reply

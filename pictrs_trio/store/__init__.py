@@ -7,7 +7,7 @@ either fully visible under its identifier or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -51,7 +51,7 @@ class Store(Protocol):
         """Delete; a missing identifier is not an error."""
         ...
 
-    def identifiers(self) -> AsyncIterator[str]:
+    def identifiers(self) -> AsyncGenerator[str, None]:
         """Every stored identifier (for orphan sweeps and migrate-store):
         ``async for identifier in store.identifiers()``."""
         ...

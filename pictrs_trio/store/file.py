@@ -21,7 +21,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -425,7 +425,7 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
 
-    async def identifiers(self) -> AsyncIterator[str]:
+    async def identifiers(self) -> AsyncGenerator[str, None]:
         """Every stored file, temp files excluded. Walks the whole tree in one thread hop,
         so the list is held in memory (fine up to millions of names)."""
         try:

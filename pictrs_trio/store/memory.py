@@ -6,7 +6,7 @@ code tested against it behaves the same on disk.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import trio
@@ -74,7 +74,7 @@ class MemoryStore:
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
         self.files.pop(identifier, None)
 
-    async def identifiers(self) -> AsyncIterator[str]:
+    async def identifiers(self) -> AsyncGenerator[str, None]:
         for identifier in list(self.files):
             yield identifier
 
