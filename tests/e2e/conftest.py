@@ -23,6 +23,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Every server a test starts; the autouse fixture below stops those a test left running.
+STARTED: list[Server] = []
+
+
 class Server:
     """A running ``pictrs-trio run`` process with its own data folder."""
 
@@ -61,6 +65,7 @@ class Server:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
+        STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -118,3 +123,15 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path, ["--max-file-count", "3"]).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers_left_running() -> Iterator[None]:
+    """A test that fails before stopping its server must not leave the process (and its
+    engine workers) running: stop whatever it started. Servers of wider-scoped fixtures,
+    started before this snapshot, are left to their fixtures."""
+    before = len(STARTED)
+    yield
+    for srv in STARTED[before:]:
+        srv.stop()
+    del STARTED[before:]

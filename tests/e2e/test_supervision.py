@@ -89,13 +89,16 @@ def test_no_child_outlives_the_server(tmp_path: Path, samples: dict[str, Path]) 
         # strip ourselves), so it is among the children that must not outlive the server
         env = {"PICTRS__MEDIA__EXIFTOOL_IDLE_TIMEOUT": "0"}
         srv = Server(tmp_path / how.name, env=env).start()
-        with srv.client() as c:
-            upload(c, samples["test.png"])
-        assert srv.proc is not None
-        kids = children_of(srv.proc.pid)
-        assert any("exiftool" in cmd for cmd in kids.values())
-        assert any("vips_worker" in cmd for cmd in kids.values())
-        srv.stop(how)
+        try:
+            with srv.client() as c:
+                upload(c, samples["test.png"])
+            assert srv.proc is not None
+            kids = children_of(srv.proc.pid)
+            assert any("exiftool" in cmd for cmd in kids.values())
+            assert any("vips_worker" in cmd for cmd in kids.values())
+            srv.stop(how)
+        finally:
+            srv.stop()  # a failed check must not leave the server running
         deadline = time.monotonic() + 10
         while any(alive(p) for p in kids) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -25,19 +25,23 @@ def test_two_workers_serve_and_stop(tmp_path: Path, samples: dict[str, Path]) ->
         root.mkdir()
         env = {"PICTRS__SERVER__WORKERS": "2", "PICTRS__MEDIA__EXIFTOOL_IDLE_TIMEOUT": "0"}
         srv = Server(root, env=env).start()  # exiftool running in both from the start
-        assert srv.proc is not None
-        workers = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
-        assert len(workers) == 2
-        with srv.client() as c:
-            alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
-        # new connections land on either worker; every one sees the shared repo and store
-        for _ in range(8):
+        try:
+            assert srv.proc is not None
+            workers = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
+            assert len(workers) == 2
             with srv.client() as c:
-                assert c.get(f"/image/original/{alias}").status_code == 200
-                assert c.get(f"/image/process.webp?src={alias}&thumbnail=20").status_code == 200
-        everything = tree(srv.proc.pid)
-        assert len(everything) >= 6  # 2 workers, each with exiftool and an engine worker
-        code = srv.stop(how)
+                alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+            # new connections land on either worker; each sees the shared repo and store
+            for _ in range(8):
+                with srv.client() as c:
+                    assert c.get(f"/image/original/{alias}").status_code == 200
+                    url = f"/image/process.webp?src={alias}&thumbnail=20"
+                    assert c.get(url).status_code == 200
+            everything = tree(srv.proc.pid)
+            assert len(everything) >= 6  # 2 workers, each with exiftool and an engine worker
+            code = srv.stop(how)
+        finally:
+            srv.stop()  # a failed check must not leave the server running
         if how is signal.SIGTERM:
             assert code == 0
         deadline = time.monotonic() + 20
