@@ -208,10 +208,11 @@ async def ingest(
     plan = policy.decide(source, media_cfg)
 
     final: Discovery
+    hashed: tuple[bytes, int] | None = None  # (sha256, size) of ``out`` when already known
     if plan.action == "strip":
         # No suffix: exiftool's -o treats a suffix unlike the source's as "create a new file".
         out = session.temp_path()
-        await state.media.strip(raw, out, source.format)
+        hashed = await state.media.strip(raw, out, source.format)
         final = source  # stripping changes no dimension, frame or format
     elif plan.action == "convert":
         out = session.temp_path(plan.output.extension)
@@ -231,8 +232,11 @@ async def ingest(
             quality=plan.quality,
         )
         out = processed
+        hashed = None
 
-    sha, stored_size = await trio.to_thread.run_sync(_hash_file, out)
+    if hashed is None:
+        hashed = await trio.to_thread.run_sync(_hash_file, out)
+    sha, stored_size = hashed
     fmt = final.format
     details = details_now(final)
     identifier = await state.store.save_file(

@@ -28,6 +28,7 @@ refuses it or copes, so this module never has to guess.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import re
@@ -303,23 +304,29 @@ STRIPPERS: dict[Fmt, Callable[[bytes | mmap.mmap], list[Piece]]] = {
 }
 
 
-def strip_file(src: Path, dst: Path, fmt: Fmt) -> bool:
-    """Write ``src`` without metadata to ``dst``; False (and no ``dst``) when this module
-    does not handle the format or the file's structure (the caller uses exiftool)."""
+def strip_file(src: Path, dst: Path, fmt: Fmt) -> tuple[bytes, int] | None:
+    """Write ``src`` without metadata to ``dst`` and return the SHA-256 and size of what was
+    written (hashed on the way, so ingest need not read it again); None (and no ``dst``)
+    when this module does not handle the format or the file's structure (the caller uses
+    exiftool)."""
     stripper = STRIPPERS.get(fmt)
     if stripper is None:
-        return False
+        return None
+    digest, size = hashlib.sha256(), 0
     with open(src, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
-            return False
+            return None
         # Mapped, not read: the page cache holds the bytes already; nothing is copied
         # but the parts written out.
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
                 pieces = stripper(data)
             except Malformed:
-                return False
+                return None
             with open(dst, "wb") as out:
                 for piece in pieces:
-                    out.write(piece if isinstance(piece, bytes) else data[piece[0] : piece[1]])
-    return True
+                    chunk = piece if isinstance(piece, bytes) else data[piece[0] : piece[1]]
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+    return digest.digest(), size

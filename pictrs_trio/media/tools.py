@@ -79,15 +79,17 @@ class MediaTools:
         """What the file is. Raises UnsupportedMedia (400) or MediaToolError."""
         return await discovery.discover(path, engine=self.engine, run=self.run)
 
-    async def strip(self, src: Path, dst: Path, fmt: MediaFormat) -> None:
+    async def strip(self, src: Path, dst: Path, fmt: MediaFormat) -> tuple[bytes, int] | None:
         """Lossless metadata removal for images and animations: JPEG, PNG, WebP and GIF
-        in-process (``media.strip``), anything else, or any file of those whose structure
-        is unusual, by exiftool ``-all=``."""
+        in-process (``media.strip``; returns the SHA-256 and size of ``dst``), anything
+        else, or any file of those whose structure is unusual, by exiftool ``-all=``
+        (returns None)."""
         if fmt.kind is Kind.VIDEO:
             raise ValueError("videos are stripped by MediaTools.video")
-        if await trio.to_thread.run_sync(strip_file, src, dst, fmt.fmt):
-            return
-        await self.exiftool.strip(src, dst, fmt=fmt.fmt)
+        hashed = await trio.to_thread.run_sync(strip_file, src, dst, fmt.fmt)
+        if hashed is None:
+            await self.exiftool.strip(src, dst, fmt=fmt.fmt)
+        return hashed
 
     async def convert(self, src: Path, dst: Path, *, source: Discovery, plan: Plan) -> Discovery:
         """Re-encode ``src`` to ``plan.output`` at ``dst`` (autorot, no metadata).
