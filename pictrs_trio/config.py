@@ -7,6 +7,7 @@ converts once with unknown keys forbidden. Pure: the caller passes the environme
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 import re
@@ -392,6 +393,7 @@ _RETENTION = re.compile(r"(\d+)(s|seconds?|m|minutes?|h|hours?|d|days?|y|years?)
 _RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
 
 
+@functools.lru_cache(maxsize=16)  # read on hot paths (proxy hits, retention jobs)
 def parse_retention(text: str) -> datetime.timedelta:
     """``7d`` / ``1h`` / ``30m`` / ``2y`` (also ``7day``, ``1hour``, ...) as a timedelta.
 

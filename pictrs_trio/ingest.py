@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import parse_qsl
 
 import msgspec
 import trio
@@ -92,7 +91,6 @@ class IngestSession:
 
     async def _undo(self) -> None:
         repo, store = self._state.repo, self._state.store
-        orphans: list[str] = list(self._identifiers)
         for alias in self._aliases:
             try:
                 removed = await repo.remove_alias(alias)
@@ -102,7 +100,7 @@ class IngestSession:
             if removed is not None and removed.orphaned_identifiers:
                 # their rows went with a cleanup job that deletes the files
                 self._state.journal.notify(job_types.CLEANUP)
-        for identifier in dict.fromkeys(orphans):
+        for identifier in dict.fromkeys(self._identifiers):
             try:
                 await store.remove(identifier)
             except Exception:
@@ -113,7 +111,7 @@ def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]
     """Operations from the upload query, or else ``media.preprocess_steps`` (pict-rs: the
     query's replace the configured ones). Not filtered by ``media.filters``."""
     if not pairs and state.config.media.preprocess_steps:
-        pairs = parse_qsl(state.config.media.preprocess_steps, keep_blank_values=True)
+        return list(variants.parse_steps(state.config.media.preprocess_steps))
     return variants.parse_operations(pairs, allowed=None)
 
 

@@ -14,15 +14,11 @@ def check(config: Config) -> None:
     if config.server.danger_dummy_mode:
         raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
     if config.media.preprocess_steps:
-        from urllib.parse import parse_qsl
-
         from pictrs_trio import variants
         from pictrs_trio.errors import PictrsError
 
         try:
-            variants.parse_operations(
-                parse_qsl(config.media.preprocess_steps, keep_blank_values=True), allowed=None
-            )
+            variants.parse_steps(config.media.preprocess_steps)
         except PictrsError as exc:
             raise SystemExit(f"error: media.preprocess_steps: {exc.msg}") from None
 

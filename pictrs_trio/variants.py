@@ -15,10 +15,12 @@ not finite or above 100 (a Gaussian kernel grows with sigma: a huge one is a che
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 import re
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -34,9 +36,6 @@ MAX_SIGMA = 100.0
 MAX_CROP_PART = 20
 SOURCE_KEYS = frozenset({"src", "alias", "proxy"})
 
-# Lower-case spelling -> canonical (ImageMagick) spelling.
-_FILTER_NAMES = ("Lanczos", "LanczosSharp", "Lanczos2", "Lanczos2Sharp", "Mitchell")
-FILTERS: dict[str, str] = {name.lower(): name for name in (*_FILTER_NAMES, "RobidouxSharp")}
 DEFAULT_FILTER = "Lanczos2"
 
 # ImageMagick filter -> libvips kernel (docs/processing.md explains each choice).
@@ -48,6 +47,8 @@ KERNELS: dict[str, str] = {
     "Mitchell": "mitchell",
     "RobidouxSharp": "mitchell",
 }
+# Lower-case spelling -> canonical (ImageMagick) spelling.
+FILTERS: dict[str, str] = {name.lower(): name for name in KERNELS}
 NEAREST = "nearest"
 
 _OP = {"frozen": True, "kw_only": True, "tag_field": "op"}
@@ -95,7 +96,6 @@ class Blur(msgspec.Struct, tag="blur", **_OP):
 
 Op = Identity | Thumbnail | Resize | Crop | Blur
 
-OP_NAMES = frozenset({"identity", "thumbnail", "resize", "crop", "blur"})
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -166,6 +166,13 @@ def parse_operation(key: str, value: str) -> Op:
     if key == "blur":
         return _blur(value)
     raise InvalidProcessPath(f"unknown operation {key[:40]!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def parse_steps(text: str) -> tuple[Op, ...]:
+    """``media.preprocess_steps`` (query syntax), parsed once: checked at start-up, applied
+    to every upload that names no operations. Raises InvalidProcessPath."""
+    return tuple(parse_operations(parse_qsl(text, keep_blank_values=True), allowed=None))
 
 
 def parse_operations(

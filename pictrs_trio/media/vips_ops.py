@@ -68,7 +68,7 @@ def field(image: pyvips.Image, name: str) -> object | None:
     return image.get(name) if image.get_typeof(name) != 0 else None
 
 
-def _pages(image: pyvips.Image) -> int:
+def pages_of(image: pyvips.Image) -> int:
     pages = field(image, "n-pages")
     return pages if isinstance(pages, int) and pages > 0 else 1
 
@@ -83,7 +83,7 @@ def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, in
     if animated:
         options["n"] = -1
     image = load(vips, job.src, job.sniffed, **options)  # header only: libvips is lazy
-    pages = _pages(image) if animated else 1
+    pages = pages_of(image) if animated else 1
     width, height = image.width, image.height // pages
     if pages * width * height > job.max_pixels:
         raise MediaFault(
@@ -250,7 +250,7 @@ def process(vips: type[pyvips.Image], job: Process) -> ProcessResult:
     return ProcessResult(
         width=check.width,
         height=check.height,
-        pages=len(frames) if job.out_fmt == "apng" else _pages(check),
+        pages=len(frames) if job.out_fmt == "apng" else pages_of(check),
         has_alpha=bool(check.hasalpha()),
         shrink=shrink,
     )

@@ -46,6 +46,7 @@ from pictrs_trio.media.vips_ops import (
     MediaFault,
     field,
     load,
+    pages_of,
     process,
     remove_partial,
 )
@@ -60,12 +61,11 @@ TRIM_ABOVE = 4 << 20  # free heap bytes worth handing back after a job
 def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
     # Opening is lazy in libvips: this reads the header only, whatever the pixel count.
     image = load(vips, job.path, job.sniffed, access="sequential")
-    pages = field(image, "n-pages")
     orientation = field(image, "orientation")
     return ProbeResult(
         width=image.width,
         height=image.height,
-        pages=pages if isinstance(pages, int) and pages > 0 else 1,
+        pages=pages_of(image),
         orientation=orientation if isinstance(orientation, int) and orientation > 0 else None,
         loader=str(image.get("vips-loader")),
         has_alpha=bool(image.hasalpha()),
@@ -105,11 +105,10 @@ def convert(vips: type[pyvips.Image], job: Convert) -> ConvertResult:
         image = image.autorot()
     _save(image, job)
     out = load(vips, job.dst, job.out_fmt)
-    pages = field(out, "n-pages")
     return ConvertResult(
         width=out.width,
         height=out.height,
-        pages=pages if isinstance(pages, int) and pages > 0 else 1,
+        pages=pages_of(out),
     )
 
 

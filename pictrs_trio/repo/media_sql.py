@@ -214,17 +214,20 @@ def w_claim_upload(conn: apsw.Connection, upload_id: str) -> bool:
         return conn.changes() == 1
 
 
-def _first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:
+def first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:
+    """The first row or None. fetchall steps the statement to its end, so no read
+    transaction stays open behind an unfinished cursor (which would pin an old WAL snapshot
+    on a pooled connection)."""
     rows = conn.execute(sql, args).fetchall()
     return rows[0] if rows else None
 
 
-def _str(value: apsw.SQLiteValue) -> str:
+def as_str(value: apsw.SQLiteValue) -> str:
     assert isinstance(value, str)
     return value
 
 
-def _bytes(value: apsw.SQLiteValue) -> bytes:
+def as_bytes(value: apsw.SQLiteValue) -> bytes:
     assert isinstance(value, bytes)
     return value
 
@@ -236,23 +239,23 @@ def w_remove_alias(
     the file's rows go too and a RemoveFiles job for their identifiers is queued in the same
     transaction. Returns (hash key, orphaned identifiers), or None for an unknown alias."""
     with transaction(conn):
-        row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
+        row = first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
         if row is None:
             return None
-        key = _bytes(row[0])
+        key = as_bytes(row[0])
         conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))  # proxies cascade
-        if _first(conn, "SELECT 1 FROM aliases WHERE hash = ? LIMIT 1", (key,)) is not None:
+        if first(conn, "SELECT 1 FROM aliases WHERE hash = ? LIMIT 1", (key,)) is not None:
             return key, []
-        file_row = _first(
+        file_row = first(
             conn, "SELECT identifier, motion_identifier FROM hashes WHERE hash = ?", (key,)
         )
         orphaned: list[str] = []
         if file_row is not None:
-            orphaned.extend(_str(v) for v in file_row if v is not None)
+            orphaned.extend(as_str(v) for v in file_row if v is not None)
         variant_rows = conn.execute(
             "SELECT identifier FROM variants WHERE hash = ? ORDER BY id", (key,)
         ).fetchall()
-        orphaned.extend(_str(v) for (v,) in variant_rows)
+        orphaned.extend(as_str(v) for (v,) in variant_rows)
         conn.execute("DELETE FROM variants WHERE hash = ?", (key,))
         conn.execute("DELETE FROM hashes WHERE hash = ?", (key,))
         conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])

@@ -95,23 +95,6 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-def _first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:
-    # fetchall steps the statement to its end, so no read transaction stays open behind an
-    # unfinished cursor (which would pin an old WAL snapshot on a pooled connection).
-    rows = conn.execute(sql, args).fetchall()
-    return rows[0] if rows else None
-
-
-def _as_str(value: apsw.SQLiteValue) -> str:
-    assert isinstance(value, str)
-    return value
-
-
-def _as_bytes(value: apsw.SQLiteValue) -> bytes:
-    assert isinstance(value, bytes)
-    return value
-
-
 # --- connections -----------------------------------------------------------------------------
 
 
@@ -160,28 +143,28 @@ def _open_all(
 
 
 def _q_alias_hash(conn: apsw.Connection, alias: str) -> Hash | None:
-    row = _first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
-    return None if row is None else Hash.from_key(_as_bytes(row[0]))
+    row = media_sql.first(conn, "SELECT hash FROM aliases WHERE alias = ?", (alias,))
+    return None if row is None else Hash.from_key(media_sql.as_bytes(row[0]))
 
 
 def _q_delete_token(conn: apsw.Connection, alias: str) -> str | None:
-    row = _first(conn, "SELECT token FROM aliases WHERE alias = ?", (alias,))
-    return None if row is None else _as_str(row[0])
+    row = media_sql.first(conn, "SELECT token FROM aliases WHERE alias = ?", (alias,))
+    return None if row is None else media_sql.as_str(row[0])
 
 
 def _q_hash_identifier(conn: apsw.Connection, key: bytes) -> str | None:
-    row = _first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
-    return None if row is None else _as_str(row[0])
+    row = media_sql.first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
+    return None if row is None else media_sql.as_str(row[0])
 
 
 def _q_aliases_for_hash(conn: apsw.Connection, key: bytes) -> list[str]:
     rows = conn.execute("SELECT alias FROM aliases WHERE hash = ? ORDER BY alias", (key,))
-    return [_as_str(alias) for (alias,) in rows.fetchall()]
+    return [media_sql.as_str(alias) for (alias,) in rows.fetchall()]
 
 
 def _q_details(conn: apsw.Connection, identifier: str) -> Details | None:
-    row = _first(conn, "SELECT json FROM details WHERE identifier = ?", (identifier,))
-    return None if row is None else _DETAILS_DECODER.decode(_as_bytes(row[0]))
+    row = media_sql.first(conn, "SELECT json FROM details WHERE identifier = ?", (identifier,))
+    return None if row is None else _DETAILS_DECODER.decode(media_sql.as_bytes(row[0]))
 
 
 def _q_identifiers(conn: apsw.Connection) -> set[str]:
@@ -191,19 +174,19 @@ def _q_identifiers(conn: apsw.Connection) -> set[str]:
         " UNION SELECT identifier FROM variants"
         " UNION SELECT raw_identifier FROM uploads WHERE raw_identifier IS NOT NULL"
     ).fetchall()
-    return {_as_str(identifier) for (identifier,) in rows}
+    return {media_sql.as_str(identifier) for (identifier,) in rows}
 
 
 def _q_setting(conn: apsw.Connection, key: str) -> bytes | None:
-    row = _first(conn, "SELECT value FROM settings WHERE key = ?", (key,))
-    return None if row is None else _as_bytes(row[0])
+    row = media_sql.first(conn, "SELECT value FROM settings WHERE key = ?", (key,))
+    return None if row is None else media_sql.as_bytes(row[0])
 
 
 def _q_variant_identifier(conn: apsw.Connection, key: bytes, variant: str) -> str | None:
-    row = _first(
+    row = media_sql.first(
         conn, "SELECT identifier FROM variants WHERE hash = ? AND variant = ?", (key, variant)
     )
-    return None if row is None else _as_str(row[0])
+    return None if row is None else media_sql.as_str(row[0])
 
 
 # --- writes (writer connection; journal.schema.transaction is BEGIN IMMEDIATE) ---------
@@ -229,9 +212,9 @@ def _w_commit_upload(
         )
         deduplicated = conn.changes() == 0
         if deduplicated:
-            row = _first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
+            row = media_sql.first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
             assert row is not None  # we hold the write lock; the row cannot have gone
-            identifier = _as_str(row[0])
+            identifier = media_sql.as_str(row[0])
         # First writer wins (as postgres does): for a duplicate the existing details stay.
         # Same bytes means same media facts, so a missing row is filled from ours.
         conn.execute(
@@ -240,9 +223,11 @@ def _w_commit_upload(
             (identifier, details_json),
         )
         if conn.changes() == 0:
-            row = _first(conn, "SELECT json FROM details WHERE identifier = ?", (identifier,))
+            row = media_sql.first(
+                conn, "SELECT json FROM details WHERE identifier = ?", (identifier,)
+            )
             assert row is not None
-            details_json = _as_bytes(row[0])
+            details_json = media_sql.as_bytes(row[0])
         # A taken alias raises ConstraintError here and `with` rolls everything back.
         conn.execute(
             "INSERT INTO aliases (alias, hash, token) VALUES (?, ?, ?)", (alias, key, token)
@@ -428,11 +413,11 @@ class SqliteRepo:
             return None
         key, identifier, details_json = row
         return Found(
-            hash=Hash.from_key(_as_bytes(key)),
-            identifier=None if identifier is None else _as_str(identifier),
+            hash=Hash.from_key(media_sql.as_bytes(key)),
+            identifier=None if identifier is None else media_sql.as_str(identifier),
             details=None
             if details_json is None
-            else _DETAILS_DECODER.decode(_as_bytes(details_json)),
+            else _DETAILS_DECODER.decode(media_sql.as_bytes(details_json)),
         )
 
     def find_variant_now(self, alias: str, variant: str) -> Found | None:
