@@ -13,13 +13,13 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pictrs_trio.errors import PictrsError
-from pictrs_trio.formats import sniff
 from pictrs_trio.http.deadline import parse_deadline
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.ranges import Unsatisfiable, parse_range
 from pictrs_trio.media.discover import inspect_bytes, parse_ffprobe
-from pictrs_trio.query import parse_upload_query
+from pictrs_trio.rules.errors import PictrsError
+from pictrs_trio.rules.formats import sniff
+from pictrs_trio.rules.query import parse_upload_query
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

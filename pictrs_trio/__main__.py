@@ -1,5 +1,5 @@
 """``python -m pictrs_trio``: the same command line as the ``pictrs-trio`` script."""
 
-from pictrs_trio.cli import main
+from pictrs_trio.runtime.cli import main
 
 raise SystemExit(main())

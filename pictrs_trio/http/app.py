@@ -9,14 +9,14 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from pictrs_trio.http import backgrounded, download, health, image, internal, process
+from pictrs_trio.http import backgrounded, download, health, image, internal, variants
 from pictrs_trio.http.backpressure import BoundedHTTPConnection
 from pictrs_trio.http.deadline import ASGIApp, deadline_middleware
 from pictrs_trio.http.failure import failure_answer, innermost
 from pictrs_trio.http.fast import fast_path_middleware
 from pictrs_trio.http.state import EXTENSION_KEY
-from pictrs_trio.state import AppState
-from pictrs_trio.validate import MIB
+from pictrs_trio.rules.validate import MIB
+from pictrs_trio.services.state import AppState
 
 DRAIN_SECONDS = 120.0
 DRAIN_BYTES = 256 * MIB  # past this, let the connection close instead
@@ -63,7 +63,7 @@ def create_app(state: AppState) -> Any:
     app.extensions[EXTENSION_KEY] = state
     app.register_blueprint(image.bp)
     app.register_blueprint(health.bp)
-    app.register_blueprint(process.bp)
+    app.register_blueprint(variants.bp)
     app.register_blueprint(backgrounded.bp)
     app.register_blueprint(download.bp)
     app.register_blueprint(internal.bp)

@@ -14,16 +14,16 @@ import msgspec
 import trio
 from quart import Blueprint, Response, request
 
-from pictrs_trio import job_types
-from pictrs_trio.errors import AlreadyClaimed, ErrorBody, InvalidQuery
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.ingest import IngestSession, spool
-from pictrs_trio.query import parse_upload_query
 from pictrs_trio.repo.records import PendingUpload
-from pictrs_trio.state import AppState
+from pictrs_trio.rules import jobs
+from pictrs_trio.rules.errors import AlreadyClaimed, ErrorBody, InvalidQuery
+from pictrs_trio.rules.query import parse_upload_query
+from pictrs_trio.services.ingest import IngestSession, spool
+from pictrs_trio.services.state import AppState
 
 bp = Blueprint("backgrounded", __name__)
 
@@ -60,7 +60,7 @@ async def queue_uploads(
     for upload in pending:  # the rows own the raw files now
         session.forget_stored(upload.raw_identifier)
     session.disarm()
-    state.journal.notify(job_types.INGEST)
+    state.journal.notify(jobs.INGEST)
     body = UploadsResponse(uploads=[UploadId(upload_id=u.upload_id) for u in pending])
     return json_response(encode(body), 202)
 

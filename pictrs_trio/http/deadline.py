@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from pictrs_trio.errors import ParseDeadline, PictrsError, RequestTimeout, error_response
+from pictrs_trio.rules.errors import ParseDeadline, PictrsError, RequestTimeout, error_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

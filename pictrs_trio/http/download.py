@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio.download import download_and_ingest, open_remote, parse_url
-from pictrs_trio.errors import InvalidQuery
 from pictrs_trio.http.backgrounded import queue_uploads, store_raw
 from pictrs_trio.http.image import json_response
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.ingest import IngestSession, upload_operations
-from pictrs_trio.query import parse_bool, parse_upload_query
+from pictrs_trio.rules.errors import InvalidQuery
+from pictrs_trio.rules.query import parse_bool, parse_upload_query
+from pictrs_trio.services.fetch import download_and_ingest, open_remote, parse_url
+from pictrs_trio.services.ingest import IngestSession, upload_operations
 
 bp = Blueprint("download", __name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 
-from pictrs_trio.errors import PictrsError, error_response
+from pictrs_trio.rules.errors import PictrsError, error_response
 
 
 def innermost(exc: BaseException) -> BaseException:

@@ -3,7 +3,7 @@
 Most traffic of a media server is GETs of things already stored. This middleware answers
 those without Quart: one indexed SQLite read on the event loop thread, one read of a small
 page-cached file, and a response whose head and body go out back to back. A GET for a variant
-not rendered yet renders it through ``process.find_or_render``, as the Quart route would.
+not rendered yet renders it through ``render.find_or_render``, as the Quart route would.
 Anything else it cannot answer on its own (a HEAD miss, a Range request, a large file, any
 error) falls through to the Quart app unchanged, which implements the full behaviour; both
 produce the same headers (``serve.media_headers``).
@@ -16,13 +16,14 @@ from urllib.parse import parse_qsl
 
 from loguru import logger
 
-from pictrs_trio import ids, process
-from pictrs_trio.errors import AliasNotFound, PictrsError
 from pictrs_trio.http.deadline import ASGIApp, Receive, Scope, Send
 from pictrs_trio.http.failure import failure_answer, innermost
 from pictrs_trio.http.serve import SMALL_FILE, etag_for, media_headers
 from pictrs_trio.repo.records import Found, Hash
-from pictrs_trio.state import AppState
+from pictrs_trio.rules import ids
+from pictrs_trio.rules.errors import AliasNotFound, PictrsError
+from pictrs_trio.services import render
+from pictrs_trio.services.state import AppState
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -36,7 +37,7 @@ class _Miss(NamedTuple):
     """A variant not rendered yet: a GET renders it here (HEAD answers 404 in Quart)."""
 
     alias: str
-    variant: process.VariantRequest
+    variant: render.VariantRequest
     hash: Hash
 
 
@@ -56,14 +57,14 @@ def _lookup(state: AppState, scope: Scope) -> Found | _Miss | None:
             source = next((v for k, v in pairs if k == "alias"), None)
         if source is None:
             return None
-        variant = process.parse_request(ext, pairs, allowed=state.config.media.filters)
+        variant = render.parse_request(ext, pairs, allowed=state.config.media.filters)
         alias = ids.parse_alias(source)
         found = state.repo.find_variant_now(alias, variant.key)
         if found is None:
             return None
         if found.identifier is None:
             return _Miss(alias, variant, found.hash)
-        process.record_access(state, found.hash, variant.key)
+        render.record_access(state, found.hash, variant.key)
         return found
     return None
 
@@ -83,7 +84,7 @@ async def _render(state: AppState, miss: _Miss) -> Found | _Failed:
     render whose client disconnected runs on (bounded by the deadline and the engine's
     time limit) and its variant is kept for the next request."""
     try:
-        rendered = await process.find_or_render(state, miss.alias, miss.variant)
+        rendered = await render.find_or_render(state, miss.alias, miss.variant)
     except Exception as exc:
         inner = innermost(exc)
         if isinstance(inner, AliasNotFound):

@@ -6,21 +6,22 @@ from contextlib import aclosing
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types, proxy
-from pictrs_trio.download import parse_url
-from pictrs_trio.errors import (
-    AliasNotFound,
-    InvalidDeleteToken,
-    InvalidQuery,
-)
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.serve import respond_with_file
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.ingest import IngestSession, details_now, ingest, upload_operations
-from pictrs_trio.query import parse_upload_query
 from pictrs_trio.repo.records import Details
-from pictrs_trio.state import AppState
+from pictrs_trio.rules import ids, jobs
+from pictrs_trio.rules.errors import (
+    AliasNotFound,
+    InvalidDeleteToken,
+    InvalidQuery,
+)
+from pictrs_trio.rules.query import parse_upload_query
+from pictrs_trio.services import proxy
+from pictrs_trio.services.fetch import parse_url
+from pictrs_trio.services.ingest import IngestSession, details_now, ingest, upload_operations
+from pictrs_trio.services.state import AppState
 
 bp = Blueprint("image", __name__)
 
@@ -155,5 +156,5 @@ async def delete(token: str, alias: str) -> Response:
     removed = await state.repo.remove_alias(canonical)
     if removed is not None and removed.orphaned_identifiers:
         # The rows went in one transaction with the job that deletes their files.
-        state.journal.notify(job_types.CLEANUP)
+        state.journal.notify(jobs.CLEANUP)
     return empty(204)

@@ -7,12 +7,13 @@ import hmac
 import msgspec
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types, proxy
-from pictrs_trio.download import parse_url
-from pictrs_trio.errors import AliasNotFound, InvalidApiToken, InvalidQuery
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode
+from pictrs_trio.rules import ids, jobs
+from pictrs_trio.rules.errors import AliasNotFound, InvalidApiToken, InvalidQuery
+from pictrs_trio.services import proxy
+from pictrs_trio.services.fetch import parse_url
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 
@@ -76,7 +77,7 @@ async def delete_variants() -> Response:
     state = app_state()
     state.require_writable()
     await state.journal.push(
-        job_types.CLEANUP, job_types.RemoveAllVariants(), unique_key="remove-all-variants"
+        jobs.CLEANUP, jobs.RemoveAllVariants(), unique_key="remove-all-variants"
     )
     return empty(204)
 
@@ -90,7 +91,7 @@ async def delete_alias() -> Response:
         return empty(404)
     removed = await state.repo.remove_alias(alias)
     if removed is not None and removed.orphaned_identifiers:
-        state.journal.notify(job_types.CLEANUP)
+        state.journal.notify(jobs.CLEANUP)
     return json_response(encode(Ok()))
 
 
@@ -105,7 +106,7 @@ async def purge() -> Response:
     aliases = await state.repo.aliases_for_hash(hash_)
     for each in aliases:
         await state.repo.remove_alias(each)  # the last one queues the files' removal
-    state.journal.notify(job_types.CLEANUP)
+    state.journal.notify(jobs.CLEANUP)
     return json_response(encode(Aliases(aliases=aliases)))
 
 
@@ -127,7 +128,7 @@ async def identifier() -> Response:
 
 
 @bp.get("/jobs")
-async def jobs() -> Response:
+async def jobs_report() -> Response:
     state = app_state()
     stats = await state.journal.stats()
     dead = await state.journal.dead_jobs(100)

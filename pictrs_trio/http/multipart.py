@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterable
 
 from werkzeug.http import parse_options_header
 
-from pictrs_trio.errors import NoFiles, UploadError
+from pictrs_trio.rules.errors import NoFiles, UploadError
 
 FILE_FIELDS = frozenset({"images[]", "images"})
 MAX_HEADER_BYTES = 16 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pictrs_trio.errors import RangeNotSatisfiable
+from pictrs_trio.rules.errors import RangeNotSatisfiable
 
 _SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 

@@ -6,7 +6,7 @@ from typing import cast
 
 from quart import current_app
 
-from pictrs_trio.state import AppState
+from pictrs_trio.services.state import AppState
 
 EXTENSION_KEY = "pictrs_trio"
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import msgspec
 import trio
 
-from pictrs_trio.errors import ErrorCode, MediaToolError, UnsupportedMedia
-from pictrs_trio.formats import ACCEPTED, SNIFF_BYTES, Fmt, Kind, MediaFormat, Sniffed, sniff
-from pictrs_trio.media import Discovery
 from pictrs_trio.media.ffmpeg import count_packets_argv, ffprobe_argv
 from pictrs_trio.media.protocol import Probe, ProbeResult
 from pictrs_trio.media.vips import EnginePool
+from pictrs_trio.rules.errors import ErrorCode, MediaToolError, UnsupportedMedia
+from pictrs_trio.rules.formats import ACCEPTED, SNIFF_BYTES, Fmt, Kind, MediaFormat, Sniffed, sniff
+from pictrs_trio.rules.policy import Discovery
 
 Runner = Callable[[Sequence[str | Path]], Awaitable[bytes]]
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import trio
 from loguru import logger
 
-from pictrs_trio.errors import ErrorCode, MediaToolError
-from pictrs_trio.formats import Fmt
 from pictrs_trio.media.run import stderr_excerpt
 from pictrs_trio.media.spawn import Child, spawn
+from pictrs_trio.rules.errors import ErrorCode, MediaToolError
+from pictrs_trio.rules.formats import Fmt
 
 RESTART_BACKOFF_S = 1.0  # a process that dies at once is not restarted in a hot loop
 REAP_S = 5.0  # bounded wait for a killed child to be reaped

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pictrs_trio.formats import Fmt
-from pictrs_trio.media import Plan
+from pictrs_trio.rules.formats import Fmt
+from pictrs_trio.rules.policy import Plan
 
 FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y"]
 # Every kind of metadata ffmpeg would otherwise carry over from the input.

@@ -11,7 +11,7 @@ import struct
 
 import msgspec
 
-from pictrs_trio.variants import Op
+from pictrs_trio.rules.variants import Op
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 16 * 1024 * 1024  # replies are small; a bigger length means a broken stream

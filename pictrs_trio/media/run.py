@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from pictrs_trio.errors import ErrorCode, MediaToolError
+from pictrs_trio.rules.errors import ErrorCode, MediaToolError
 
 STDERR_EXCERPT = 300  # characters of a failing tool's stderr kept in the error message
 

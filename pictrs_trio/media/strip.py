@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from pictrs_trio.formats import Fmt
+from pictrs_trio.rules.formats import Fmt
 
 # Output: ranges of the input to copy, and bytes made here (rewritten headers).
 Piece = tuple[int, int] | bytes

@@ -16,9 +16,6 @@ from pathlib import Path
 import trio
 
 from pictrs_trio.config import Media
-from pictrs_trio.errors import MediaToolError
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
-from pictrs_trio.media import Discovery, Plan
 from pictrs_trio.media import discover as discovery
 from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.ffmpeg import (
@@ -33,7 +30,10 @@ from pictrs_trio.media.protocol import Convert, Process, ProcessResult, Reply, R
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
-from pictrs_trio.variants import Op
+from pictrs_trio.rules.errors import MediaToolError
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.policy import Discovery, Plan
+from pictrs_trio.rules.variants import Op
 
 ENGINE_ANIMATIONS = frozenset({Fmt.GIF, Fmt.WEBP})  # what libvips reads and writes animated
 FFMPEG_ANIMATION_INPUTS = frozenset({Fmt.GIF, Fmt.APNG, Fmt.AVIF})

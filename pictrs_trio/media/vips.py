@@ -21,10 +21,10 @@ import trio
 from loguru import logger
 
 import pictrs_trio
-from pictrs_trio.errors import ErrorCode, MediaToolError, UnsupportedMedia
 from pictrs_trio.media.protocol import HEADER, MAX_FRAME, Failed, Ready, Reply, Request, frame
 from pictrs_trio.media.spawn import Child, spawn
 from pictrs_trio.media.vips_worker import MEMORY_ENV
+from pictrs_trio.rules.errors import ErrorCode, MediaToolError, UnsupportedMedia
 
 DEFAULT_MEMORY_MB = 1024
 RESTART_BACKOFF_S = 1.0

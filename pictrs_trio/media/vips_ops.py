@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pictrs_trio.media import apng, turbojpeg
 from pictrs_trio.media.protocol import Process, ProcessResult
-from pictrs_trio.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
+from pictrs_trio.rules.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
 
 if TYPE_CHECKING:
     import pyvips

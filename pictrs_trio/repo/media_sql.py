@@ -10,7 +10,7 @@ import apsw
 
 from journal.schema import transaction
 from journal.store import push_in
-from pictrs_trio import job_types
+from pictrs_trio.rules import jobs
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -151,8 +151,8 @@ def _drop_variants(conn: apsw.Connection, rows: list[tuple[int, str]], now: floa
     conn.executemany("DELETE FROM details WHERE identifier = ?", [(f,) for _, f in rows])
     push_in(
         conn,
-        job_types.CLEANUP,
-        job_types.RemoveFiles(identifiers=[f for _, f in rows]),
+        jobs.CLEANUP,
+        jobs.RemoveFiles(identifiers=[f for _, f in rows]),
         now=now,
     )
     return len(rows)
@@ -184,7 +184,7 @@ def w_create_uploads(
                 " VALUES (?, NULL, ?, ?)",
                 (upload_id, now_ns, raw_identifier),
             )
-            push_in(conn, job_types.INGEST, payload, kind="ingest_upload", unique_key=upload_id)
+            push_in(conn, jobs.INGEST, payload, kind="ingest_upload", unique_key=upload_id)
 
 
 def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]:
@@ -261,7 +261,7 @@ def w_remove_alias(
         conn.executemany("DELETE FROM details WHERE identifier = ?", [(i,) for i in orphaned])
         if orphaned:
             # Same transaction: the rows and the job that deletes their files commit together.
-            push_in(conn, job_types.CLEANUP, job_types.RemoveFiles(identifiers=orphaned), now=now)
+            push_in(conn, jobs.CLEANUP, jobs.RemoveFiles(identifiers=orphaned), now=now)
     return key, orphaned
 
 

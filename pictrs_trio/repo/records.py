@@ -6,7 +6,7 @@ import datetime as dt
 
 import msgspec
 
-from pictrs_trio.formats import FORMAT_FROM_HASH_BYTE, MediaFormat
+from pictrs_trio.rules.formats import FORMAT_FROM_HASH_BYTE, MediaFormat
 
 
 class Hash(msgspec.Struct, frozen=True, kw_only=True):

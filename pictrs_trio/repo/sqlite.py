@@ -32,8 +32,6 @@ import trio
 
 from journal import schema as journal_schema
 from journal.schema import set_wal, transaction
-from pictrs_trio import job_types
-from pictrs_trio.errors import DuplicateAlias, PictrsError, RepoError
 from pictrs_trio.repo import JournalDb, media_sql, migrations, proxy_sql
 from pictrs_trio.repo.records import (
     Details,
@@ -45,6 +43,8 @@ from pictrs_trio.repo.records import (
     UploadCommit,
     UploadOutcome,
 )
+from pictrs_trio.rules import jobs
+from pictrs_trio.rules.errors import DuplicateAlias, PictrsError, RepoError
 
 __all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
 
@@ -494,7 +494,7 @@ class SqliteRepo:
                 u.upload_id,
                 u.raw_identifier,
                 msgspec.json.encode(
-                    job_types.IngestUpload(
+                    jobs.IngestUpload(
                         upload_id=u.upload_id, raw_identifier=u.raw_identifier, query=u.query
                     )
                 ),

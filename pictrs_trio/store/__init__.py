@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from pictrs_trio.errors import StoreError, StoreNotFound
+from pictrs_trio.rules.errors import StoreError, StoreNotFound
 
 __all__ = ["Store", "StoreError", "StoreNotFound"]
 

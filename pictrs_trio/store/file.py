@@ -27,8 +27,8 @@ from pathlib import Path
 
 import trio
 
-from pictrs_trio import ids
-from pictrs_trio.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.rules import ids
+from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
 
 __all__ = ["FileStore", "open_file_store"]
 

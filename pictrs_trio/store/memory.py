@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from pictrs_trio import ids
-from pictrs_trio.errors import StoreError, StoreNotFound
+from pictrs_trio.rules import ids
+from pictrs_trio.rules.errors import StoreError, StoreNotFound
 
 __all__ = ["MemoryStore"]
 

@@ -27,7 +27,9 @@ def test_two_workers_serve_and_stop(tmp_path: Path, samples: dict[str, Path]) ->
         srv = Server(root, env=env).start()  # exiftool running in both from the start
         try:
             assert srv.proc is not None
-            workers = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
+            workers = [
+                p for p, cmd in children_of(srv.proc.pid).items() if "runtime.supervisor" in cmd
+            ]
             assert len(workers) == 2
             with srv.client() as c:
                 alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
@@ -55,13 +57,13 @@ def test_a_crashed_worker_is_replaced(tmp_path: Path) -> None:
     srv = Server(tmp_path, env={"PICTRS__SERVER__WORKERS": "2"}).start()
     try:
         assert srv.proc is not None
-        before = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
+        before = [p for p, cmd in children_of(srv.proc.pid).items() if "runtime.supervisor" in cmd]
         import os
 
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            now = [p for p, cmd in children_of(srv.proc.pid).items() if "workers" in cmd]
+            now = [p for p, cmd in children_of(srv.proc.pid).items() if "runtime.supervisor" in cmd]
             if len(now) == 2 and before[0] not in now:
                 break
             time.sleep(0.1)

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 
 from pictrs_trio.config import Animation, Image, Media, Video
-from pictrs_trio.errors import UnsupportedMedia
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.media.tools import MediaTools, open_media_tools
-from pictrs_trio.policy import decide
+from pictrs_trio.rules.errors import UnsupportedMedia
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.policy import decide
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures"))
 from make_fixtures import make_media, missing_tools

@@ -17,12 +17,12 @@ import pyvips
 from PIL import Image as PILImage
 
 from pictrs_trio.config import Image, Media
-from pictrs_trio.errors import UnsupportedMedia
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
-from pictrs_trio.media import Discovery
 from pictrs_trio.media.protocol import Process, ProcessResult
 from pictrs_trio.media.tools import MediaTools, open_media_tools
-from pictrs_trio.variants import Op, output_format, parse_ext, parse_operations
+from pictrs_trio.rules.errors import UnsupportedMedia
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.policy import Discovery
+from pictrs_trio.rules.variants import Op, output_format, parse_ext, parse_operations
 
 if any(shutil.which(t) is None for t in ("ffmpeg", "ffprobe", "exiftool", "cjxl", "djxl")):
     pytest.skip("media tools missing", allow_module_level=True)

@@ -13,12 +13,12 @@ import pytest
 import trio
 
 from pictrs_trio.config import Media
-from pictrs_trio.errors import MediaToolError
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.protocol import Convert, ConvertResult, Probe, ProbeResult, Sleep
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.tools import open_media_tools
+from pictrs_trio.rules.errors import MediaToolError
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
 if shutil.which("exiftool") is None:
     pytest.skip("exiftool missing", allow_module_level=True)
@@ -249,7 +249,7 @@ async def test_run_tool_errors(tmp_path: Path) -> None:
 
 def test_server_side_never_loads_libvips() -> None:
     code = (
-        "import sys, pictrs_trio.media.tools, pictrs_trio.media.discover, pictrs_trio.policy;"
+        "import sys, pictrs_trio.media.tools, pictrs_trio.media.discover, pictrs_trio.rules.policy;"
         "print('pyvips' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from pictrs_trio import job_types
 from pictrs_trio.repo.sqlite import SqliteRepo
+from pictrs_trio.rules import jobs
 from tests.integration.test_repo_sqlite import count, raw, repo, upload
 
 __all__ = ["repo"]  # the fixture, shared with test_repo_sqlite
@@ -20,8 +20,8 @@ URL = "http://127.0.0.1:9/a.jpg"
 def remove_files_jobs(tmp_path: Path) -> list[list[str]]:
     conn = raw(tmp_path)
     rows = conn.execute("SELECT payload FROM journal_jobs WHERE queue = 'cleanup'").fetchall()
-    decoded = [msgspec.json.decode(p, type=job_types.CleanupJob) for (p,) in rows]
-    return [j.identifiers for j in decoded if isinstance(j, job_types.RemoveFiles)]
+    decoded = [msgspec.json.decode(p, type=jobs.CleanupJob) for (p,) in rows]
+    return [j.identifiers for j in decoded if isinstance(j, jobs.RemoveFiles)]
 
 
 async def test_relate_first_wins_and_touch(repo: SqliteRepo) -> None:

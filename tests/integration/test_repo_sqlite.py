@@ -14,12 +14,12 @@ import apsw
 import pytest
 import trio
 
-from pictrs_trio import ids
-from pictrs_trio.errors import DuplicateAlias, RepoError
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.repo import Repo, migrations
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.repo.sqlite import DB_FILE_NAME, SqliteRepo, open_sqlite_repo
+from pictrs_trio.rules import ids
+from pictrs_trio.rules.errors import DuplicateAlias, RepoError
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
 JPEG = MediaFormat(kind=Kind.IMAGE, fmt=Fmt.JPEG)
 WEBP = MediaFormat(kind=Kind.IMAGE, fmt=Fmt.WEBP)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pictrs_trio.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
 from pictrs_trio.store import Store
 from pictrs_trio.store import file as file_module
 from pictrs_trio.store.file import FileStore, open_file_store

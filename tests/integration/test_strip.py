@@ -19,8 +19,8 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image as PILImage  # noqa: E402
 from PIL import ImageCms, PngImagePlugin  # noqa: E402
 
-from pictrs_trio.formats import Fmt  # noqa: E402
 from pictrs_trio.media.strip import strip_file  # noqa: E402
+from pictrs_trio.rules.formats import Fmt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures"))
 from make_fixtures import SHARED  # noqa: E402

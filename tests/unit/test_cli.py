@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pictrs_trio import cli, config
+from pictrs_trio import config
 from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore, SqliteRepo
+from pictrs_trio.runtime import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pictrs_trio import config, layered
+from pictrs_trio import config
 from pictrs_trio.config import (
     Config,
     ConfigError,
     ObjectStorageStore,
     SqliteRepo,
+    layered,
     load,
     parse_address,
     parse_retention,

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pictrs_trio.errors import UnsupportedMedia
-from pictrs_trio.formats import Fmt, Kind, Sniffed
 from pictrs_trio.media.discover import (
     bmff_problem,
     inspect_bytes,
@@ -18,6 +16,8 @@ from pictrs_trio.media.discover import (
     parse_jxlinfo,
     parse_packet_count,
 )
+from pictrs_trio.rules.errors import UnsupportedMedia
+from pictrs_trio.rules.formats import Fmt, Kind, Sniffed
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -11,7 +11,11 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pictrs_trio.errors import (
+from pictrs_trio.http.deadline import parse_deadline
+from pictrs_trio.http.multipart import iter_file_parts
+from pictrs_trio.http.ranges import Unsatisfiable, parse_range
+from pictrs_trio.http.wire import rfc3339
+from pictrs_trio.rules.errors import (
     InvalidProcessPath,
     InvalidQuery,
     NoFiles,
@@ -19,11 +23,7 @@ from pictrs_trio.errors import (
     RangeNotSatisfiable,
     UploadError,
 )
-from pictrs_trio.http.deadline import parse_deadline
-from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.http.ranges import Unsatisfiable, parse_range
-from pictrs_trio.http.wire import rfc3339
-from pictrs_trio.query import parse_upload_query
+from pictrs_trio.rules.query import parse_upload_query
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pictrs_trio import ids
+from pictrs_trio.rules import ids
 
 LAYOUT = re.compile(r"(?:[0-9a-f]{2}/){10}[0-9a-f]{12}\.webp")
 

@@ -7,23 +7,23 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pictrs_trio import job_types
-from pictrs_trio.jobs import _cleanup_decoder, _generate_decoder, _ingest_decoder
+from pictrs_trio.rules import jobs
+from pictrs_trio.services.handlers import _cleanup_decoder, _generate_decoder, _ingest_decoder
 
 text = st.text(max_size=30)
 
 
 @given(st.lists(text, max_size=5))
 def test_remove_files_round_trip(identifiers: list[str]) -> None:
-    job = job_types.RemoveFiles(identifiers=identifiers)
+    job = jobs.RemoveFiles(identifiers=identifiers)
     assert _cleanup_decoder.decode(msgspec.json.encode(job)) == job
 
 
 @given(text, text, st.lists(st.tuples(text, text), max_size=4))
 def test_ingest_and_generate_round_trip(a: str, b: str, query: list[tuple[str, str]]) -> None:
-    ingest = job_types.IngestUpload(upload_id=a, raw_identifier=b, query=query)
+    ingest = jobs.IngestUpload(upload_id=a, raw_identifier=b, query=query)
     assert _ingest_decoder.decode(msgspec.json.encode(ingest)) == ingest
-    generate = job_types.Generate(alias=a, ext=b, query=query)
+    generate = jobs.Generate(alias=a, ext=b, query=query)
     assert _generate_decoder.decode(msgspec.json.encode(generate)) == generate
 
 

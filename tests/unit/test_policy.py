@@ -6,9 +6,8 @@ import msgspec
 import pytest
 
 from pictrs_trio.config import Animation, Image, ImageQuality, Media, Video, VideoQuality
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
-from pictrs_trio.media import Discovery
-from pictrs_trio.policy import crf_for, decide
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.policy import Discovery, crf_for, decide
 
 
 def image(fmt: Fmt, orientation: int | None = None) -> Discovery:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from pictrs_trio.errors import UnsupportedMedia
-from pictrs_trio.single_flight import SingleFlight
+from pictrs_trio.rules.errors import UnsupportedMedia
+from pictrs_trio.services.single_flight import SingleFlight
 
 
 async def test_waiters_share_the_leaders_error() -> None:

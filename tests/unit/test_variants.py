@@ -1,4 +1,4 @@
-"""Operation parsing, variant keys, output formats and geometry (pictrs_trio.variants)."""
+"""Operation parsing, variant keys, output formats and geometry (pictrs_trio.rules.variants)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from pictrs_trio.config import DEFAULT_FILTERS, Animation, AnimationQuality, Image, Media
 from pictrs_trio.config import ImageQuality as IQ
-from pictrs_trio.errors import InvalidFileExtension, InvalidProcessPath
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
-from pictrs_trio.variants import (
+from pictrs_trio.rules.errors import InvalidFileExtension, InvalidProcessPath
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.variants import (
     Blur,
     BlurBy,
     Crop,

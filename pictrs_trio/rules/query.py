@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pictrs_trio.errors import InvalidProcessPath, InvalidQuery
-from pictrs_trio.validate import UploadLimits
+from pictrs_trio.rules.errors import InvalidProcessPath, InvalidQuery
+from pictrs_trio.rules.validate import UploadLimits
 
 PROCESS_OPERATIONS = frozenset({"identity", "thumbnail", "resize", "crop", "blur"})
 _LIMIT_INTS = ("max_width", "max_height", "max_area", "max_frame_count", "max_file_size")

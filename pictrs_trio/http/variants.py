@@ -7,19 +7,20 @@ import contextlib
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio import ids, job_types, process, proxy
-from pictrs_trio.download import parse_url
-from pictrs_trio.errors import (
-    AliasNotFound,
-    InvalidQuery,
-    ProxyNotFound,
-    StoreNotFound,
-)
 from pictrs_trio.http.image import empty, json_response
 from pictrs_trio.http.serve import respond_with_file
 from pictrs_trio.http.state import app_state
 from pictrs_trio.http.wire import encode, wire_details
 from pictrs_trio.repo.records import Details
+from pictrs_trio.rules import ids, jobs
+from pictrs_trio.rules.errors import (
+    AliasNotFound,
+    InvalidQuery,
+    ProxyNotFound,
+    StoreNotFound,
+)
+from pictrs_trio.services import proxy, render
+from pictrs_trio.services.fetch import parse_url
 
 bp = Blueprint("process", __name__)
 
@@ -52,9 +53,9 @@ class _Source:
         return await (proxy.fetch(state, self.url) if fetch else proxy.existing(state, self.url))
 
 
-def _parse(ext: str) -> process.VariantRequest:
+def _parse(ext: str) -> render.VariantRequest:
     state = app_state()
-    return process.parse_request(
+    return render.parse_request(
         ext, request.args.items(multi=True), allowed=state.config.media.filters
     )
 
@@ -75,11 +76,11 @@ async def process_variant(ext: str) -> Response:
         found = await state.repo.find_variant(alias, variant.key)
         if found is None or found.identifier is None or found.details is None:
             return empty(404)
-        process.record_access(state, found.hash, variant.key)
+        render.record_access(state, found.hash, variant.key)
         identifier, details = found.identifier, found.details
     else:
         try:
-            rendered = await process.find_or_render(state, alias, variant)
+            rendered = await render.find_or_render(state, alias, variant)
         except AliasNotFound:
             return empty(404)
         identifier, details = rendered.identifier, rendered.details
@@ -92,7 +93,7 @@ async def process_variant(ext: str) -> Response:
         found = await state.repo.find_variant(alias, variant.key)
         if found is not None:
             await state.repo.forget_variant(found.hash, variant.key, identifier)
-        rendered = await process.find_or_render(state, alias, variant)
+        rendered = await render.find_or_render(state, alias, variant)
         return await _serve(rendered.identifier, rendered.details)
 
 
@@ -116,9 +117,9 @@ async def process_backgrounded(ext: str) -> Response:
         return empty(400)
     if found.identifier is None:
         state.require_writable()
-        job = job_types.Generate(alias=alias, ext=ext, query=list(request.args.items(multi=True)))
+        job = jobs.Generate(alias=alias, ext=ext, query=list(request.args.items(multi=True)))
         await state.journal.push(
-            job_types.PROCESS, job, unique_key=f"{found.hash.key().hex()}:{variant.key}"
+            jobs.PROCESS, job, unique_key=f"{found.hash.key().hex()}:{variant.key}"
         )
     return empty(202)
 
@@ -132,5 +133,5 @@ async def process_details(ext: str) -> Response:
     found = await state.repo.find_variant(alias, variant.key) if alias is not None else None
     if found is None or found.identifier is None or found.details is None:
         raise AliasNotFound("Variant not found")
-    process.record_access(state, found.hash, variant.key)
+    render.record_access(state, found.hash, variant.key)
     return json_response(encode(wire_details(found.details)))

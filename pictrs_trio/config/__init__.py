@@ -18,10 +18,10 @@ from typing import Annotated, Literal
 import msgspec
 import tomli_w
 
-from pictrs_trio import layered
-from pictrs_trio.layered import ConfigError as ConfigError  # re-exported: raised by load()
-from pictrs_trio.layered import Layer, Tree
-from pictrs_trio.layered import nest as nest  # re-exported for the CLI
+from pictrs_trio.config import layered
+from pictrs_trio.config.layered import ConfigError as ConfigError  # re-exported: raised by load()
+from pictrs_trio.config.layered import Layer, Tree
+from pictrs_trio.config.layered import nest as nest  # re-exported for the CLI
 
 Frozen = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 

@@ -55,7 +55,7 @@ async def _child(
     env = {**os.environ, CONFIG_ENV: msgspec.json.encode(config).decode(), FD_ENV: str(fd)}
     while not stopping.is_set():
         proc = spawn(
-            [sys.executable, "-m", "pictrs_trio.workers"],
+            [sys.executable, "-m", "pictrs_trio.runtime.supervisor"],
             env=env,
             pass_fds=(fd,),
             stdin=None,
@@ -112,8 +112,8 @@ async def supervise(config: Config) -> None:
 def child_main() -> None:
     """Entry of one worker process: the config and the listening socket come from the
     parent."""
-    from pictrs_trio import logging as pictrs_logging
-    from pictrs_trio import service
+    from pictrs_trio.runtime import logging as pictrs_logging
+    from pictrs_trio.runtime import service
 
     config = msgspec.json.decode(os.environ[CONFIG_ENV].encode(), type=Config)
     fd = int(os.environ[FD_ENV])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pictrs_trio.errors import HttpClientError
+from pictrs_trio.rules.errors import HttpClientError
 
 if TYPE_CHECKING:
     import httpx

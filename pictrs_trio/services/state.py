@@ -6,13 +6,13 @@ import dataclasses
 from pathlib import Path
 
 from journal import Journal
-from pictrs_trio.access import AccessLog
 from pictrs_trio.config import Config
-from pictrs_trio.errors import ReadOnly
 from pictrs_trio.media.tools import MediaTools
-from pictrs_trio.outbound import Outbound
 from pictrs_trio.repo import Repo
-from pictrs_trio.single_flight import SingleFlight
+from pictrs_trio.rules.errors import ReadOnly
+from pictrs_trio.services.access import AccessLog
+from pictrs_trio.services.outbound import Outbound
+from pictrs_trio.services.single_flight import SingleFlight
 from pictrs_trio.store import Store
 
 

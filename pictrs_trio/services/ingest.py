@@ -22,14 +22,14 @@ import msgspec
 import trio
 from loguru import logger
 
-from pictrs_trio import ids, job_types, policy, variants
-from pictrs_trio.errors import EmptyFile, FileTooLarge, StreamTooSlow
-from pictrs_trio.formats import Kind
-from pictrs_trio.media import Discovery
 from pictrs_trio.repo.records import Details, Hash
-from pictrs_trio.state import AppState
-from pictrs_trio.validate import UploadLimits, validate
-from pictrs_trio.variants import Op
+from pictrs_trio.rules import ids, jobs, policy, variants
+from pictrs_trio.rules.errors import EmptyFile, FileTooLarge, StreamTooSlow
+from pictrs_trio.rules.formats import Kind
+from pictrs_trio.rules.policy import Discovery
+from pictrs_trio.rules.validate import UploadLimits, validate
+from pictrs_trio.rules.variants import Op
+from pictrs_trio.services.state import AppState
 
 UPLOAD_SECONDS = 60.0  # the whole file must arrive within this (pict-rs: stream-too-slow)
 CLEANUP_SECONDS = 10.0
@@ -99,7 +99,7 @@ class IngestSession:
                 continue
             if removed is not None and removed.orphaned_identifiers:
                 # their rows went with a cleanup job that deletes the files
-                self._state.journal.notify(job_types.CLEANUP)
+                self._state.journal.notify(jobs.CLEANUP)
         for identifier in dict.fromkeys(self._identifiers):
             try:
                 await store.remove(identifier)

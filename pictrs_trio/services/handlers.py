@@ -22,28 +22,29 @@ from loguru import logger
 
 from journal import Abort, Job, Journal
 from journal.runner import Handler
-from pictrs_trio import ids, job_types, process
 from pictrs_trio.config import parse_retention
-from pictrs_trio.errors import PictrsError
-from pictrs_trio.ingest import IngestSession, file_chunks, ingest, upload_operations
-from pictrs_trio.query import parse_upload_query
 from pictrs_trio.repo.records import UploadOutcome
-from pictrs_trio.state import AppState
+from pictrs_trio.rules import ids, jobs
+from pictrs_trio.rules.errors import PictrsError
+from pictrs_trio.rules.query import parse_upload_query
+from pictrs_trio.services import render
+from pictrs_trio.services.ingest import IngestSession, file_chunks, ingest, upload_operations
+from pictrs_trio.services.state import AppState
 
 BATCH = 500
-CONCURRENCY = {job_types.CLEANUP: 1, job_types.INGEST: 2, job_types.PROCESS: 2}
+CONCURRENCY = {jobs.CLEANUP: 1, jobs.INGEST: 2, jobs.PROCESS: 2}
 RETENTION_CHECK_MAX_SECONDS = 300.0
 
-_cleanup_decoder = msgspec.json.Decoder(job_types.CleanupJob)
-_ingest_decoder = msgspec.json.Decoder(job_types.IngestUpload)
-_generate_decoder = msgspec.json.Decoder(job_types.Generate)
+_cleanup_decoder = msgspec.json.Decoder(jobs.CleanupJob)
+_ingest_decoder = msgspec.json.Decoder(jobs.IngestUpload)
+_generate_decoder = msgspec.json.Decoder(jobs.Generate)
 
 
-def handlers(state: AppState) -> dict[str, Handler]:
+def by_queue(state: AppState) -> dict[str, Handler]:
     return {
-        job_types.CLEANUP: partial(handle_cleanup, state),
-        job_types.INGEST: partial(handle_ingest, state),
-        job_types.PROCESS: partial(handle_generate, state),
+        jobs.CLEANUP: partial(handle_cleanup, state),
+        jobs.INGEST: partial(handle_ingest, state),
+        jobs.PROCESS: partial(handle_generate, state),
     }
 
 
@@ -52,17 +53,17 @@ def handlers(state: AppState) -> dict[str, Handler]:
 
 async def handle_cleanup(state: AppState, job: Job) -> None:
     payload = job.decode(_cleanup_decoder)
-    if isinstance(payload, job_types.RemoveFiles):
+    if isinstance(payload, jobs.RemoveFiles):
         for identifier in payload.identifiers:
             await state.store.remove(identifier)
-    elif isinstance(payload, job_types.ExpireVariants):
+    elif isinstance(payload, jobs.ExpireVariants):
         cutoff = _cutoff_ns(state.config.media.retention.variants)
         await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
-    elif isinstance(payload, job_types.ExpireProxies):
+    elif isinstance(payload, jobs.ExpireProxies):
         cutoff = _cutoff_ns(state.config.media.retention.proxy)
         step = partial(state.repo.expire_proxies, cutoff, BATCH)
         await _drain(state, step, "expired", "proxied media")
-    elif isinstance(payload, job_types.RemoveAllVariants):
+    elif isinstance(payload, jobs.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     else:
         await sweep_orphans(state)
@@ -82,7 +83,7 @@ async def _drain(
         n = await step()
         total += n
         if n:
-            state.journal.notify(job_types.CLEANUP)
+            state.journal.notify(jobs.CLEANUP)
         if n < BATCH:
             break
     if total:
@@ -141,7 +142,7 @@ async def handle_ingest(state: AppState, job: Job) -> None:
     await state.store.remove(payload.raw_identifier)
 
 
-async def _ingest_upload(state: AppState, payload: job_types.IngestUpload) -> None:
+async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:
     limits, pairs = parse_upload_query(payload.query)
     operations = upload_operations(state, pairs)
     path = await state.store.local_path(payload.raw_identifier)
@@ -164,11 +165,11 @@ async def _ingest_upload(state: AppState, payload: job_types.IngestUpload) -> No
 
 async def handle_generate(state: AppState, job: Job) -> None:
     payload = job.decode(_generate_decoder)
-    request = process.parse_request(payload.ext, payload.query, allowed=state.config.media.filters)
+    request = render.parse_request(payload.ext, payload.query, allowed=state.config.media.filters)
     try:
         # A job may take as long as pict-rs allows a render (4 x process_timeout), not just
         # the ~35 s a waiting request gets.
-        await process.find_or_render(
+        await render.find_or_render(
             state, payload.alias, request, wait=4 * state.config.media.process_timeout
         )
     except PictrsError as exc:
@@ -180,7 +181,7 @@ async def handle_generate(state: AppState, job: Job) -> None:
 
 async def schedule(state: AppState, journal: Journal) -> None:
     """Queue the periodic cleanup jobs (pict-rs: not in read-only mode)."""
-    await journal.push(job_types.CLEANUP, job_types.SweepOrphans(), unique_key="sweep-orphans")
+    await journal.push(jobs.CLEANUP, jobs.SweepOrphans(), unique_key="sweep-orphans")
     retention = state.config.media.retention
     shortest = min(
         parse_retention(retention.variants).total_seconds(),
@@ -188,10 +189,6 @@ async def schedule(state: AppState, journal: Journal) -> None:
     )
     every = max(1.0, min(shortest / 4, RETENTION_CHECK_MAX_SECONDS))
     while True:
-        await journal.push(
-            job_types.CLEANUP, job_types.ExpireVariants(), unique_key="expire-variants"
-        )
-        await journal.push(
-            job_types.CLEANUP, job_types.ExpireProxies(), unique_key="expire-proxies"
-        )
+        await journal.push(jobs.CLEANUP, jobs.ExpireVariants(), unique_key="expire-variants")
+        await journal.push(jobs.CLEANUP, jobs.ExpireProxies(), unique_key="expire-proxies")
         await trio.sleep(every)

@@ -22,13 +22,13 @@ import msgspec
 import trio
 from loguru import logger
 
-from pictrs_trio import variants
-from pictrs_trio.errors import AliasNotFound, ErrorCode, MediaToolError
-from pictrs_trio.formats import Fmt
-from pictrs_trio.ingest import CLEANUP_SECONDS, details_now
-from pictrs_trio.media import Discovery
 from pictrs_trio.repo.records import Details, Hash
-from pictrs_trio.state import AppState
+from pictrs_trio.rules import variants
+from pictrs_trio.rules.errors import AliasNotFound, ErrorCode, MediaToolError
+from pictrs_trio.rules.formats import Fmt
+from pictrs_trio.rules.policy import Discovery
+from pictrs_trio.services.ingest import CLEANUP_SECONDS, details_now
+from pictrs_trio.services.state import AppState
 
 CLAIM_STALE_SECONDS = 120.0  # pict-rs: a claim without heartbeat for 2 min is abandoned
 HEARTBEAT_SECONDS = 5.0

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from pictrs_trio.errors import PictrsError
+from pictrs_trio.rules.errors import PictrsError
 
 
 class _Flight:

@@ -261,11 +261,11 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
     if isinstance(save_path, Path):
         cfg.save_to(save_path, config)
     if runner is None and command == "jobs":
-        from pictrs_trio import report
+        from pictrs_trio.runtime import jobs_command
 
-        runner = report.print_jobs
+        runner = jobs_command.print_jobs
     if runner is None:
-        from pictrs_trio import launch  # imported late: the CLI must not pull in the server
+        from pictrs_trio.runtime import launch  # imported late: the CLI must not pull in the server
 
         runner = launch.run
     runner(config)

@@ -14,8 +14,8 @@ def check(config: Config) -> None:
     if config.server.danger_dummy_mode:
         raise SystemExit("error: server.danger_dummy_mode is not supported by pictrs-trio")
     if config.media.preprocess_steps:
-        from pictrs_trio import variants
-        from pictrs_trio.errors import PictrsError
+        from pictrs_trio.rules import variants
+        from pictrs_trio.rules.errors import PictrsError
 
         try:
             variants.parse_steps(config.media.preprocess_steps)
@@ -29,12 +29,12 @@ def run(config: Config) -> None:
     if config.server.workers > 1:
         import trio
 
-        from pictrs_trio import logging as pictrs_logging
-        from pictrs_trio import workers
+        from pictrs_trio.runtime import logging as pictrs_logging
+        from pictrs_trio.runtime import supervisor
 
         pictrs_logging.setup(config.tracing.logging)
-        trio.run(workers.supervise, config)
+        trio.run(supervisor.supervise, config)
         return
-    from pictrs_trio import service
+    from pictrs_trio.runtime import service
 
     service.run(config)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import msgspec
 
 from pictrs_trio.config import Media
-from pictrs_trio.errors import (
+from pictrs_trio.rules.errors import (
     ErrorCode,
     FileTooLarge,
     MediaDisallowed,
     ValidationError,
     VideoDisabled,
 )
-from pictrs_trio.formats import Kind
-from pictrs_trio.media import Discovery
+from pictrs_trio.rules.formats import Kind
+from pictrs_trio.rules.policy import Discovery
 
 MIB = 1024 * 1024
 

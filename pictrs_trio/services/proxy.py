@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 
 from pictrs_trio.config import Config, parse_retention
-from pictrs_trio.download import download_and_ingest
-from pictrs_trio.errors import ProxyNotFound
-from pictrs_trio.ingest import IngestSession, upload_operations
-from pictrs_trio.state import AppState
-from pictrs_trio.validate import UploadLimits
+from pictrs_trio.rules.errors import ProxyNotFound
+from pictrs_trio.rules.validate import UploadLimits
+from pictrs_trio.services.fetch import download_and_ingest
+from pictrs_trio.services.ingest import IngestSession, upload_operations
+from pictrs_trio.services.state import AppState
 
 TOUCH_MAX_SECONDS = 60.0
 

@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from pictrs_trio.errors import InvalidFileExtension, InvalidProcessPath
-from pictrs_trio.formats import Fmt, Kind, MediaFormat
+from pictrs_trio.rules.errors import InvalidFileExtension, InvalidProcessPath
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
 if TYPE_CHECKING:  # engine workers import this module: not the whole configuration
     from pictrs_trio.config import Media

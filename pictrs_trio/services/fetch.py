@@ -21,11 +21,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from pictrs_trio.errors import DownloadFailed, FileTooLarge, HttpClientError, InvalidQuery
-from pictrs_trio.ingest import Ingested, IngestSession, ingest
-from pictrs_trio.state import AppState
-from pictrs_trio.validate import MIB, UploadLimits
-from pictrs_trio.variants import Op
+from pictrs_trio.rules.errors import DownloadFailed, FileTooLarge, HttpClientError, InvalidQuery
+from pictrs_trio.rules.validate import MIB, UploadLimits
+from pictrs_trio.rules.variants import Op
+from pictrs_trio.services.ingest import Ingested, IngestSession, ingest
+from pictrs_trio.services.state import AppState
 
 if TYPE_CHECKING:
     import httpx

@@ -27,14 +27,14 @@ from loguru import logger
 
 import pictrs_trio
 from journal import Journal, run_workers
-from pictrs_trio import jobs
-from pictrs_trio import logging as pictrs_logging
 from pictrs_trio.config import Config, FilesystemStore, parse_address
 from pictrs_trio.http.app import create_app
 from pictrs_trio.media.tools import open_media_tools
-from pictrs_trio.outbound import Outbound
 from pictrs_trio.repo.sqlite import open_sqlite_repo
-from pictrs_trio.state import AppState
+from pictrs_trio.runtime import logging as pictrs_logging
+from pictrs_trio.services import handlers
+from pictrs_trio.services.outbound import Outbound
+from pictrs_trio.services.state import AppState
 from pictrs_trio.store import Store
 from pictrs_trio.store.file import open_file_store
 
@@ -240,13 +240,13 @@ async def serve(
                 functools.partial(
                     run_workers,
                     state.journal,
-                    jobs.handlers(state),
-                    concurrency=jobs.CONCURRENCY,
+                    handlers.by_queue(state),
+                    concurrency=handlers.CONCURRENCY,
                     time_limit=JOB_TIME_LIMITS,
                 )
             )
             if not config.server.read_only:
-                nursery.start_soon(jobs.schedule, state, state.journal)
+                nursery.start_soon(handlers.schedule, state, state.journal)
             binds = await nursery.start(
                 _serve_http,
                 app,

@@ -1,0 +1,1 @@
+"""Pure rules: formats, variants, policy, limits, names, errors, job payloads. No I/O."""

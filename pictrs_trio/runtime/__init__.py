@@ -1,0 +1,1 @@
+"""Runtime: the command line, start-up, the service's root nursery, supervision, logging."""

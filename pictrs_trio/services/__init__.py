@@ -1,0 +1,1 @@
+"""Services: ingest, render, fetch, proxy, job handlers, and the AppState they share."""
