@@ -55,10 +55,14 @@ class Server(msgspec.Struct, **Frozen):
     private_key: str | None = None
     # pictrs-trio additions
     workers: Positive = 1  # hypercorn worker processes sharing the repo
-    # seconds: store files no row references are removed only once older than this (a
-    # younger one may belong to an upload that has not committed yet)
-    orphan_sweep_grace: float = 3600.0
     shutdown_timeout: Seconds = 30.0  # seconds in-flight requests get after SIGTERM
+    # seconds an idle keep-alive connection stays open (actix-web's default, which pict-rs
+    # serves with, is 5)
+    keep_alive_timeout: Seconds = 5.0
+    # a request body must arrive within body_timeout seconds plus one second per
+    # body_min_rate bytes received (else 408)
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    body_min_rate: Positive = 500
 
 
 class Client(msgspec.Struct, **Frozen):

@@ -1,77 +1,142 @@
-"""create_app(state): the quart-trio application with every route and the error mapping."""
+"""create_app(state): the ASGI application hypercorn serves.
+
+    every HTTP request -> run_exchange (http/exchange.py: body rules, deadline, connection)
+      GET/HEAD of stored media  -> http/serve.py   (raw ASGI, the hot path)
+      POST /image[/backgrounded] -> http/upload.py (raw ASGI, the body streams from receive)
+      anything else             -> the quart-trio app: details, deletes, claims, downloads,
+                                   process_backgrounded, /internal/*, /healthz, and the
+                                   empty 404/405 of unknown routes
+    lifespan                    -> the quart-trio app
+
+Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
+whatever the client sends, so nothing is buffered behind a handler's back.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import trio
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from pictrs_trio.http import backgrounded, download, health, image, internal, variants
-from pictrs_trio.http.backpressure import BoundedHTTPConnection
-from pictrs_trio.http.deadline import ASGIApp, deadline_middleware
-from pictrs_trio.http.failure import failure_answer, innermost
-from pictrs_trio.http.fast import fast_path_middleware
+from pictrs_trio.http import download, health, image, internal, serve, upload, variants
+from pictrs_trio.http.exchange import (
+    ASGIApp,
+    BodyRules,
+    Exchange,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    run_exchange,
+)
+from pictrs_trio.http.failure import answer_for, innermost
 from pictrs_trio.http.state import EXTENSION_KEY
-from pictrs_trio.rules.validate import MIB
 from pictrs_trio.services.state import AppState
 
-DRAIN_SECONDS = 120.0
-DRAIN_BYTES = 256 * MIB  # past this, let the connection close instead
-
-
-async def drain_body() -> None:
-    """Read and drop what is left of the request body before an error answer goes out.
-
-    A handler may fail before reading the body (a bad query, a size limit). hypercorn
-    closes a keep-alive connection whose body was not fully read, and clients such as httpx
-    send the whole body before reading the answer, so they would see a dead connection.
-    pict-rs has the same drainer. Bounded in time and bytes; past them the connection
-    simply closes.
-    """
-    drained = 0
-    with trio.move_on_after(DRAIN_SECONDS):
-        try:
-            async for chunk in request.body:
-                drained += len(chunk)
-                if drained > DRAIN_BYTES:
-                    return
-        except Exception:  # the client went away
-            return
+EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def handle_error(exc: Exception) -> Response:
-    await drain_body()
-    exc2 = innermost(exc)
-    if isinstance(exc2, HTTPException):
+    """Quart's half of the one error map (the exchange answers raw routes' errors)."""
+    inner = innermost(exc)
+    if isinstance(inner, HTTPException):
         # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405.
-        return Response(b"", status=exc2.code or 500)
-    status, body = failure_answer(exc2)
+        return Response(b"", status=inner.code or 500)
+    status, body = answer_for(inner)
     return Response(body, status=status, content_type="application/json")
 
 
-def create_app(state: AppState) -> Any:
-    """Build the app. Returns the ASGI callable with the deadline middleware outermost."""
+def quart_app(state: AppState) -> QuartTrio:
     app = QuartTrio(__name__)
-    app.asgi_http_class = BoundedHTTPConnection
-    # No blanket body cap: ingest enforces each file's size while it streams, and a cap
-    # here would make Quart refuse the body unread, which leaves the connection unusable.
-    app.config["MAX_CONTENT_LENGTH"] = None
-    app.config["BODY_TIMEOUT"] = 60
     app.extensions[EXTENSION_KEY] = state
-    app.register_blueprint(image.bp)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(variants.bp)
-    app.register_blueprint(backgrounded.bp)
-    app.register_blueprint(download.bp)
-    app.register_blueprint(internal.bp)
+    for module in (image, variants, download, internal, health):
+        app.register_blueprint(module.bp)
     app.register_error_handler(Exception, handle_error)
-    # Outermost first: the request deadline, the cached-media fast path, then Quart.
-    # (Quart types its ASGI callables with Hypercorn's TypedDicts, ours with plain mappings.)
-    quart_app = cast(ASGIApp, app.asgi_app)
-    app.asgi_app = cast(  # type: ignore[method-assign]
-        Any, deadline_middleware(fast_path_middleware(quart_app, state))
-    )
     return app
+
+
+class PictrsApp:
+    """The ASGI callable: routes each request to its handler under ``run_exchange``."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.quart = quart_app(state)
+        self._quart: ASGIApp = self.quart.asgi_app  # type: ignore[assignment]
+        server = state.config.server
+        timing: dict[str, Any] = {
+            "timeout": server.body_timeout,
+            "min_rate": float(server.body_min_rate),
+        }
+        self.read_rules = BodyRules(cap=None, watch=False, **timing)
+        self.upload_rules = BodyRules(cap=upload.body_cap(state), watch=True, **timing)
+        self.other_rules = BodyRules(cap=None, watch=True, **timing)
+        self.stopping = False  # answers say Connection: close from now on
+        self._in_flight = 0
+        self._quiet = trio.Event()
+
+    def stop(self) -> None:
+        """Shutdown began: every answer from now on closes its connection."""
+        self.stopping = True
+
+    async def wait_quiet(self) -> None:
+        """Return when no request is being handled."""
+        while self._in_flight:
+            await self._quiet.wait()
+
+    def _closing(self) -> bool:
+        return self.stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._quart(scope, receive, send)
+            return
+        self._in_flight += 1
+        try:
+            await self._route(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._quiet.set()
+                self._quiet = trio.Event()
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, method, path = self.state, scope["method"], scope["path"]
+        which = serve.route(path)
+        if which is not None:
+
+            async def read(exchange: Exchange) -> None:
+                await serve.serve_read(state, exchange, which)
+
+            await run_exchange(scope, receive, send, read, self.read_rules, self._closing)
+            return
+        handler = upload.ROUTES.get(path)
+        if handler is not None:
+            if method != "POST":
+                handler = upload.wrong_method
+
+            async def take(exchange: Exchange) -> None:
+                await handler(state, exchange)
+
+            await run_exchange(scope, receive, send, take, self.upload_rules, self._closing)
+            return
+        await run_exchange(scope, receive, send, self._to_quart, self.other_rules, self._closing)
+
+    async def _to_quart(self, exchange: Exchange) -> None:
+        delivered = False
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return EMPTY_BODY
+            await trio.sleep_forever()  # the exchange watches for the client leaving
+            raise AssertionError("unreachable")
+
+        await self._quart(exchange.scope, receive, exchange.send)
+
+
+def create_app(state: AppState) -> PictrsApp:
+    return PictrsApp(state)

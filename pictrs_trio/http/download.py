@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from pictrs_trio.http.backgrounded import queue_uploads, store_raw
-from pictrs_trio.http.image import json_response
-from pictrs_trio.http.state import app_state
-from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
+from pictrs_trio.http.state import app_state, json_response
+from pictrs_trio.http.wire import (
+    UploadedFile,
+    UploadResponse,
+    encode,
+    uploads_response,
+    wire_details,
+)
 from pictrs_trio.rules.errors import InvalidQuery
 from pictrs_trio.rules.query import parse_bool, parse_upload_query
+from pictrs_trio.services.backgrounded import queue_uploads, store_raw
 from pictrs_trio.services.fetch import download_and_ingest, open_remote, parse_url
 from pictrs_trio.services.ingest import IngestSession, upload_operations
 
@@ -52,7 +57,8 @@ async def download() -> Response:
         if backgrounded:
             async with open_remote(state, url, cap=cap) as chunks:
                 pending = await store_raw(state, session, chunks, query)
-            return await queue_uploads(state, session, [pending])
+            upload_ids = await queue_uploads(state, session, [pending])
+            return json_response(uploads_response(upload_ids), 202)
         done = await download_and_ingest(state, session, url, limits=limits, operations=operations)
         session.disarm()
     entry = UploadedFile(

@@ -1,63 +1,31 @@
-"""Public /image routes: upload, originals, details, delete."""
+"""Quart routes of /image: details of originals (api.md §2.7), deletes (§2.5), and claims
+of backgrounded uploads (§2.3). Uploads and reads of stored media are raw ASGI
+(``http/upload.py``, ``http/serve.py``)."""
 
 from __future__ import annotations
 
-from contextlib import aclosing
+import uuid
 
+import trio
 from quart import Blueprint, Response, request
 
-from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.http.serve import respond_with_file
-from pictrs_trio.http.state import app_state
+from pictrs_trio.http.state import app_state, empty, json_response
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
-from pictrs_trio.repo.records import Details
 from pictrs_trio.rules import ids, jobs
 from pictrs_trio.rules.errors import (
     AliasNotFound,
+    AlreadyClaimed,
+    ErrorBody,
     InvalidDeleteToken,
     InvalidQuery,
 )
-from pictrs_trio.rules.query import parse_upload_query
 from pictrs_trio.services import proxy
 from pictrs_trio.services.fetch import parse_url
-from pictrs_trio.services.ingest import IngestSession, details_now, ingest, upload_operations
-from pictrs_trio.services.state import AppState
+from pictrs_trio.services.ingest import ensure_details
 
 bp = Blueprint("image", __name__)
 
-
-def json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status=status, content_type="application/json")
-
-
-def empty(status: int) -> Response:
-    return Response(b"", status=status)
-
-
-@bp.post("/image")
-async def upload() -> Response:
-    state = app_state()
-    limits, pairs = parse_upload_query(request.args.items(multi=True))
-    operations = upload_operations(state, pairs)
-    files: list[UploadedFile] = []
-    parts = iter_file_parts(
-        request.headers.get("Content-Type"),
-        request.body,
-        max_files=state.config.server.max_file_count,
-    )
-    async with IngestSession(state) as session, aclosing(parts):
-        async for part in parts:
-            state.require_writable()
-            done = await ingest(state, session, part.chunks(), limits=limits, operations=operations)
-            files.append(
-                UploadedFile(
-                    delete_token=done.delete_token,
-                    details=wire_details(done.details),
-                    file=done.alias,
-                )
-            )
-        session.disarm()
-    return json_response(encode(UploadResponse(files=files)), 201)
+CLAIM_WAIT_SECONDS = 10.0  # pict-rs: a claim waits this long, then 204
 
 
 def _alias_from(raw: str) -> str | None:
@@ -67,65 +35,24 @@ def _alias_from(raw: str) -> str | None:
         return None
 
 
-async def _query_alias(*, fetch: bool = False) -> str | None:
-    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). None: the alias cannot exist.
-
-    A proxied URL is downloaded on first use only with ``fetch`` (GET of the original);
-    otherwise an unknown URL raises ProxyNotFound (404 proxy-not-found).
-    """
+async def _query_alias() -> str | None:
+    """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
+    ``?alias=`` (api.md §1.10). None: the alias cannot exist."""
     raw_url = request.args.get("proxy")
     if raw_url is not None:
-        state, url = app_state(), parse_url(raw_url, "proxy")
-        return await (proxy.fetch(state, url) if fetch else proxy.existing(state, url))
+        return await proxy.existing(app_state(), parse_url(raw_url, "proxy"))
     raw = request.args.get("alias")
     if raw is None:
         raise InvalidQuery("Invalid query: expected alias or proxy")
     return _alias_from(raw)
 
 
-async def _original(alias: str | None) -> Response:
-    state = app_state()
-    hash_ = await state.repo.alias_hash(alias) if alias is not None else None
-    if hash_ is None:
-        return empty(404)
-    identifier = await state.repo.hash_identifier(hash_)
-    if identifier is None:
-        return empty(404)
-    details = await ensure_details(state, identifier)
-    return await respond_with_file(state.store, identifier, details)
-
-
-async def ensure_details(state: AppState, identifier: str) -> Details:
-    """Stored details, computed from the file when missing (older records)."""
-    details = await state.repo.details(identifier)
-    if details is not None:
-        return details
-    state.require_writable()
-    path = await state.store.local_path(identifier)
-    if path is None:
-        raise AliasNotFound("Details are missing and the file cannot be read locally")
-    details = details_now(await state.media.discover(path))
-    await state.repo.relate_details(identifier, details)
-    return details
-
-
-@bp.route("/image/original/<alias>", methods=["GET", "HEAD"])
-async def original_path(alias: str) -> Response:
-    return await _original(_alias_from(alias))
-
-
-@bp.route("/image/original", methods=["GET", "HEAD"])
-async def original_query() -> Response:
-    return await _original(await _query_alias(fetch=request.method == "GET"))
-
-
 async def _details(alias: str | None) -> Response:
     state = app_state()
-    hash_ = await state.repo.alias_hash(alias) if alias is not None else None
-    identifier = await state.repo.hash_identifier(hash_) if hash_ is not None else None
-    if identifier is None:
+    found = await state.repo.find_original(alias) if alias is not None else None
+    if found is None or found.identifier is None:
         raise AliasNotFound("Alias not found")
-    details = await ensure_details(state, identifier)
+    details = found.details or await ensure_details(state, found.identifier)
     return json_response(encode(wire_details(details)))
 
 
@@ -148,9 +75,7 @@ async def delete(token: str, alias: str) -> Response:
         return empty(204)
     stored_token = await state.repo.delete_token(canonical)
     if stored_token is None:
-        if await state.repo.alias_hash(canonical) is None:
-            return empty(204)  # unknown alias: already deleted
-        raise InvalidDeleteToken("Invalid delete token")
+        return empty(204)  # unknown alias: already deleted
     if not ids.tokens_equal(ids.normalise_token(token), stored_token):
         raise InvalidDeleteToken("Invalid delete token")
     removed = await state.repo.remove_alias(canonical)
@@ -158,3 +83,46 @@ async def delete(token: str, alias: str) -> Response:
         # The rows went in one transaction with the job that deletes their files.
         state.journal.notify(jobs.CLEANUP)
     return empty(204)
+
+
+def _upload_id(raw: str | None) -> str:
+    if raw is None:
+        raise InvalidQuery("Invalid query: upload_id is required")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidQuery("Invalid query: upload_id is not a UUID") from None
+
+
+@bp.get("/image/backgrounded/claim")
+async def claim() -> Response:
+    """200 with the file, 422 with the error, 204 when not done within 10 s."""
+    state = app_state()
+    upload_id = _upload_id(request.args.get("upload_id"))
+    outcome = None
+    with trio.move_on_after(CLAIM_WAIT_SECONDS):
+        delay = 0.02
+        while True:
+            exists, outcome = await state.repo.upload_outcome(upload_id)
+            if not exists:
+                raise AlreadyClaimed("Upload was already claimed or does not exist")
+            if outcome is not None:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+    if outcome is None:
+        return empty(204)
+    if not await state.repo.claim_upload(upload_id):
+        raise AlreadyClaimed("Upload was already claimed")
+    if outcome.alias is None or outcome.delete_token is None:
+        error = ErrorBody(
+            msg=outcome.error_msg or "Upload failed", code=outcome.error_code or "unknown-error"
+        )
+        return json_response(encode(error), 422)
+    found = await state.repo.find_original(outcome.alias)
+    if found is None or found.details is None:
+        raise AlreadyClaimed("The uploaded file was deleted before it was claimed")
+    entry = UploadedFile(
+        delete_token=outcome.delete_token, details=wire_details(found.details), file=outcome.alias
+    )
+    return json_response(encode(UploadResponse(files=[entry])))

@@ -7,8 +7,7 @@ import hmac
 import msgspec
 from quart import Blueprint, Response, request
 
-from pictrs_trio.http.image import empty, json_response
-from pictrs_trio.http.state import app_state
+from pictrs_trio.http.state import app_state, empty, json_response
 from pictrs_trio.http.wire import encode
 from pictrs_trio.rules import ids, jobs
 from pictrs_trio.rules.errors import AliasNotFound, InvalidApiToken, InvalidQuery

@@ -1,97 +1,185 @@
-"""Streaming stored media to clients: the headers pict-rs sends, single ranges, HEAD."""
+"""The read router: GET and HEAD of stored media, on the one decision in ``http/read.py``.
+
+    /image/original/{alias}                       the original (api.md §2.6)
+    /image/original?proxy=|alias=                 the same, by query; a new proxy URL is
+                                                  downloaded on GET
+    /image/process.{ext}?src=|alias=|proxy=&ops   a variant (§2.9, §2.10), rendered on a GET
+                                                  when missing (``services.render``)
+
+Most traffic of a media server is these reads of things already stored, so they are raw ASGI
+(no Quart): one indexed SQLite read on the event loop thread, one read of a small
+page-cached file, and a head and body that go out back to back. pict-rs answers a missing
+file with an empty 404.
+"""
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
-from collections.abc import AsyncIterator
-
-from quart import Response, request
-
-from pictrs_trio.http.ranges import Unsatisfiable, parse_range
+from pictrs_trio.http.exchange import Exchange
+from pictrs_trio.http.read import ReadRequest, Stored, decide
 from pictrs_trio.repo.records import Details
-from pictrs_trio.store import Store
+from pictrs_trio.rules import ids
+from pictrs_trio.rules.errors import AliasNotFound, InvalidQuery, StoreNotFound
+from pictrs_trio.services import proxy, render
+from pictrs_trio.services.fetch import parse_url
+from pictrs_trio.services.ingest import ensure_details
+from pictrs_trio.services.state import AppState
 
-CACHE_CONTROL = "public, max-age=604800, immutable"
 # Files up to this size are read whole on the loop thread (a page-cached read costs
 # microseconds, a thread hop ~100 µs); larger ones stream from the store.
 SMALL_FILE = 1024 * 1024
 
-
-def etag_for(identifier: str) -> str:
-    """A strong validator: identifiers are never reused for other content."""
-    return '"' + hashlib.blake2b(identifier.encode(), digest_size=12).hexdigest() + '"'
-
-
-def media_headers(details: Details, etag: str | None) -> dict[str, str]:
-    headers = {
-        "Content-Type": details.content_type,
-        "Cache-Control": CACHE_CONTROL,
-        "Last-Modified": email.utils.format_datetime(details.created_at, usegmt=True),
-        "Accept-Ranges": "bytes",
-    }
-    if etag is not None:
-        headers["ETag"] = etag
-    return headers
+ORIGINAL_PATH = "/image/original/"
+ORIGINAL_QUERY = "/image/original"
+PROCESS = "/image/process."
 
 
-def _empty(status: int, headers: dict[str, str], length: int) -> Response:
-    response = Response(b"", status=status, headers=headers)
-    response.headers["Content-Length"] = str(length)
-    return response
+def route(path: str) -> str | None:
+    """Which read ``path`` is (``original``, ``original?``, ``process``), or None when it is
+    not a path of stored media."""
+    if path.startswith(ORIGINAL_PATH) and "/" not in path[len(ORIGINAL_PATH) :]:
+        return "original"
+    if path == ORIGINAL_QUERY:
+        return "original?"
+    if path.startswith(PROCESS) and "/" not in path[len(PROCESS) :]:
+        return "process"
+    return None
+
+
+async def serve_read(state: AppState, exchange: Exchange, which: str) -> None:
+    if exchange.method not in ("GET", "HEAD"):
+        await exchange.answer(405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")])
+    elif which == "original":
+        alias = _alias(exchange.path[len(ORIGINAL_PATH) :])
+        await _original(state, exchange, alias)
+    elif which == "original?":
+        await _original(state, exchange, await _query_alias(state, exchange))
+    else:
+        await _variant(state, exchange, exchange.path[len(PROCESS) :])
+
+
+def _alias(raw: str) -> str | None:
+    """The canonical alias, or None when ``raw`` cannot be one (it then does not exist)."""
+    try:
+        return ids.parse_alias(raw)
+    except ValueError:
+        return None
+
+
+def _request(exchange: Exchange) -> ReadRequest:
+    header = exchange.header
+    return ReadRequest(
+        method=exchange.method,
+        range=header(b"range"),
+        if_match=header(b"if-match"),
+        if_none_match=header(b"if-none-match"),
+        if_modified_since=header(b"if-modified-since"),
+        if_unmodified_since=header(b"if-unmodified-since"),
+        if_range=header(b"if-range"),
+    )
 
 
 async def serve_stored(
-    store: Store,
-    identifier: str,
-    details: Details,
-    *,
-    method: str,
-    range_header: str | None,
-    if_none_match: str | None = None,
-    etag: str | None = None,
-    status: int = 200,
-) -> Response:
-    """Answer GET/HEAD for a stored file: 200 (or ``status``), 206, 304 or 416.
-
-    Raises RangeNotSatisfiable for multi-range headers and StoreError/StoreNotFound.
-    """
-    headers = media_headers(details, etag)
-    if etag is not None and if_none_match is not None and status == 200:
-        tags = {t.strip() for t in if_none_match.split(",")}
-        if etag in tags or "*" in tags:
-            return _empty(304, headers, 0)
-    # A small, page-cached file is read on the loop thread (microseconds); others stream.
+    state: AppState, exchange: Exchange, identifier: str, details: Details
+) -> None:
+    """Answer the request with the stored file. Raises StoreNotFound (before anything is
+    sent) when the file is gone, RangeNotSatisfiable for a multi-range request."""
+    store = state.store
     data = store.read_now(identifier, SMALL_FILE)
     length = len(data) if data is not None else await store.length(identifier)
-    try:
-        span = parse_range(range_header, length)
-    except Unsatisfiable:
-        return _empty(416, headers, 0)
-    if span is None:
-        start, end, code = 0, length, status
-    else:
-        start, end = span[0], span[1] + 1
-        code = 206
-        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{length}"
-    if method == "HEAD":
-        return _empty(code, headers, end - start)
-    body: bytes | AsyncIterator[bytes]
-    body = data[start:end] if data is not None else store.read(identifier, start, end)
-    response = Response(body, status=code, headers=headers)
-    response.headers["Content-Length"] = str(end - start)
-    response.timeout = None  # big files on slow links: no total limit on the body
-    return response
-
-
-async def respond_with_file(store: Store, identifier: str, details: Details) -> Response:
-    """``serve_stored`` for the current request (method, Range, If-None-Match)."""
-    return await serve_stored(
-        store,
-        identifier,
-        details,
-        method=request.method,
-        range_header=request.headers.get("Range"),
-        if_none_match=request.headers.get("If-None-Match"),
-        etag=etag_for(identifier),
+    answer = decide(
+        Stored(identifier=identifier, details=details, length=length), _request(exchange)
     )
+    if answer.span is None:
+        await exchange.answer(answer.status, answer.headers)
+        return
+    start, end = answer.span
+    if data is not None:
+        await exchange.answer(answer.status, answer.headers, data[start:end])
+        return
+    chunks = aiter(store.read(identifier, start, end))
+    first = await anext(chunks)  # a missing file fails here, before the head goes out
+    await exchange.send(
+        {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+    )
+    await exchange.send({"type": "http.response.body", "body": first, "more_body": True})
+    async for chunk in chunks:
+        await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await exchange.send({"type": "http.response.body", "body": b""})
+
+
+async def _query_alias(state: AppState, exchange: Exchange) -> str | None:
+    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). A GET downloads a proxy URL seen
+    for the first time; a HEAD of one raises ProxyNotFound (404 proxy-not-found)."""
+    raw_url = exchange.arg("proxy")
+    if raw_url is not None:
+        url = parse_url(raw_url, "proxy")
+        if exchange.method == "GET":
+            return await proxy.fetch(state, url)
+        return await proxy.existing(state, url)
+    raw = exchange.arg("alias")
+    if raw is None:
+        raise InvalidQuery("Invalid query: expected alias or proxy")
+    return _alias(raw)
+
+
+async def _original(state: AppState, exchange: Exchange, alias: str | None) -> None:
+    # A point read on the loop thread: microseconds in WAL, where a thread hop is ~100 µs.
+    found = state.repo.find_original_now(alias) if alias is not None else None
+    if found is None or found.identifier is None:
+        await exchange.answer_empty(404)
+        return
+    details = found.details or await ensure_details(state, found.identifier)
+    try:
+        await serve_stored(state, exchange, found.identifier, details)
+    except StoreNotFound:
+        await exchange.answer_empty(404)  # the row outlived its file (a lost disk, say)
+
+
+def _variant_source(exchange: Exchange) -> tuple[str | None, str | None]:
+    """(alias, proxy URL) a process query names: ``src``, then ``alias``, then ``proxy``
+    (api.md §1.10); the alias is None when it cannot exist. Raises InvalidQuery."""
+    for key in ("src", "alias"):
+        raw = exchange.arg(key)
+        if raw is not None:
+            return _alias(raw), None
+    raw_url = exchange.arg("proxy")
+    if raw_url is None:
+        raise InvalidQuery("Invalid query: expected src, alias or proxy")
+    return None, parse_url(raw_url, "proxy")
+
+
+async def _variant(state: AppState, exchange: Exchange, ext: str) -> None:
+    # Everything is parsed before the source is resolved: a bad query downloads nothing.
+    alias, url = _variant_source(exchange)
+    variant = render.parse_request(ext, exchange.query, allowed=state.config.media.filters)
+    if url is not None:
+        # A GET downloads a URL seen for the first time; a HEAD of one is an empty 404.
+        get = exchange.method == "GET"
+        alias = await (proxy.fetch(state, url) if get else proxy.lookup(state, url))
+    if alias is None:
+        await exchange.answer_empty(404)
+        return
+    if exchange.method == "HEAD":
+        # HEAD never renders: only an existing variant is described.
+        found = state.repo.find_variant_now(alias, variant.key)
+        if found is None or found.identifier is None or found.details is None:
+            await exchange.answer_empty(404)
+            return
+        render.record_access(state, found.hash, variant.key)
+        try:
+            await serve_stored(state, exchange, found.identifier, found.details)
+        except StoreNotFound:
+            await exchange.answer_empty(404)
+        return
+    try:
+        rendered = await render.find_or_render(state, alias, variant)
+        try:
+            await serve_stored(state, exchange, rendered.identifier, rendered.details)
+            return
+        except StoreNotFound:
+            # The row outlived its file (variants are not fsynced): render it again, once.
+            await render.forget(state, alias, variant, rendered.identifier)
+        rendered = await render.find_or_render(state, alias, variant)
+        await serve_stored(state, exchange, rendered.identifier, rendered.details)
+    except AliasNotFound:
+        await exchange.answer_empty(404)

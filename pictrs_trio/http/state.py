@@ -1,10 +1,11 @@
-"""The one typed accessor for AppState inside request handlers."""
+"""What the Quart route handlers share: the typed accessor for AppState and the two kinds of
+answer they give (JSON, and pict-rs's bodiless statuses)."""
 
 from __future__ import annotations
 
 from typing import cast
 
-from quart import current_app
+from quart import Response, current_app
 
 from pictrs_trio.services.state import AppState
 
@@ -13,3 +14,13 @@ EXTENSION_KEY = "pictrs_trio"
 
 def app_state() -> AppState:
     return cast(AppState, current_app.extensions[EXTENSION_KEY])
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="application/json")
+
+
+def empty(status: int) -> Response:
+    """pict-rs's bodiless answers: 202 and 204, and the 404 (and 400) some routes give for
+    a missing alias instead of an error body (api.md §2)."""
+    return Response(b"", status=status)

@@ -31,6 +31,17 @@ class UploadResponse(msgspec.Struct, frozen=True, kw_only=True):
     msg: str = "ok"
 
 
+class UploadId(msgspec.Struct, frozen=True, kw_only=True):
+    upload_id: str
+
+
+class UploadsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """202 of a backgrounded upload or download."""
+
+    msg: str = "ok"
+    uploads: list[UploadId]
+
+
 encode = msgspec.json.Encoder().encode
 
 
@@ -41,6 +52,10 @@ def rfc3339(t: dt.datetime) -> str:
     if t.microsecond:
         base += "." + f"{t.microsecond:06d}".rstrip("0")
     return base + "Z"
+
+
+def uploads_response(upload_ids: list[str]) -> bytes:
+    return encode(UploadsResponse(uploads=[UploadId(upload_id=u) for u in upload_ids]))
 
 
 def wire_details(d: Details) -> WireDetails:

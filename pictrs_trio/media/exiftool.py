@@ -27,7 +27,7 @@ from loguru import logger
 
 from pictrs_trio.media.run import stderr_excerpt
 from pictrs_trio.media.spawn import Child, spawn
-from pictrs_trio.rules.errors import ErrorCode, MediaToolError
+from pictrs_trio.rules.errors import ErrorCode, MediaToolError, ToolFailed, ToolMissing, ToolTimeout
 from pictrs_trio.rules.formats import Fmt
 
 RESTART_BACKOFF_S = 1.0  # a process that dies at once is not restarted in a hot loop
@@ -212,12 +212,10 @@ class ExifTool:
                 stderr=subprocess.STDOUT,
             )
         except FileNotFoundError:
-            self._spawn_error = MediaToolError(
-                "exiftool not found", code=ErrorCode.COMMAND_NOT_FOUND, status=500
-            )
+            self._spawn_error = ToolMissing("exiftool not found")
         except PermissionError:
-            self._spawn_error = MediaToolError(
-                "exiftool not executable", code=ErrorCode.COMMAND_PERMISSION_DENIED, status=500
+            self._spawn_error = ToolMissing(
+                "exiftool not executable", code=ErrorCode.COMMAND_PERMISSION_DENIED
             )
         except OSError as exc:
             self._spawn_error = MediaToolError(f"exiftool could not start: {exc}")
@@ -260,11 +258,7 @@ class ExifTool:
                     raise AssertionError("unreachable")
             except trio.TooSlowError:
                 self._kill()
-                raise MediaToolError(
-                    f"exiftool timed out after {self._timeout:g}s",
-                    code=ErrorCode.COMMAND_TIMEOUT,
-                    status=400,
-                ) from None
+                raise ToolTimeout(f"exiftool timed out after {self._timeout:g}s") from None
             except trio.Cancelled:
                 # The caller gave up mid-command: the reply would confuse the next caller.
                 self._kill()
@@ -329,11 +323,7 @@ class ExifTool:
         done = "1 image files created" in out or "1 image files copied" in out
         if not dst.exists() or not done:  # noqa: ASYNC240
             dst.unlink(missing_ok=True)  # noqa: ASYNC240
-            raise MediaToolError(
-                f"exiftool could not strip metadata: {stderr_excerpt(out.encode())}",
-                code=ErrorCode.COMMAND_FAILURE,
-                status=400,
-            )
+            raise ToolFailed(f"exiftool could not strip metadata: {stderr_excerpt(out.encode())}")
 
     async def orientation(self, path: Path) -> int | None:
         """EXIF orientation 1..8, or None when the file has no such tag."""

@@ -15,7 +15,13 @@ from typing import Any
 
 import trio
 
-from pictrs_trio.rules.errors import ErrorCode, MediaToolError
+from pictrs_trio.rules.errors import (
+    ErrorCode,
+    MediaToolError,
+    ToolFailed,
+    ToolMissing,
+    ToolTimeout,
+)
 
 STDERR_EXCERPT = 300  # characters of a failing tool's stderr kept in the error message
 
@@ -66,23 +72,15 @@ async def run_tool(
                     **options,
                 )
     except trio.TooSlowError:
-        raise MediaToolError(
-            f"{tool} timed out after {timeout:g}s", code=ErrorCode.COMMAND_TIMEOUT, status=400
-        ) from None
+        raise ToolTimeout(f"{tool} timed out after {timeout:g}s") from None
     except FileNotFoundError as exc:
-        raise MediaToolError(
-            f"{tool} not found", code=ErrorCode.COMMAND_NOT_FOUND, status=500
-        ) from exc
+        raise ToolMissing(f"{tool} not found") from exc
     except PermissionError as exc:
-        raise MediaToolError(
-            f"{tool} not executable", code=ErrorCode.COMMAND_PERMISSION_DENIED, status=500
+        raise ToolMissing(
+            f"{tool} not executable", code=ErrorCode.COMMAND_PERMISSION_DENIED
         ) from exc
     except OSError as exc:
         raise MediaToolError(f"{tool} could not start: {exc}") from exc
     if done.returncode != 0:
-        raise MediaToolError(
-            f"{tool} failed (exit {done.returncode}): {stderr_excerpt(done.stderr)}",
-            code=ErrorCode.COMMAND_FAILURE,
-            status=400,
-        )
+        raise ToolFailed(f"{tool} failed (exit {done.returncode}): {stderr_excerpt(done.stderr)}")
     return done.stdout if capture_stdout else b""

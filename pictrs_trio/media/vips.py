@@ -24,7 +24,7 @@ import pictrs_trio
 from pictrs_trio.media.protocol import HEADER, MAX_FRAME, Failed, Ready, Reply, Request, frame
 from pictrs_trio.media.spawn import Child, spawn
 from pictrs_trio.media.vips_worker import MEMORY_ENV
-from pictrs_trio.rules.errors import ErrorCode, MediaToolError, UnsupportedMedia
+from pictrs_trio.rules.errors import EngineBusy, MediaToolError, ToolTimeout, UnsupportedMedia
 
 DEFAULT_MEMORY_MB = 1024
 RESTART_BACKOFF_S = 1.0
@@ -197,18 +197,14 @@ class EnginePool:
         with trio.move_on_after(self._timeout * 4):
             worker = await self._checkout()
         if worker is None:
-            raise MediaToolError("no engine worker available", code=ErrorCode.COMMAND_TIMEOUT)
+            raise EngineBusy("no engine worker available")
         healthy = False
         try:
             with trio.fail_after(self._timeout):
                 reply = await self._roundtrip(worker, payload)
             healthy = True
         except trio.TooSlowError:
-            raise MediaToolError(
-                f"engine job timed out after {self._timeout:g}s",
-                code=ErrorCode.COMMAND_TIMEOUT,
-                status=400,
-            ) from None
+            raise ToolTimeout(f"engine job timed out after {self._timeout:g}s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
             raise MediaToolError(f"engine worker died during a job: {exc}") from exc
         except msgspec.DecodeError as exc:

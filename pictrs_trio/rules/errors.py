@@ -1,28 +1,46 @@
-"""The error tree and the one place that maps an exception to an HTTP answer.
+"""The error tree, and the one table from an error to its HTTP status.
 
-    PictrsError                      every error a client may see; has .code and .status
-    ├── UploadError                  multipart problems            file-upload-error   400
-    ├── NoFiles                      no images[] part              validate-no-files   400
-    ├── EmptyFile                    zero bytes                    validate-file-empty 400
-    ├── FileTooLarge                 over a size limit             validate-file-size  413/400
-    ├── ValidationError              width/height/area/frames      validate-*          400
-    ├── MediaDisallowed / VideoDisabled                            400
-    ├── UnsupportedMedia             bytes are not a format we take command-failure   400
-    ├── MediaToolError               an external tool failed       command-*           400/500
-    ├── StoreError                   a store backend failed        file-io-error ...   500
-    ├── RepoError                    a repo backend failed         sqlite-error        500
-    ├── HttpClientError / DownloadFailed  outbound download failed http-client-error /
-    │                                                              download-file-error 500
-    ├── AliasNotFound, ProxyNotFound, InvalidDeleteToken, ...
-    └── DeadlineError / RequestTimeout                             parse-deadline 400 / 408
+    PictrsError                      every error a client may see; carries a code (no status)
+    ├── UploadError                  multipart problems            file-upload-error    400
+    ├── NoFiles                      no images[] part              validate-no-files    400
+    ├── EmptyFile                    zero bytes                    validate-file-empty  400
+    ├── FileTooLarge                 over a size limit             validate-file-size   413
+    │   ├── DownloadTooLarge         a remote body over the limit                       400
+    │   └── BodyTooLarge             a request body over the cap                        413
+    ├── BodyTimeout                  a request body arriving too slowly  stream-too-slow 408
+    ├── StreamTooSlow                a remote body not received in time  stream-too-slow 400
+    ├── ValidationError              width/height/area/frames      validate-*           400
+    ├── MediaDisallowed, VideoDisabled                                                  400
+    ├── UnsupportedMedia             bytes are not a format we take command-failure     400
+    ├── MediaToolError               a tool could not run properly command-error        500
+    │   ├── ToolMissing              binary missing / not executable command-not-found  500
+    │   ├── ToolTimeout              past media.process_timeout    command-timeout      400
+    │   ├── ToolFailed               the tool refused the input    command-failure      400
+    │   └── EngineBusy               no engine worker free in time command-timeout      500
+    ├── VariantTimeout               waited too long for a render  command-timeout      500
+    ├── StoreError, StoreNotFound    a store backend failed        file-io-error, ...   500
+    ├── RepoError                    the repo failed               sqlite-error         500
+    ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
+    ├── AliasNotFound, ProxyNotFound                                                    404
+    ├── InvalidDeleteToken                                                              403
+    ├── InvalidApiToken                                                                 401
+    ├── RangeNotSatisfiable                                                             416
+    ├── RequestTimeout               X-Request-Deadline passed     request-timeout      408
+    ├── Unhealthy                    /healthz: a part is down      the part's code      503
+    └── InvalidQuery, ReadOnly, ParseDeadline, ...                                      400
 
-Lower layers raise their own subclass; ``error_response`` alone turns any exception into
-``(status, {"msg": ..., "code": ...})`` the way pict-rs's ``src/error.rs`` does.
+Errors carry a code, never a status: ``STATUS`` below maps each class (through its bases) to
+the status pict-rs answers for that kind of error (``src/error.rs`` picks the status from the
+error's kind, not from its code, so one code can have two statuses: ``command-timeout`` is 400
+for a tool and 500 for a variant wait, ``validate-file-size`` 413 for an upload and 400 for a
+download). ``error_answer`` alone turns any exception into the answer every path sends.
+Errors of the domain-free journal map here too.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 
 import msgspec
 
@@ -78,77 +96,117 @@ class ErrorCode(enum.StrEnum):
 
 
 class PictrsError(Exception):
-    """Base of every error with a pict-rs code. Subclasses set ``code`` and ``status``."""
+    """Base of every error with a pict-rs code. Subclasses set ``code``; ``STATUS`` gives the
+    HTTP status."""
 
     code: ErrorCode = ErrorCode.UNKNOWN_ERROR
-    status: int = 500
 
-    def __init__(self, msg: str, *, code: ErrorCode | None = None, status: int | None = None):
+    def __init__(self, msg: str, *, code: ErrorCode | None = None):
         super().__init__(msg)
         self.msg = msg
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
 
 
 class UploadError(PictrsError):
     """Malformed multipart, too many files, a part without filename."""
 
     code = ErrorCode.FILE_UPLOAD_ERROR
-    status = 400
 
 
 class NoFiles(PictrsError):
     code = ErrorCode.VALIDATE_NO_FILES
-    status = 400
 
 
 class EmptyFile(PictrsError):
     code = ErrorCode.VALIDATE_FILE_EMPTY
-    status = 400
 
 
 class FileTooLarge(PictrsError):
-    """413 from multipart and per-type limits; downloads pass ``status=400``."""
+    """A file over the size limit of its upload, kind or request."""
 
     code = ErrorCode.VALIDATE_FILE_SIZE
-    status = 413
+
+
+class DownloadTooLarge(FileTooLarge):
+    """A remote body (download, proxy) over the limit: pict-rs answers 400 here."""
+
+
+class BodyTooLarge(FileTooLarge):
+    """The request body is over what the route accepts (declared or received)."""
+
+
+class BodyTimeout(PictrsError):
+    """The request body did not arrive fast enough (server.body_timeout and
+    server.body_min_rate). pict-rs answers a slow upload with 400; a request timeout is
+    what it is, so 408."""
+
+    code = ErrorCode.STREAM_TOO_SLOW
+
+
+class StreamTooSlow(PictrsError):
+    """A remote body (download, proxy) not received within its time."""
+
+    code = ErrorCode.STREAM_TOO_SLOW
 
 
 class ValidationError(PictrsError):
     """A dimension or frame limit; ``code`` says which (validate-width, ...)."""
 
-    status = 400
-
 
 class MediaDisallowed(PictrsError):
     code = ErrorCode.MEDIA_DISALLOWED
-    status = 400
 
 
 class VideoDisabled(PictrsError):
     code = ErrorCode.VIDEO_DISABLED
-    status = 400
 
 
 class UnsupportedMedia(PictrsError):
     """The bytes are not a format pict-rs accepts, or are corrupt/truncated."""
 
     code = ErrorCode.COMMAND_FAILURE
-    status = 400
 
 
 class MediaToolError(PictrsError):
-    """An external tool (ffmpeg, ffprobe, exiftool, the vips worker) failed or timed out."""
+    """An external tool (ffmpeg, ffprobe, exiftool, the engine) could not run properly."""
 
     code = ErrorCode.COMMAND_ERROR
-    status = 500
+
+
+class ToolMissing(MediaToolError):
+    """The tool's binary is missing (``command-not-found``) or not executable
+    (``command-permission-denied``, pass it as ``code``)."""
+
+    code = ErrorCode.COMMAND_NOT_FOUND
+
+
+class ToolTimeout(MediaToolError):
+    """A tool ran past ``media.process_timeout``."""
+
+    code = ErrorCode.COMMAND_TIMEOUT
+
+
+class ToolFailed(MediaToolError):
+    """A tool exited with failure on the input it was given."""
+
+    code = ErrorCode.COMMAND_FAILURE
+
+
+class EngineBusy(MediaToolError):
+    """No engine worker became free in time (none can start, or all are stuck)."""
+
+    code = ErrorCode.COMMAND_TIMEOUT
+
+
+class VariantTimeout(PictrsError):
+    """A request waited too long for a variant to be rendered (pict-rs: ~35 s)."""
+
+    code = ErrorCode.COMMAND_TIMEOUT
 
 
 class StoreError(PictrsError):
     code = ErrorCode.FILE_IO_ERROR
-    status = 500
 
 
 class StoreNotFound(StoreError):
@@ -159,100 +217,142 @@ class StoreNotFound(StoreError):
 
 class RepoError(PictrsError):
     code = ErrorCode.SQLITE_ERROR
-    status = 500
 
 
 class HttpClientError(PictrsError):
     """An outbound request (download, proxy) failed before the remote answered."""
 
     code = ErrorCode.HTTP_CLIENT_ERROR
-    status = 500
 
 
 class DownloadFailed(PictrsError):
     """The remote server answered a download or proxy fetch with a non-2xx status."""
 
     code = ErrorCode.DOWNLOAD_FILE_ERROR
-    status = 500
 
 
 class AliasNotFound(PictrsError):
     code = ErrorCode.ALIAS_NOT_FOUND
-    status = 404
 
 
 class ProxyNotFound(PictrsError):
     code = ErrorCode.PROXY_NOT_FOUND
-    status = 404
 
 
 class InvalidDeleteToken(PictrsError):
     code = ErrorCode.INVALID_DELETE_TOKEN
-    status = 403
 
 
 class DuplicateAlias(PictrsError):
     code = ErrorCode.DUPLICATE_ALIAS
-    status = 400
 
 
 class InvalidQuery(PictrsError):
     code = ErrorCode.INVALID_QUERY
-    status = 400
 
 
 class InvalidJson(PictrsError):
     code = ErrorCode.INVALID_JSON
-    status = 400
 
 
 class ReadOnly(PictrsError):
     code = ErrorCode.READ_ONLY
-    status = 400
 
 
 class RangeNotSatisfiable(PictrsError):
     code = ErrorCode.RANGE_NOT_SATISFIABLE
-    status = 416
-
-
-class StreamTooSlow(PictrsError):
-    code = ErrorCode.STREAM_TOO_SLOW
-    status = 400
 
 
 class InvalidApiToken(PictrsError):
     code = ErrorCode.INVALID_API_TOKEN
-    status = 401
 
 
 class ParseDeadline(PictrsError):
     code = ErrorCode.PARSE_DEADLINE
-    status = 400
 
 
 class RequestTimeout(PictrsError):
     code = ErrorCode.REQUEST_TIMEOUT
-    status = 408
 
 
 class InvalidFileExtension(PictrsError):
     code = ErrorCode.INVALID_FILE_EXTENSION
-    status = 400
 
 
 class InvalidProcessPath(PictrsError):
     """pict-rs answers 500 here (a quirk); we answer 400, which api.md §5.3 allows."""
 
     code = ErrorCode.INVALID_PROCESS_PATH
-    status = 400
 
 
 class AlreadyClaimed(PictrsError):
     """A backgrounded upload that is unknown or was claimed before."""
 
     code = ErrorCode.ALREADY_CLAIMED
-    status = 400
+
+
+class Unhealthy(PictrsError):
+    """A part a request needs is down (``/healthz``); the message names the part, the code
+    is the part's own error code."""
+
+
+# The one table from an error to its status. Looked up along the class's bases, so a
+# subclass without an entry answers as its parent does; anything not here is a 500.
+STATUS: dict[type[BaseException], int] = {
+    PictrsError: 500,
+    UploadError: 400,
+    NoFiles: 400,
+    EmptyFile: 400,
+    FileTooLarge: 413,
+    DownloadTooLarge: 400,
+    BodyTimeout: 408,
+    StreamTooSlow: 400,
+    ValidationError: 400,
+    MediaDisallowed: 400,
+    VideoDisabled: 400,
+    UnsupportedMedia: 400,
+    MediaToolError: 500,
+    ToolTimeout: 400,
+    ToolFailed: 400,
+    VariantTimeout: 500,
+    StoreError: 500,
+    RepoError: 500,
+    HttpClientError: 500,
+    DownloadFailed: 500,
+    AliasNotFound: 404,
+    ProxyNotFound: 404,
+    InvalidDeleteToken: 403,
+    DuplicateAlias: 400,
+    InvalidQuery: 400,
+    InvalidJson: 400,
+    ReadOnly: 400,
+    RangeNotSatisfiable: 416,
+    InvalidApiToken: 401,
+    ParseDeadline: 400,
+    RequestTimeout: 408,
+    InvalidFileExtension: 400,
+    InvalidProcessPath: 400,
+    AlreadyClaimed: 400,
+    Unhealthy: 503,
+}
+
+
+def _journal_error(exc: BaseException) -> bool:
+    """A ``journal.JournalError`` (the journal lives in the repo's database: 500
+    sqlite-error). Looked up only if the journal is loaded: the engine workers import these
+    rules and must not load trio and apsw for it."""
+    journal = sys.modules.get("journal")
+    return journal is not None and isinstance(exc, journal.JournalError)
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for ``exc``: its class's entry in ``STATUS``, else its nearest
+    base's, else 500 (journal errors included)."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -261,10 +361,19 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encode = msgspec.json.Encoder().encode
+UNKNOWN = ErrorBody(msg="Request failed", code=str(ErrorCode.UNKNOWN_ERROR))
 
 
-def error_response(exc: BaseException) -> tuple[int, bytes]:
-    """Status and JSON body for any exception; unknown ones become 500 unknown-error."""
+def error_body(exc: BaseException) -> ErrorBody:
+    """pict-rs's ``{"msg", "code"}`` for ``exc``; anything unexpected is "Request failed"
+    (its text may hold paths or secrets, so it goes to the log, not to the client)."""
     if isinstance(exc, PictrsError):
-        return exc.status, _encode(ErrorBody(msg=exc.msg, code=str(exc.code)))
-    return 500, _encode(ErrorBody(msg="Request failed", code=str(ErrorCode.UNKNOWN_ERROR)))
+        return ErrorBody(msg=exc.msg, code=str(exc.code))
+    if _journal_error(exc):
+        return ErrorBody(msg="Database error in the job journal", code=str(ErrorCode.SQLITE_ERROR))
+    return UNKNOWN
+
+
+def error_answer(exc: BaseException) -> tuple[int, bytes]:
+    """The status and JSON body every path answers ``exc`` with."""
+    return status_of(exc), _encode(error_body(exc))

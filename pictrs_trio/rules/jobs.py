@@ -50,7 +50,8 @@ class RemoveAllVariants(msgspec.Struct, tag="remove_all_variants", **_JOB):
 
 
 class SweepOrphans(msgspec.Struct, tag="sweep_orphans", **_JOB):
-    """Remove store files no row references (left by a crash between save and commit)."""
+    """Retired: queued by versions that swept stores for unreferenced files. Rows of it still
+    decode, and are skipped."""
 
 
 CleanupJob = RemoveFiles | ExpireVariants | ExpireProxies | RemoveAllVariants | SweepOrphans

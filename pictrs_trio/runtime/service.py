@@ -28,7 +28,7 @@ from loguru import logger
 import pictrs_trio
 from journal import Journal, run_workers
 from pictrs_trio.config import Config, FilesystemStore, parse_address
-from pictrs_trio.http.app import create_app
+from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.runtime import logging as pictrs_logging
@@ -175,9 +175,10 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> hypercorn.
         hc.bind = [f"fd://{listen_fd}"]
     else:
         hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    hc.graceful_timeout = config.server.shutdown_timeout
+    # A backstop only: serve() ends hypercorn itself once in-flight requests are done.
+    hc.graceful_timeout = config.server.shutdown_timeout + 5
     hc.accesslog = None
-    hc.keep_alive_timeout = 75
+    hc.keep_alive_timeout = config.server.keep_alive_timeout
     if config.server.certificate and config.server.private_key:
         hc.certfile = config.server.certificate
         hc.keyfile = config.server.private_key
@@ -203,10 +204,9 @@ async def _watch_signals(shutdown: trio.Event) -> None:
 
 
 async def _serve_http(
-    app: object,
+    app: PictrsApp,
     hc: hypercorn.config.Config,
     shutdown: trio.Event,
-    done: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -216,7 +216,6 @@ async def _serve_http(
         shutdown_trigger=shutdown.wait,
         task_status=task_status,
     )
-    done.cancel()  # hypercorn has drained: stop the signal watcher too
 
 
 async def serve(
@@ -248,12 +247,19 @@ async def serve(
             if not config.server.read_only:
                 nursery.start_soon(handlers.schedule, state, state.journal)
             binds = await nursery.start(
-                _serve_http,
-                app,
-                hypercorn_config(config, listen_fd),
-                shutdown,
-                nursery.cancel_scope,
+                _serve_http, app, hypercorn_config(config, listen_fd), shutdown
             )
             logger.info("pictrs-trio listening on {}", ", ".join(binds))
             task_status.started(binds)
+            await shutdown.wait()
+            # hypercorn stops accepting and closes idle connections; every answer from now
+            # on closes its connection; in-flight requests get server.shutdown_timeout.
+            app.stop()
+            with trio.move_on_after(config.server.shutdown_timeout) as waited:
+                await app.wait_quiet()
+            if waited.cancelled_caught:
+                logger.warning(
+                    "requests still running after {} s: cut", config.server.shutdown_timeout
+                )
+            nursery.cancel_scope.cancel()  # hypercorn, job runners, scheduler, timers
     logger.info("pictrs-trio stopped")

@@ -21,7 +21,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from pictrs_trio.rules.errors import DownloadFailed, FileTooLarge, HttpClientError, InvalidQuery
+import trio
+
+from pictrs_trio.rules.errors import (
+    DownloadFailed,
+    DownloadTooLarge,
+    HttpClientError,
+    InvalidQuery,
+    StreamTooSlow,
+)
 from pictrs_trio.rules.validate import MIB, UploadLimits
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.ingest import Ingested, IngestSession, ingest
@@ -29,6 +37,8 @@ from pictrs_trio.services.state import AppState
 
 if TYPE_CHECKING:
     import httpx
+
+BODY_SECONDS = 60.0  # a remote body must arrive within this (pict-rs: stream-too-slow)
 
 
 def parse_url(raw: str | None, key: str = "url") -> str:
@@ -48,13 +58,24 @@ def parse_url(raw: str | None, key: str = "url") -> str:
     return str(url)
 
 
-def _too_large(cap: int) -> FileTooLarge:
-    return FileTooLarge(f"File is larger than {cap // MIB} MB", status=400)
+def _too_large(cap: int) -> DownloadTooLarge:
+    return DownloadTooLarge(f"File is larger than {cap // MIB} MB")
 
 
-async def _capped(response: httpx.Response, cap: int) -> AsyncGenerator[bytes, None]:
+async def _capped(
+    response: httpx.Response, cap: int, deadline: float
+) -> AsyncGenerator[bytes, None]:
+    """The body, at most ``cap`` bytes, all of it before ``deadline`` (trio clock)."""
     size = 0
-    async for chunk in response.aiter_bytes():
+    remote = response.aiter_bytes()
+    while True:
+        try:
+            with trio.fail_at(deadline):  # not around the yield: a scope must not span it
+                chunk = await anext(remote)
+        except StopAsyncIteration:
+            return
+        except trio.TooSlowError:
+            raise StreamTooSlow("Remote file was not received in time") from None
         size += len(chunk)
         if size > cap:
             raise _too_large(cap)
@@ -68,7 +89,8 @@ async def open_remote(
     """GET ``url`` and yield its body as chunks of at most ``cap`` bytes in all.
 
     Raises DownloadFailed (remote status not 2xx), HttpClientError (network failure, also
-    mid-body), FileTooLarge with status 400 (body, or its declared length, over ``cap``).
+    mid-body), DownloadTooLarge (body, or its declared length, over ``cap``), StreamTooSlow
+    (the body took more than ``BODY_SECONDS``: pict-rs's 60 s).
     """
     client = await state.http.client()
     import httpx  # loaded by then (outbound.py)
@@ -82,7 +104,8 @@ async def open_remote(
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > cap:
                 raise _too_large(cap)  # refused before reading a byte of it
-            async with aclosing(_capped(response, cap)) as chunks:
+            deadline = trio.current_time() + BODY_SECONDS
+            async with aclosing(_capped(response, cap, deadline)) as chunks:
                 yield chunks
     except httpx.HTTPError as exc:
         raise HttpClientError(f"Failed to fetch {url}: {exc!r}") from exc

@@ -1,6 +1,6 @@
 """Ingest: turn an uploaded byte stream into a stored file, a hash, details and an alias.
 
-    spool (size cap, 60 s) -> discover (sniff + header probe) -> validate -> decide
+    spool (size cap) -> discover (sniff + header probe) -> validate -> decide
       -> strip / convert / video -> hash -> store.save_file -> repo.commit_upload
 
 Everything an attempt creates is recorded on an ``IngestSession``; unless the caller
@@ -24,14 +24,13 @@ from loguru import logger
 
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
-from pictrs_trio.rules.errors import EmptyFile, FileTooLarge, StreamTooSlow
+from pictrs_trio.rules.errors import AliasNotFound, EmptyFile, FileTooLarge
 from pictrs_trio.rules.formats import Kind
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.state import AppState
 
-UPLOAD_SECONDS = 60.0  # the whole file must arrive within this (pict-rs: stream-too-slow)
 CLEANUP_SECONDS = 10.0
 WRITE_BATCH = 1024 * 1024
 
@@ -126,33 +125,47 @@ def details_now(found: Discovery) -> Details:
     )
 
 
+async def ensure_details(state: AppState, identifier: str) -> Details:
+    """A stored file's details, computed from the file when missing (older records).
+    Raises ReadOnly when they would have to be written, AliasNotFound when the file cannot
+    be read."""
+    details = await state.repo.details(identifier)
+    if details is not None:
+        return details
+    state.require_writable()
+    path = await state.store.local_path(identifier)
+    if path is None:
+        raise AliasNotFound("Details are missing and the file cannot be read locally")
+    details = details_now(await state.media.discover(path))
+    await state.repo.relate_details(identifier, details)
+    return details
+
+
 def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
 
 
 async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int) -> int:
-    """Write the stream to ``dest``; raise FileTooLarge past ``cap`` bytes, StreamTooSlow
-    when it takes longer than ``UPLOAD_SECONDS``. Returns the size."""
+    """Write the stream to ``dest``; raise FileTooLarge past ``cap`` bytes. Returns the size.
+    How long the bytes may take is the source's business: a request body's rate rule
+    (``http/exchange.py``), a download's time limit (``services/fetch.py``)."""
     size = 0
     buf = bytearray()
     fd = await trio.to_thread.run_sync(
         lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     )
     try:
-        with trio.fail_after(UPLOAD_SECONDS):
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > cap:
-                    raise FileTooLarge(f"File is larger than {cap // (1024 * 1024)} MB")
-                buf += chunk
-                if len(buf) >= WRITE_BATCH:
-                    data, buf = bytes(buf), bytearray()
-                    await trio.to_thread.run_sync(_write_all, fd, data)
-            if buf:
-                await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
-    except trio.TooSlowError:
-        raise StreamTooSlow("Upload was not received in time") from None
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > cap:
+                raise FileTooLarge(f"File is larger than {cap // (1024 * 1024)} MB")
+            buf += chunk
+            if len(buf) >= WRITE_BATCH:
+                data, buf = bytes(buf), bytearray()
+                await trio.to_thread.run_sync(_write_all, fd, data)
+        if buf:
+            await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
     finally:
         os.close(fd)
     return size

@@ -24,7 +24,7 @@ from loguru import logger
 
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import variants
-from pictrs_trio.rules.errors import AliasNotFound, ErrorCode, MediaToolError
+from pictrs_trio.rules.errors import AliasNotFound, MediaToolError, VariantTimeout
 from pictrs_trio.rules.formats import Fmt
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.services.ingest import CLEANUP_SECONDS, details_now
@@ -56,6 +56,14 @@ def parse_request(
     fmt = variants.parse_ext(ext)
     operations = variants.parse_operations(pairs, allowed=frozenset(allowed))
     return VariantRequest(ext=fmt, operations=operations, key=variants.variant_key(operations, fmt))
+
+
+async def forget(state: AppState, alias: str, request: VariantRequest, identifier: str) -> None:
+    """Drop the record of a variant whose file is missing (variants are stored without
+    fsync, so a power cut can lose one); the next request renders it again."""
+    found = await state.repo.find_variant(alias, request.key)
+    if found is not None:
+        await state.repo.forget_variant(found.hash, request.key, identifier)
 
 
 def record_access(state: AppState, hash: Hash, key: str) -> None:
@@ -265,6 +273,4 @@ async def find_or_render(
                 record_access(state, found.hash, request.key)
                 return render.result
     assert waited.cancelled_caught
-    raise MediaToolError(
-        "Timed out waiting for the variant", code=ErrorCode.COMMAND_TIMEOUT, status=500
-    )
+    raise VariantTimeout("Timed out waiting for the variant")

@@ -122,8 +122,10 @@ def _place(
     a power cut may lose them, never a process kill)."""
     final = root / identifier
     for attempt in range(_DIR_RETRIES):
-        changed = _make_dirs(final.parent)
         try:
+            # A concurrent remove prunes directories left empty: one of ours may go between
+            # making it and putting the file in it. Then all of it is tried again.
+            changed = _make_dirs(final.parent)
             if src is not None and _try_link_source(src, final, durable):
                 break
             tmp = _write_temp(final, fill, durable)
@@ -133,7 +135,7 @@ def _place(
                 tmp.unlink(missing_ok=True)
             break
         except FileNotFoundError:
-            # Our fresh directory was pruned by a concurrent remove (src is checked apart).
+            # A directory was pruned under us (a missing src raises StoreError instead).
             if attempt == _DIR_RETRIES - 1:
                 raise
     if not durable:

@@ -108,29 +108,3 @@ def test_internal_variants_removal(tmp_path: Path, samples: dict[str, Path]) -> 
     ).stdout
     cleanup = next(line.split() for line in out.splitlines() if line.startswith("cleanup"))
     assert int(cleanup[3]) >= 1  # done
-
-
-def test_orphan_sweep_at_startup(tmp_path: Path, samples: dict[str, Path]) -> None:
-    env = {"PICTRS__SERVER__ORPHAN_SWEEP_GRACE": "0"}
-    srv = Server(tmp_path, env=env).start()
-    with srv.client() as c:
-        alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
-    srv.stop()
-    # a file written just before a crash, whose record never committed
-    orphan = srv.files / "01" / "90" / "00" / "00" / "00" / "00" / "70" / "00" / "80" / "00"
-    orphan.mkdir(parents=True)
-    (orphan / "000000000000.png").write_bytes(b"left behind")
-    # files this store did not name are never swept (say, an operator's database kept in
-    # the same directory)
-    foreign = srv.files / "db" / "pictrs.sqlite3"
-    foreign.parent.mkdir()
-    foreign.write_bytes(b"not ours")
-    srv = Server(tmp_path, env=env).start()
-    try:
-        assert len(srv.stored_files(expect=2)) == 2  # the original and the foreign file
-        assert not (orphan / "000000000000.png").exists()
-        assert foreign.read_bytes() == b"not ours"
-        with srv.client() as c:
-            assert c.get(f"/image/original/{alias}").status_code == 200
-    finally:
-        srv.stop()

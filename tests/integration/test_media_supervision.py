@@ -17,7 +17,7 @@ from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.protocol import Convert, ConvertResult, Probe, ProbeResult, Sleep
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.tools import open_media_tools
-from pictrs_trio.rules.errors import MediaToolError
+from pictrs_trio.rules.errors import MediaToolError, status_of
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
 if shutil.which("exiftool") is None:
@@ -142,7 +142,7 @@ async def test_exiftool_on_demand_reports_a_missing_binary(tmp_path: Path) -> No
         for _ in range(3):  # each command fails at once (no hang until the timeout)
             with trio.fail_after(3), pytest.raises(MediaToolError) as info:
                 await et.execute(["-ver"])
-            assert (str(info.value.code), info.value.status) == ("command-not-found", 500)
+            assert (str(info.value.code), status_of(info.value)) == ("command-not-found", 500)
         nursery.cancel_scope.cancel()
 
 
@@ -157,7 +157,7 @@ async def test_exiftool_timeout_kills_and_restarts(tmp_path: Path) -> None:
         first = et.pid
         with pytest.raises(MediaToolError) as info:
             await et.execute(["-ver"])
-        assert (str(info.value.code), info.value.status) == ("command-timeout", 400)
+        assert (str(info.value.code), status_of(info.value)) == ("command-timeout", 400)
         with trio.fail_after(5):
             while et.pid in (None, first):  # noqa: ASYNC110 - no event to wait for from outside
                 await trio.sleep(0.01)
@@ -202,7 +202,7 @@ async def test_engine_refuses_other_loaders(tmp_path: Path) -> None:
         for sniffed in ("png", "svg", "tiff"):
             with pytest.raises(Exception, match="engine") as info:
                 await tools.submit(Probe(path=str(svg), sniffed=sniffed))
-            assert info.value.status == 400
+            assert status_of(info.value) == 400
 
 
 async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ async def test_run_tool_errors(tmp_path: Path) -> None:
     for argv, code, status, text in cases:
         with pytest.raises(MediaToolError, match=text) as info:
             await run_tool(argv, timeout=0.3, limiter=limiter)
-        assert (str(info.value.code), info.value.status) == (code, status)
+        assert (str(info.value.code), status_of(info.value)) == (code, status)
     assert children() - before == set()
 
 

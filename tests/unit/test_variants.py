@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pictrs_trio.config import DEFAULT_FILTERS, Animation, AnimationQuality, Image, Media
 from pictrs_trio.config import ImageQuality as IQ
-from pictrs_trio.rules.errors import InvalidFileExtension, InvalidProcessPath
+from pictrs_trio.rules.errors import InvalidFileExtension, InvalidProcessPath, status_of
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.variants import (
     Blur,
@@ -118,7 +118,7 @@ def test_canonical_keys(query: str, expected: str) -> None:
 def test_invalid_values(query: str) -> None:
     with pytest.raises(InvalidProcessPath) as info:
         key(query)
-    assert (info.value.status, str(info.value.code)) == (400, "invalid-process-path")
+    assert (status_of(info.value), str(info.value.code)) == (400, "invalid-process-path")
 
 
 def test_limits_are_inclusive() -> None:
@@ -168,7 +168,7 @@ def test_parse_ext() -> None:
     for bad in ("mp4", "webm", "bmp", "", "PNG", "png "):
         with pytest.raises(InvalidFileExtension) as info:
             parse_ext(bad)
-        assert info.value.status == 400
+        assert status_of(info.value) == 400
 
 
 IMG, ANI, VID = Kind.IMAGE, Kind.ANIMATION, Kind.VIDEO

@@ -1,0 +1,409 @@
+"""One HTTP request and its answer, as real clients and proxies need them.
+
+``run_exchange`` wraps every handler, raw ASGI or Quart, and owns three things:
+
+* **The request body.** A handler that takes a body reads it from ``Exchange.body()``,
+  straight from ASGI ``receive()``, so a client that sends faster than we store is held back
+  by TCP itself. The route's byte cap applies to Content-Length and chunked bodies alike (a
+  declared length over it is refused before a byte is read), and a body must keep arriving:
+  within ``server.body_timeout`` seconds plus one second per ``server.body_min_rate`` bytes
+  received (the rule of Apache's mod_reqtimeout), else 408.
+* **The connection after the answer.** HTTP/1.1 can only reuse a connection whose request
+  body was read to its end; hypercorn closes it otherwise, the moment the answer is complete
+  (its ``protocol/h11.py``, ``_maybe_recycle``). So an answer given before the body was read
+  (a 404, 401, 408, 413, 400) goes out at once, and the rest of the body is then read and
+  dropped, within bounds, before the answer is finished; the connection stays usable (pict-rs
+  drains the same way, api.md §1.11). Past the bounds, or when the body is known to be too
+  big, the answer says ``Connection: close`` and we keep reading (and dropping) for a moment
+  before closing, so the client gets its answer instead of a reset.
+* **The client leaving.** Routes that wait (uploads, claims, downloads) watch for the
+  disconnect and are cancelled when it comes, so the connection closes at once instead of
+  sitting in CLOSE-WAIT until the work ends. Renders are left to finish: the next request
+  for the same variant gets it.
+
+Each request runs under a cancel scope whose deadline is ``X-Request-Deadline`` (api.md
+§1.4) until its response head goes out; past it, 408. Errors become pict-rs's JSON through
+``errors.error_answer`` (``http/failure.py`` logs them).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+import trio
+from loguru import logger
+
+from pictrs_trio.http.deadline import parse_deadline
+from pictrs_trio.http.failure import answer_for, innermost
+from pictrs_trio.rules.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    ParseDeadline,
+    PictrsError,
+    RequestTimeout,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+MIB = 1024 * 1024
+DRAIN_BYTES = 16 * MIB  # what we read and drop after an early answer to keep a connection
+LINGER_SECONDS = 2.0  # reading (and dropping) before closing a connection we refused
+LINGER_BYTES = 64 * MIB
+JSON = (b"content-type", b"application/json")
+CLOSE = (b"connection", b"close")
+
+
+class ClientGone(Exception):
+    """The client closed the connection; nothing can be answered any more."""
+
+
+class BodyRules(msgspec.Struct, frozen=True, kw_only=True):
+    """How a route takes its request body.
+
+    ``cap``: the most bytes the route reads (None: it reads none; whatever comes is dropped).
+    ``watch``: cancel the handler when the client goes away (routes that wait on something).
+    """
+
+    cap: int | None = None
+    watch: bool = True
+    timeout: float = 20.0
+    min_rate: float = 500.0
+
+
+class Settle(enum.Enum):
+    """What happens to the connection once the answer is out (``settle``)."""
+
+    KEEP = "keep"  # the body was read to its end: the connection is reused
+    DRAIN = "drain"  # read and drop the rest (bounded), then reuse the connection
+    LINGER = "linger"  # Connection: close; drop what arrives for a moment, then close
+    CLOSE = "close"  # Connection: close at once (a client too slow to wait for)
+
+
+def settle(
+    *, complete: bool, declared: int | None, received: int, refused: PictrsError | None
+) -> Settle:
+    """Pure: the fate of a connection whose answer is starting now. ``refused`` is the error
+    that stopped the body (too large, too slow), if any."""
+    if complete:
+        return Settle.KEEP
+    if isinstance(refused, BodyTimeout):
+        return Settle.CLOSE
+    if isinstance(refused, BodyTooLarge):
+        return Settle.LINGER
+    if declared is not None and declared - received > DRAIN_BYTES:
+        return Settle.LINGER
+    return Settle.DRAIN
+
+
+def _declared_length(headers: Headers) -> int | None:
+    """Content-Length (h11 has already refused a malformed one), None when chunked."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+class Exchange:
+    """One request, as a handler sees it: its scope, body, and the ways to answer."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rules: BodyRules,
+        closing: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.scope = scope
+        self._closing = closing
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self._headers: Headers = scope["headers"]
+        self._receive = receive
+        self._send = send
+        self.rules = rules
+        self.declared = _declared_length(self._headers)
+        self.received = 0
+        self.complete = self.declared == 0 or (
+            self.declared is None and self.header(b"transfer-encoding") is None
+        )
+        self._refused: PictrsError | None = None
+        self._body_started = trio.current_time()
+        self.started = False  # the response head went out
+        self.finished = False  # the whole response went out
+        self.gone = False  # the client closed the connection
+        self._settle = Settle.KEEP
+        self._request_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._draining = False  # the watcher reads (and drops) the body
+        self._drained = trio.Event()  # set when it is done with it
+        self._pairs: list[tuple[str, str]] | None = None
+
+    # -- the request --
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self._headers:
+            if key == name:
+                return bytes(value)
+        return None
+
+    def header_text(self, name: bytes) -> str | None:
+        value = self.header(name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """The query string's pairs, percent-decoded, in order (blank values kept)."""
+        if self._pairs is None:
+            raw: bytes = self.scope.get("query_string", b"")
+            self._pairs = parse_qsl(
+                raw.decode("utf-8", "replace"), keep_blank_values=True, errors="replace"
+            )
+        return self._pairs
+
+    def arg(self, key: str) -> str | None:
+        """The first value of query key ``key``, or None."""
+        return next((v for k, v in self.query if k == key), None)
+
+    def _body_deadline(self) -> float:
+        rules = self.rules
+        return self._body_started + rules.timeout + self.received / rules.min_rate
+
+    async def _next(self) -> bytes:
+        """The next piece of the body under the rate rule; b"" and ``complete`` at its end.
+        Raises BodyTimeout, ClientGone."""
+        try:
+            with trio.fail_at(self._body_deadline()):
+                message = await self._receive()
+        except trio.TooSlowError:
+            raise BodyTimeout("Request body was not received in time") from None
+        if message["type"] == "http.disconnect":
+            self._client_gone()
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
+        if not message.get("more_body", False):
+            self.complete = True
+        return chunk
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The request body, chunk by chunk, as it arrives: iterate it once. Raises
+        BodyTooLarge past the route's cap, BodyTimeout when it arrives too slowly, and
+        ClientGone."""
+        return _Body(self)
+
+    # -- the answer --
+
+    async def send(self, message: Message) -> None:
+        """The ASGI ``send`` every answer goes through (raw handlers and Quart alike)."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._begin(message)
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            if self._settle is not Settle.KEEP and not self.complete:
+                await self._deliver({**message, "more_body": True})
+                await self._settle_connection()
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            self.finished = True
+        await self._deliver(message)
+
+    async def _deliver(self, message: Message) -> None:
+        # Shielded: hypercorn advances its HTTP state before it writes, so a send cancelled
+        # half-way would leave the connection (and hypercorn's view of it) broken. Its own
+        # write is shielded too, so this adds no wait that was not there.
+        with trio.CancelScope(shield=True):
+            await self._send(message)
+
+    def _begin(self, message: Message) -> None:
+        self.started = True
+        if self._request_scope is not None:
+            # X-Request-Deadline covers producing the head, not streaming the body.
+            self._request_scope.deadline = math.inf
+        gave_up = self._drained.is_set() and not self.complete
+        self._settle = settle(
+            complete=self.complete,
+            declared=self.declared,
+            received=self.received,
+            refused=self._refused,
+        )
+        if gave_up and self._settle is Settle.DRAIN:
+            self._settle = Settle.LINGER  # the watcher already read all it may
+        if self._closing():
+            # Shutting down: the client must not send another request on this connection
+            # (hypercorn stops reading it once this answer is out).
+            if self._settle is Settle.KEEP:
+                self._settle = Settle.CLOSE
+            elif self._settle is Settle.DRAIN:
+                self._settle = Settle.LINGER
+        if self._settle in (Settle.LINGER, Settle.CLOSE):
+            message["headers"] = [*message.get("headers", []), CLOSE]
+
+    async def answer(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        """Head and body in one go (small answers: one write, no Nagle delay)."""
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def answer_json(self, status: int, body: bytes) -> None:
+        await self.answer(status, [JSON, (b"content-length", b"%d" % len(body))], body)
+
+    async def answer_empty(self, status: int) -> None:
+        """pict-rs's bodiless answers (the 404 of a missing file, 202, 204)."""
+        await self.answer(status, [(b"content-length", b"0")])
+
+    async def answer_error(self, exc: BaseException) -> None:
+        status, body = answer_for(exc)
+        await self.answer_json(status, body)
+
+    # -- the connection --
+
+    def _client_gone(self) -> None:
+        self.gone = True
+        if not self.finished and self._request_scope is not None:
+            self._request_scope.cancel()
+
+    async def _drop(self, max_bytes: int, seconds: float) -> bool:
+        """Read and drop the body until its end; False past ``max_bytes`` or ``seconds``, or
+        when it arrives too slowly."""
+        limit = self.received + max_bytes
+        with trio.move_on_after(seconds):
+            try:
+                while not self.complete and self.received <= limit:
+                    await self._next()
+            except (BodyTimeout, ClientGone):
+                return False
+        return self.complete
+
+    def watch(self) -> None:
+        """Start watching for the client to leave (and, while the body is not complete and
+        nobody reads it, drop it as it comes, bounded)."""
+        if self._nursery is not None:
+            self._draining = not self.complete
+            self._nursery.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        try:
+            if not self.complete:
+                await self._drop(DRAIN_BYTES, math.inf)
+        finally:
+            self._drained.set()
+        if not self.complete:
+            return  # we stopped reading, so a disconnect cannot be seen: the answer decides
+        while True:
+            # After the body, only a disconnect can come (or the end-of-body message of a
+            # request without a body, which hypercorn queues all the same).
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._client_gone()
+                return
+
+    async def _settle_connection(self) -> None:
+        """The answer is out but its last message is held: make the connection reusable,
+        or close it politely."""
+        draining, linger = self._settle is Settle.DRAIN, self._settle is Settle.LINGER
+        if not (draining or linger):
+            return
+        seconds = self.rules.timeout if draining else LINGER_SECONDS
+        if self._draining:  # the watcher is reading the body: one reader at a time
+            with trio.move_on_after(seconds):
+                await self._drained.wait()
+        else:
+            await self._drop(DRAIN_BYTES if draining else LINGER_BYTES, seconds)
+
+
+class _Body:
+    """``Exchange.body()``: a plain async iterator (nothing to finalise if abandoned)."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        ex = self._exchange
+        cap = ex.rules.cap or 0
+        while not ex.complete:
+            try:
+                chunk = await ex._next()
+                if ex.received > cap:
+                    raise BodyTooLarge(f"Request body is larger than {cap // MIB} MB")
+            except (BodyTooLarge, BodyTimeout) as exc:
+                ex._refused = exc
+                raise
+            if ex.complete and ex.rules.watch:
+                ex.watch()  # read to its end: from now on, watch for the client leaving
+            if chunk:
+                return chunk
+        raise StopAsyncIteration
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+async def run_exchange(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    handler: Handler,
+    rules: BodyRules,
+    closing: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run ``handler`` for one request with everything this module promises. ``closing()``
+    true (shutdown has begun) makes the answer close its connection."""
+    exchange = Exchange(scope, receive, send, rules, closing)
+    deadline = math.inf
+    raw = exchange.header(b"x-request-deadline")
+    try:
+        if raw is not None:
+            deadline = parse_deadline(raw)
+        if rules.cap is not None and (exchange.declared or 0) > rules.cap:
+            # Refused before a byte of it is read.
+            raise BodyTooLarge(f"Request body is larger than {rules.cap // MIB} MB")
+    except (ParseDeadline, BodyTooLarge) as exc:
+        exchange._refused = exc if isinstance(exc, BodyTooLarge) else None
+        await exchange.answer_error(exc)
+        return
+    if not rules.watch:
+        await _handle(exchange, handler, deadline)
+        return
+    async with trio.open_nursery() as nursery:
+        exchange._nursery = nursery
+        if rules.cap is None or exchange.complete:
+            exchange.watch()
+        await _handle(exchange, handler, deadline)
+        nursery.cancel_scope.cancel()
+
+
+async def _handle(exchange: Exchange, handler: Handler, deadline: float) -> None:
+    failure: BaseException | None = None
+    with trio.CancelScope(deadline=deadline) as scope:
+        exchange._request_scope = scope
+        try:
+            await handler(exchange)
+        except ClientGone:
+            return
+        except Exception as exc:
+            failure = innermost(exc)
+    # Answers are given out here, never inside a scope that may have been cancelled.
+    if exchange.gone:
+        return
+    if failure is not None:
+        if exchange.started:
+            # Mid-body: nothing can be said any more. Returning without the last message
+            # makes hypercorn close the connection; the client sees the cut.
+            logger.opt(exception=failure).warning("response failed after its head was sent")
+            return
+        await exchange.answer_error(failure)
+    elif scope.cancelled_caught and not exchange.started:
+        await exchange.answer_error(RequestTimeout("Timeout: request deadline exceeded"))

@@ -1,0 +1,44 @@
+"""Backgrounded uploads: the raw bytes are stored as they are, and an ingest job is queued
+with the upload's record in one transaction; the job survives a crash and runs after the
+restart (``handlers.handle_ingest``). A client claims the outcome later (api.md §2.2–2.3).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterable
+
+from pictrs_trio.repo.records import PendingUpload
+from pictrs_trio.rules import jobs
+from pictrs_trio.rules.query import parse_upload_query
+from pictrs_trio.services.ingest import IngestSession, spool
+from pictrs_trio.services.state import AppState
+
+
+async def store_raw(
+    state: AppState,
+    session: IngestSession,
+    chunks: AsyncIterable[bytes],
+    query: list[tuple[str, str]],
+) -> PendingUpload:
+    """Spool and store one upload's bytes as they are (validated later, by the job)."""
+    limits, _ = parse_upload_query(query)
+    raw = session.temp_path()
+    await spool(chunks, raw, limits.byte_cap(state.config.media))
+    identifier = await state.store.save_file(
+        raw, extension="", content_type="application/octet-stream"
+    )
+    session.stored(identifier)
+    return PendingUpload(upload_id=str(uuid.uuid4()), raw_identifier=identifier, query=query)
+
+
+async def queue_uploads(
+    state: AppState, session: IngestSession, pending: list[PendingUpload]
+) -> list[str]:
+    """Record the uploads with their ingest jobs; returns their upload ids."""
+    await state.repo.create_uploads(pending)
+    for upload in pending:  # the rows own the raw files now
+        session.forget_stored(upload.raw_identifier)
+    session.disarm()
+    state.journal.notify(jobs.INGEST)
+    return [upload.upload_id for upload in pending]
