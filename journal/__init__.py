@@ -9,9 +9,12 @@ Domain-free: it stores opaque msgspec-encoded payloads and knows nothing of what
                                         concurrency={"cleanup": 2}))
 
 ``store.push_in(conn, ...)`` queues a job inside a caller's own SQLite transaction on the same
-file. Design and guarantees: docs/journal.md.
+file. Each process is an owner (``Journal.run_owner``) whose leases on keys and intents
+(write-ahead for effects outside the database) are released, and undone, when it dies
+(journal/owners.py). Design and guarantees: docs/journal.md.
 """
 
+from journal.owners import IntentLost, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
     Abort,
@@ -32,15 +35,19 @@ __all__ = [
     "Backoff",
     "Database",
     "Handler",
+    "IntentLost",
     "Job",
     "JobNotFound",
     "Journal",
     "JournalError",
     "Outcome",
+    "Reaped",
     "Retry",
     "Status",
     "encode_payload",
+    "fulfil_in",
     "open_journal",
     "push_in",
+    "release_in",
     "run_workers",
 ]

@@ -13,12 +13,10 @@ every ``poll_interval`` seconds.
 from __future__ import annotations
 
 import math
-import os
 import random
 import secrets
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -27,8 +25,10 @@ from typing import Protocol, TypeVar
 import apsw
 import msgspec
 import trio
+from loguru import logger
 
-from journal import schema, store
+from journal import owners, schema, store
+from journal.owners import Reaped
 from journal.records import Backoff, Job, JobNotFound, JournalError, Outcome, Status
 
 __all__ = ["Database", "Journal", "open_journal"]
@@ -47,39 +47,6 @@ def _guarded(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
         return fn(conn)
     except apsw.Error as exc:
         raise JournalError(f"Journal database error: {exc}") from exc
-
-
-# --- which process holds a lease --------------------------------------------------------------
-# Worker ids are "host|pid-namespace|pid|start-time|nonce|queue|n". Start-up can then release
-# leases of processes that are gone from this machine; anything it cannot be sure of (another
-# host or container, no /proc) waits for lease expiry instead.
-
-
-def _start_time(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()[19]  # field 22; comm may contain spaces
-
-
-def _origin() -> str:
-    try:
-        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
-        started = _start_time(os.getpid())
-    except (OSError, ValueError, IndexError):
-        pidns = started = "?"
-    return f"{socket.gethostname()}|{pidns}|{os.getpid()}|{started}"
-
-
-def _worker_is_dead(origin: str, worker: str) -> bool:
-    parts = worker.split("|", 5)
-    mine = origin.split("|")
-    if len(parts) < 6 or "?" in parts[:4] or parts[:2] != mine[:2] or parts[2] == mine[2]:
-        return False  # elsewhere, unknowable, or this very process (maybe a live Journal)
-    try:
-        return _start_time(int(parts[2])) != parts[3]  # pid reused by a newer process
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError, IndexError):
-        return False
 
 
 class _Finish:
@@ -113,8 +80,10 @@ class Journal:
         self.max_attempts = max_attempts
         self.backoff = backoff or Backoff()
         self._rng = rng or random.Random()
-        self._origin = _origin()
-        self._nonce = secrets.token_hex(4)
+        self._origin = owners.origin()
+        # This process's owner id: leases, intents and running jobs are held by it.
+        self.owner = f"{self._origin}|{secrets.token_hex(4)}"
+        self._registered = False
         self._wakeups: dict[str, trio.Event] = {}
         self._finishes: dict[int, _Finish] = {}
 
@@ -127,7 +96,102 @@ class Journal:
     # -- wake-ups --
 
     def worker_id(self, queue: str, n: int) -> str:
-        return f"{self._origin}|{self._nonce}|{queue}|{n}"
+        return f"{self.owner}|{queue}|{n}"
+
+    def _dead_here(self, other: str) -> bool:
+        return owners.gone_from_here(self._origin, other)
+
+    # -- owners: liveness, leases, intents (journal/owners.py) --
+
+    async def register(self) -> None:
+        """Record this owner as alive (``run_owner`` does it and keeps it alive)."""
+        now = self.clock()
+        await self._write(lambda conn: owners.register(conn, self.owner, now))
+        self._registered = True
+
+    async def _ensure_registered(self) -> None:
+        if not self._registered:
+            await self.register()
+
+    async def run_owner(
+        self,
+        *,
+        beat: float = owners.OWNER_BEAT,
+        reap_every: float = 2 * owners.OWNER_BEAT,
+        task_status: trio.TaskStatus[Reaped] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Register, release what dead owners left (reported to ``task_status``), then
+        heartbeat and reap until cancelled; unregister on the way out."""
+        await self.register()
+        task_status.started(await self.reap())
+        try:
+            since_reap = 0.0
+            while True:
+                await trio.sleep(beat)
+                try:
+                    if not await self._write(
+                        partial(owners.beat, owner=self.owner, now=self.clock())
+                    ):
+                        logger.warning("journal owner {} was taken for dead", self.owner)
+                    since_reap += beat
+                    if since_reap >= reap_every:
+                        since_reap = 0.0
+                        await self.reap()
+                except JournalError as exc:  # the next beat tries again; the TTL has slack
+                    logger.warning("journal heartbeat failed: {}", exc)
+        finally:
+            with trio.move_on_after(5, shield=True):
+                try:
+                    await self._write(lambda conn: owners.unregister(conn, self.owner))
+                except JournalError as exc:
+                    logger.warning("could not unregister journal owner: {}", exc)
+
+    async def reap(self) -> Reaped:
+        """Release what dead owners hold (``owners.reap``) and wake the queues that got
+        work from it."""
+        now = self.clock()
+        reaped = await self._write(lambda conn: owners.reap(conn, self.owner, now, self._dead_here))
+        for queue in reaped.queues:
+            self.notify(queue)
+        if reaped:
+            logger.info(
+                "released what stopped processes held: {} owners, {} leases, {} jobs, {} "
+                "unfinished writes to undo",
+                reaped.owners,
+                reaped.leases,
+                reaped.jobs,
+                reaped.intents,
+            )
+        return reaped
+
+    async def lease(self, key: str) -> bool:
+        """Take the lease on ``key`` unless a live owner holds it (a dead one's is taken
+        over at once). True when this owner holds it now."""
+        await self._ensure_registered()
+        now = self.clock()
+        return await self._write(
+            lambda conn: owners.take_lease(conn, key, self.owner, now, self._dead_here)
+        )
+
+    async def release(self, key: str) -> None:
+        await self._write(lambda conn: owners.release_in(conn, key, self.owner))
+
+    async def intend(self, keys: Iterable[str], queue: str, undo: msgspec.Struct | bytes) -> None:
+        """Record, before creating them, that this owner is about to create ``keys``; the
+        job ``undo`` (for ``queue``) removes them if the owner dies first. The commit that
+        keeps them calls ``owners.fulfil_in``; an owner that removes them itself calls
+        ``abandon``."""
+        await self._ensure_registered()
+        now, keys = self.clock(), list(keys)
+        await self._write(lambda conn: owners.intend(conn, keys, self.owner, queue, undo, now))
+
+    async def abandon(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        await self._write(lambda conn: owners.abandon(conn, keys, self.owner))
+
+    async def intended(self) -> set[str]:
+        """Keys of every intent not fulfilled yet (in flight, or about to be undone)."""
+        return await self._read(owners.intended)
 
     def wakeup(self, queue: str) -> trio.Event:
         """The event the next push to ``queue`` sets; take it *before* looking for work."""
@@ -183,9 +247,9 @@ class Journal:
     async def claim_or_next_due(
         self, queue: str, worker_id: str, lease_seconds: float
     ) -> tuple[Job | None, float | None]:
-        now = self.clock()
+        now, owner = self.clock(), self.owner if self._registered else None
         return await self._write(
-            lambda conn: store.claim_or_next_due(conn, queue, worker_id, lease_seconds, now)
+            lambda conn: store.claim_or_next_due(conn, queue, worker_id, lease_seconds, now, owner)
         )
 
     async def claim(self, queue: str, worker_id: str, lease_seconds: float) -> Job | None:
@@ -217,14 +281,6 @@ class Journal:
         if status == "dead":
             self._finished(Outcome(id=job_id, status="dead", last_error=error))
         return status
-
-    async def requeue_expired(self) -> int:
-        """At start-up: release jobs whose lease expired or whose worker process is known to
-        be gone from this host, so they run now rather than when the lease runs out."""
-        now, origin = self.clock(), self._origin
-        return await self._write(
-            lambda conn: store.requeue(conn, now, partial(_worker_is_dead, origin))
-        )
 
     # -- waiting and visibility --
 

@@ -5,9 +5,9 @@ A handler returns (done) or raises ``Retry`` / ``Abort``; any other exception co
 Retry, except an undecodable payload (``msgspec`` error), which can never succeed: Abort.
 
 Cancelling ``run_workers`` (shutdown) records nothing for the jobs in hand: they keep their
-lease and come back after it expires, or at once through ``requeue_expired`` when this host
-can tell their process is gone. Delivery is therefore at least once: handlers must be
-idempotent.
+lease and come back when their owner is found dead (``Journal.reap``: at once on this host,
+after ``owners.OWNER_TTL`` elsewhere) or their lease expires. Delivery is therefore at least
+once: handlers must be idempotent.
 """
 
 from __future__ import annotations
@@ -139,14 +139,12 @@ async def run_workers(
 ) -> None:
     """Run ``concurrency[queue]`` workers (default 1) for each queue in ``handlers`` until
     cancelled; ``time_limit`` per job, per queue if a mapping (missing: no limit). Releases
-    orphaned leases first, then reports started. Raises ValueError for a ``concurrency``
-    queue without a handler, JournalError if the start-up requeue fails."""
+    what stopped processes held first, then reports started. Raises ValueError for a
+    ``concurrency`` queue without a handler, JournalError if that release fails."""
     unknown = set(concurrency) - set(handlers)
     if unknown:
         raise ValueError(f"No handler for queues {sorted(unknown)}")
-    released = await journal.requeue_expired()
-    if released:
-        logger.info("Released {} jobs of stopped workers", released)
+    await journal.reap()  # jobs of stopped processes run now, not when their lease ends
     async with trio.open_nursery() as nursery:
         for queue, handler in handlers.items():
             if isinstance(time_limit, Mapping):

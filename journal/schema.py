@@ -86,7 +86,35 @@ def _v1(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1,)
+def _v2_owners(conn: apsw.Connection) -> None:
+    """Owners (a heartbeat per process), leases on keys and intents (journal/owners.py);
+    the owner holding each running job."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS journal_owners (
+            owner TEXT PRIMARY KEY,
+            started INTEGER NOT NULL,
+            heartbeat INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS journal_leases (
+            key TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            taken INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS journal_intents (
+            key TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        ALTER TABLE journal_jobs ADD COLUMN owner TEXT;
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1, _v2_owners)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

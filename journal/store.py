@@ -38,7 +38,6 @@ __all__ = [
     "heartbeat",
     "purge",
     "push_in",
-    "requeue",
     "retry_dead",
     "stats",
 ]
@@ -59,7 +58,7 @@ _CANDIDATE = """
                         AND lease_until <= :now ORDER BY id LIMIT 1)
     )
 """
-_RELEASE = "worker = NULL, lease_until = NULL, heartbeat = NULL"
+_RELEASE = "worker = NULL, owner = NULL, lease_until = NULL, heartbeat = NULL"
 
 
 def ns(seconds: float) -> int:
@@ -141,7 +140,12 @@ def _next_due(conn: apsw.Connection, queue: str) -> float | None:
 
 
 def claim_or_next_due(
-    conn: apsw.Connection, queue: str, worker: str, lease_seconds: float, now: float
+    conn: apsw.Connection,
+    queue: str,
+    worker: str,
+    lease_seconds: float,
+    now: float,
+    owner: str | None = None,
 ) -> tuple[Job | None, float | None]:
     """``claim``, plus when nothing was claimed the earliest time something of ``queue`` may
     become claimable (None: the queue is empty), so an idle worker knows how long to sleep."""
@@ -160,10 +164,10 @@ def claim_or_next_due(
             args,
         )
         rows = conn.execute(
-            "UPDATE journal_jobs SET status = 'running', worker = :worker,"
+            "UPDATE journal_jobs SET status = 'running', worker = :worker, owner = :owner,"
             " attempts = attempts + 1, heartbeat = :now, lease_until = :now + :lease,"
             f" updated = :now WHERE id = ({_CANDIDATE}) RETURNING {_COLUMNS}",
-            {**args, "worker": worker, "lease": ns(lease_seconds)},
+            {**args, "worker": worker, "owner": owner, "lease": ns(lease_seconds)},
         ).fetchall()
     # Lost a race with another process: report "due now" so the worker looks again.
     return (_job(rows[0]), None) if rows else (None, now)
@@ -284,25 +288,3 @@ def purge(conn: apsw.Connection, status: Status, older_than: float) -> int:
             "DELETE FROM journal_jobs WHERE status = ? AND updated < ?", (status, ns(older_than))
         )
         return conn.changes()
-
-
-def requeue(conn: apsw.Connection, now: float, worker_is_dead: Callable[[str], bool]) -> int:
-    """Release running jobs whose lease expired or whose ``worker_is_dead(worker)``: pending
-    and due now, or dead if that was their last allowed attempt. Returns how many."""
-    with transaction(conn):
-        rows = conn.execute(
-            "SELECT id, worker, lease_until FROM journal_jobs WHERE status = 'running'"
-        ).fetchall()
-        released = [
-            (ns(now), cast(int, job_id))
-            for job_id, worker, lease_until in rows
-            if cast(int, lease_until) <= ns(now) or worker_is_dead(cast(str, worker))
-        ]
-        conn.executemany(
-            "UPDATE journal_jobs SET status = CASE WHEN attempts >= max_attempts"
-            " THEN 'dead' ELSE 'pending' END, last_error = 'worker ' || worker || ' stopped"
-            f" during attempt ' || attempts, run_after = ?1, updated = ?1, {_RELEASE}"
-            " WHERE id = ?2",
-            released,
-        )
-    return len(released)

@@ -1,8 +1,20 @@
-"""The metadata repo: the interface the rest of pictrs-trio talks to.
+"""The metadata repo: small Protocols, one per concern, that a backend implements.
 
-Backends: ``sqlite.SqliteRepo`` (APSW, the embedded default); postgres later. Handlers and
-ingest only ever see ``Repo``; SQL stays in the backend. Backends translate their own
-exceptions into ``RepoError`` (and ``DuplicateAlias`` for a taken alias) in one place.
+    HealthRepo    is the database there and writable
+    MediaRepo     originals: hashes, details, aliases and their delete tokens
+    VariantRepo   variants and motion stills, their access times and expiry
+    UploadRepo    backgrounded uploads and their outcomes
+    ProxyRepo     proxied URLs and their access times
+    Repo          all of them, plus the journal's view of the database
+
+Backends: ``sqlite.SqliteRepo`` (APSW, the embedded default); a postgres one implements the
+same Protocols. Handlers and services only ever see these; SQL stays in the backend, which
+translates its own exceptions into ``RepoError`` (and ``DuplicateAlias`` for a taken alias)
+in one place.
+
+Write-ahead: methods that make a new store file part of the state take ``owner``, the
+journal owner whose intent on that file (``services/storing.py``) they fulfil in the same
+transaction; they raise ``journal.IntentLost`` (nothing written) if that intent is gone.
 """
 
 from __future__ import annotations
@@ -27,22 +39,29 @@ __all__ = [
     "Details",
     "Found",
     "Hash",
+    "HealthRepo",
     "JournalDb",
+    "MediaRepo",
     "PendingUpload",
     "Proxied",
+    "ProxyRepo",
     "RemovedAlias",
     "Repo",
     "UploadCommit",
     "UploadOutcome",
+    "UploadRepo",
+    "VariantRepo",
 ]
 
 T = TypeVar("T")
 
 
-class Repo(Protocol):
+class HealthRepo(Protocol):
     async def health(self) -> None:
         """Write and read back a value. Raises RepoError when the database does not answer."""
 
+
+class MediaRepo(Protocol):
     async def commit_upload(
         self,
         *,
@@ -51,22 +70,30 @@ class Repo(Protocol):
         details: Details,
         alias: str,
         delete_token: str,
+        owner: str,
         upload_id: str | None = None,
     ) -> UploadCommit:
         """In one transaction: create the hash (or find it), store details, create the alias
-        (and, with ``upload_id``, record that backgrounded upload's outcome).
+        (and, with ``upload_id``, record that backgrounded upload's outcome); fulfil
+        ``owner``'s intent on ``identifier``.
 
         If the hash exists already the existing identifier and details are kept and returned
-        with ``deduplicated=True``. Raises DuplicateAlias if ``alias`` is taken (nothing is
-        written then), RepoError on database failure.
+        with ``deduplicated=True`` (the intent stays: the caller discards its copy). Raises
+        DuplicateAlias if ``alias`` is taken (nothing is written then), RepoError.
         """
+        ...
+
+    def find_original_now(self, alias: str) -> Found | None:
+        """``find_original`` without leaving the event loop thread (the read path)."""
+        ...
+
+    async def find_original(self, alias: str) -> Found | None:
+        """The alias's file with its details, in one read; None for an unknown alias."""
         ...
 
     async def alias_hash(self, alias: str) -> Hash | None: ...
 
     async def delete_token(self, alias: str) -> str | None: ...
-
-    async def hash_identifier(self, hash: Hash) -> str | None: ...
 
     async def aliases_for_hash(self, hash: Hash) -> list[str]: ...
 
@@ -77,40 +104,24 @@ class Repo(Protocol):
     async def remove_alias(self, alias: str) -> RemovedAlias | None:
         """Remove the alias (and its token) in one transaction; None if it did not exist.
 
-        If it was the file's last alias, the hash, its details and its variant rows go too
-        and their identifiers are returned for the caller to delete from the store.
+        If it was the file's last alias, the hash, its details and its variant rows go too,
+        with a queued RemoveFiles job for their identifiers (also returned).
         """
         ...
 
     async def identifiers(self) -> set[str]:
-        """Every store identifier some row references (for orphan sweeps)."""
+        """Every store identifier some row references (what the store should hold)."""
         ...
 
-    async def variant_identifier(self, hash: Hash, variant: str) -> str | None:
-        """The stored identifier of ``variant`` (the variant key) of ``hash``, or None."""
-        ...
 
-    async def relate_variant(self, hash: Hash, variant: str, identifier: str) -> str:
-        """Record ``identifier`` as ``variant`` of ``hash``; returns the identifier now on
-        record, an earlier one if another generation won (the caller removes its own file).
-        Raises RepoError, also when the hash is gone."""
-        ...
-
-    async def get_setting(self, key: str) -> bytes | None: ...
-
-    async def set_setting(self, key: str, value: bytes) -> None: ...
-
+class VariantRepo(Protocol):
     def find_variant_now(self, alias: str, variant: str) -> Found | None:
-        """``find_variant`` without leaving the event loop thread (serving fast path)."""
+        """``find_variant`` without leaving the event loop thread (the read path)."""
         ...
 
-    def find_original_now(self, alias: str) -> Found | None: ...
-
-    async def find_original(self, alias: str) -> Found | None: ...
-
-    async def find_variant(self, alias: str, variant: str) -> Found | None: ...
-
-    async def motion_identifier(self, hash: Hash) -> str | None: ...
+    async def find_variant(self, alias: str, variant: str) -> Found | None:
+        """The alias's hash and that variant (identifier None when not rendered yet)."""
+        ...
 
     async def commit_variant(
         self,
@@ -118,30 +129,51 @@ class Repo(Protocol):
         variant: str,
         identifier: str,
         details: Details,
-        release: str | None = None,
-    ) -> tuple[str, bool]: ...
+        *,
+        owner: str,
+        lease: str | None = None,
+    ) -> tuple[str, bool]:
+        """Record a rendered variant with its details, fulfilling ``owner``'s intent on its
+        file and releasing the render's journal ``lease``, in one transaction. Returns the
+        identifier on record and whether it is ours (False: another render won; the caller
+        discards its file). Raises RepoError (also when the hash is gone)."""
+        ...
+
+    async def motion_identifier(self, hash: Hash) -> str | None: ...
 
     async def commit_motion(
-        self, hash: Hash, identifier: str, details: Details
-    ) -> tuple[str, bool]: ...
+        self,
+        hash: Hash,
+        identifier: str,
+        details: Details,
+        *,
+        owner: str,
+        lease: str | None = None,
+    ) -> tuple[str, bool]:
+        """Record the file's motion still (first writer wins), like ``commit_variant``."""
+        ...
 
     async def forget_variant(self, hash: Hash, variant: str, identifier: str) -> None:
         """Drop a variant row whose file is missing (variants are stored without fsync, so
         a power cut can lose one); the next request renders it again."""
         ...
 
-    async def touch_variants(self, items: list[tuple[bytes, str, int]]) -> None: ...
+    async def touch_variants(self, items: list[tuple[bytes, str, int]]) -> None:
+        """Record last-access times: (hash key, variant, unix ns) per accessed variant."""
+        ...
 
-    async def claim_generation(self, key: str, *, stale_after: float) -> bool: ...
+    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int:
+        """Remove up to ``limit`` variants last accessed before the time (their RemoveFiles
+        job queued in the same transaction); returns how many."""
+        ...
 
-    async def heartbeat_generation(self, key: str) -> None: ...
+    async def remove_all_variants(self, limit: int) -> int: ...
 
-    async def release_generation(self, key: str) -> None: ...
 
-    # -- backgrounded uploads --
-
-    async def create_uploads(self, uploads: list[PendingUpload]) -> None:
-        """Record pending uploads and queue their ingest jobs, in one transaction."""
+class UploadRepo(Protocol):
+    async def create_uploads(self, uploads: list[PendingUpload], *, owner: str) -> None:
+        """Record pending uploads and queue their ingest jobs in one transaction; the rows
+        own the raw files from then on (``owner``'s intents on them are fulfilled)."""
         ...
 
     async def upload_outcome(self, upload_id: str) -> tuple[bool, UploadOutcome | None]:
@@ -154,18 +186,13 @@ class Repo(Protocol):
         """Delete a finished upload record; False when it was gone already."""
         ...
 
-    async def forget_upload_raw(self, upload_id: str) -> None:
-        """The upload's raw bytes are about to be deleted: stop counting them as used."""
+    async def release_upload_raw(self, upload_id: str) -> bool:
+        """The upload's raw bytes are done with: the row lets go of them and their
+        RemoveFiles job is queued, in one transaction. False when there was nothing."""
         ...
 
-    # -- variant upkeep (each pushes the job that deletes the files) --
 
-    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int: ...
-
-    async def remove_all_variants(self, limit: int) -> int: ...
-
-    # -- proxied media (``?proxy=url``) --
-
+class ProxyRepo(Protocol):
     async def proxy_alias(self, url: str) -> Proxied | None:
         """The alias ``url`` was ingested as, with its last access; None if never proxied."""
         ...
@@ -185,14 +212,18 @@ class Repo(Protocol):
         Returns how many were removed."""
         ...
 
+
+class JournalDb(Protocol):
+    """The journal's ``Database``: its SQL on the repo's connections."""
+
+    async def write(self, fn: Callable[[apsw.Connection], T]) -> T: ...
+
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T: ...
+
+
+class Repo(HealthRepo, MediaRepo, VariantRepo, UploadRepo, ProxyRepo, Protocol):
     def journal_db(self) -> JournalDb:
         """The journal's view of this database: its writes queue with the repo's own."""
         ...
 
     async def aclose(self) -> None: ...
-
-
-class JournalDb(Protocol):
-    async def write(self, fn: Callable[[apsw.Connection], T]) -> T: ...
-
-    async def read(self, fn: Callable[[apsw.Connection], T]) -> T: ...

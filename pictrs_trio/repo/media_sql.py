@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from journal import fulfil_in, release_in
 from journal.schema import transaction
 from journal.store import push_in
 from pictrs_trio.rules import jobs
@@ -66,14 +67,15 @@ def w_commit_variant(
     identifier: str,
     details_json: bytes,
     now_ns: int,
-    release: str | None = None,
+    owner: str,
+    lease: str | None = None,
 ) -> tuple[str, bool]:
-    """Record a rendered variant and its details together (and drop the generation claim
-    ``release``). Returns (identifier now on record, ours_kept); when another generation
-    won, ours is not recorded."""
+    """Record a rendered variant and its details together, fulfilling ``owner``'s intent on
+    its file and releasing the render's ``lease``. Returns (identifier now on record,
+    ours_kept); when another render won, ours is not recorded (the caller discards it)."""
     with transaction(conn):
-        if release is not None:
-            conn.execute("DELETE FROM generation_claims WHERE key = ?", (release,))
+        if lease is not None:
+            release_in(conn, lease, owner)
         conn.execute(
             "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (hash, variant) DO NOTHING",
@@ -87,14 +89,23 @@ def w_commit_variant(
             assert isinstance(existing, str)
             return existing, False
         _put_details(conn, identifier, details_json)
+        fulfil_in(conn, [identifier], owner)
     return identifier, True
 
 
 def w_commit_motion(
-    conn: apsw.Connection, key: bytes, identifier: str, details_json: bytes
+    conn: apsw.Connection,
+    key: bytes,
+    identifier: str,
+    details_json: bytes,
+    owner: str,
+    lease: str | None = None,
 ) -> tuple[str, bool]:
-    """Record the hash's motion still (first writer wins), with its details."""
+    """Record the hash's motion still (first writer wins), with its details, like
+    ``w_commit_variant``."""
     with transaction(conn):
+        if lease is not None:
+            release_in(conn, lease, owner)
         conn.execute(
             "UPDATE hashes SET motion_identifier = ? WHERE hash = ? AND motion_identifier IS NULL",
             (identifier, key),
@@ -105,32 +116,8 @@ def w_commit_motion(
                 raise apsw.ConstraintError("hash gone while its motion still was rendered")
             return existing, False
         _put_details(conn, identifier, details_json)
+        fulfil_in(conn, [identifier], owner)
     return identifier, True
-
-
-def w_claim(conn: apsw.Connection, key: str, now_ns: int, stale_before_ns: int) -> bool:
-    """Take the generation claim for ``key`` unless a live one exists."""
-    with transaction(conn):
-        conn.execute(
-            "DELETE FROM generation_claims WHERE key = ? AND heartbeat < ?",
-            (key, stale_before_ns),
-        )
-        conn.execute(
-            "INSERT INTO generation_claims (key, heartbeat) VALUES (?, ?)"
-            " ON CONFLICT (key) DO NOTHING",
-            (key, now_ns),
-        )
-        return conn.changes() == 1
-
-
-def w_heartbeat(conn: apsw.Connection, key: str, now_ns: int) -> None:
-    with transaction(conn):
-        conn.execute("UPDATE generation_claims SET heartbeat = ? WHERE key = ?", (now_ns, key))
-
-
-def w_release(conn: apsw.Connection, key: str) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM generation_claims WHERE key = ?", (key,))
 
 
 def w_touch_variants(conn: apsw.Connection, items: list[tuple[bytes, str, int]]) -> None:
@@ -174,9 +161,10 @@ def w_remove_all_variants(conn: apsw.Connection, limit: int, now: float) -> int:
 
 
 def w_create_uploads(
-    conn: apsw.Connection, uploads: list[tuple[str, str, bytes]], now_ns: int
+    conn: apsw.Connection, uploads: list[tuple[str, str, bytes]], now_ns: int, owner: str
 ) -> None:
-    """(upload id, raw identifier, job payload) each: the row and its ingest job together."""
+    """(upload id, raw identifier, job payload) each: the row and its ingest job together;
+    the row now owns the raw file, so ``owner``'s intent on it is fulfilled."""
     with transaction(conn):
         for upload_id, raw_identifier, payload in uploads:
             conn.execute(
@@ -185,6 +173,7 @@ def w_create_uploads(
                 (upload_id, now_ns, raw_identifier),
             )
             push_in(conn, jobs.INGEST, payload, kind="ingest_upload", unique_key=upload_id)
+        fulfil_in(conn, [raw for _, raw, _ in uploads], owner)
 
 
 def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]:
@@ -202,10 +191,16 @@ def w_finish_upload(conn: apsw.Connection, upload_id: str, result: bytes) -> Non
         )
 
 
-def w_forget_raw(conn: apsw.Connection, upload_id: str) -> None:
-    """The raw bytes are deleted: stop protecting them from the orphan sweep."""
+def w_release_raw(conn: apsw.Connection, upload_id: str, now: float) -> bool:
+    """The upload's raw bytes are done with: its row lets go of them and their RemoveFiles
+    job is queued, together. False when there was nothing to release."""
     with transaction(conn):
+        row = first(conn, "SELECT raw_identifier FROM uploads WHERE id = ?", (upload_id,))
+        if row is None or row[0] is None:
+            return False
         conn.execute("UPDATE uploads SET raw_identifier = NULL WHERE id = ?", (upload_id,))
+        push_in(conn, jobs.CLEANUP, jobs.RemoveFiles(identifiers=[as_str(row[0])]), now=now)
+    return True
 
 
 def w_claim_upload(conn: apsw.Connection, upload_id: str) -> bool:

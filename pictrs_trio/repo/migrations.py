@@ -116,11 +116,18 @@ def _v4_upload_raw_identifier(conn: apsw.Connection) -> None:
     conn.execute("ALTER TABLE uploads ADD COLUMN raw_identifier TEXT")
 
 
+def _v5_claims_move_to_the_journal(conn: apsw.Connection) -> None:
+    """Render claims are journal leases now, held by owners whose death is noticed at once
+    (journal/owners.py): the table of claims with their own heartbeats goes."""
+    conn.execute("DROP TABLE generation_claims")
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_base,
     _v2_blurhash_and_access,
     _v3_generation_claims,
     _v4_upload_raw_identifier,
+    _v5_claims_move_to_the_journal,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -30,6 +30,7 @@ import apsw
 import msgspec
 import trio
 
+from journal import fulfil_in
 from journal import schema as journal_schema
 from journal.schema import set_wal, transaction
 from pictrs_trio.repo import JournalDb, media_sql, migrations, proxy_sql
@@ -152,11 +153,6 @@ def _q_delete_token(conn: apsw.Connection, alias: str) -> str | None:
     return None if row is None else media_sql.as_str(row[0])
 
 
-def _q_hash_identifier(conn: apsw.Connection, key: bytes) -> str | None:
-    row = media_sql.first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
-    return None if row is None else media_sql.as_str(row[0])
-
-
 def _q_aliases_for_hash(conn: apsw.Connection, key: bytes) -> list[str]:
     rows = conn.execute("SELECT alias FROM aliases WHERE hash = ? ORDER BY alias", (key,))
     return [media_sql.as_str(alias) for (alias,) in rows.fetchall()]
@@ -177,16 +173,9 @@ def _q_identifiers(conn: apsw.Connection) -> set[str]:
     return {media_sql.as_str(identifier) for (identifier,) in rows}
 
 
-def _q_setting(conn: apsw.Connection, key: str) -> bytes | None:
-    row = media_sql.first(conn, "SELECT value FROM settings WHERE key = ?", (key,))
+def _q_health(conn: apsw.Connection) -> bytes | None:
+    row = media_sql.first(conn, "SELECT value FROM settings WHERE key = ?", (HEALTH_KEY,))
     return None if row is None else media_sql.as_bytes(row[0])
-
-
-def _q_variant_identifier(conn: apsw.Connection, key: bytes, variant: str) -> str | None:
-    row = media_sql.first(
-        conn, "SELECT identifier FROM variants WHERE hash = ? AND variant = ?", (key, variant)
-    )
-    return None if row is None else media_sql.as_str(row[0])
 
 
 # --- writes (writer connection; journal.schema.transaction is BEGIN IMMEDIATE) ---------
@@ -200,10 +189,13 @@ def _w_commit_upload(
     alias: str,
     token: str,
     now_ns: int,
+    owner: str,
     upload_id: str | None = None,
 ) -> tuple[str, bytes, bool]:
     """Returns (identifier, details JSON, deduplicated). With ``upload_id`` the backgrounded
-    upload's outcome is recorded in the same transaction (a re-run job then finds it)."""
+    upload's outcome is recorded in the same transaction (a re-run job then finds it). The
+    new file's intent (``owner``'s) is fulfilled, unless the same content was stored already:
+    then the caller discards its copy."""
     with transaction(conn):
         conn.execute(
             "INSERT INTO hashes (hash, identifier, created_at) VALUES (?, ?, ?)"
@@ -215,6 +207,8 @@ def _w_commit_upload(
             row = media_sql.first(conn, "SELECT identifier FROM hashes WHERE hash = ?", (key,))
             assert row is not None  # we hold the write lock; the row cannot have gone
             identifier = media_sql.as_str(row[0])
+        else:
+            fulfil_in(conn, [identifier], owner)
         # First writer wins (as postgres does): for a duplicate the existing details stay.
         # Same bytes means same media facts, so a missing row is filled from ours.
         conn.execute(
@@ -250,40 +244,16 @@ def _w_relate_details(conn: apsw.Connection, identifier: str, details_json: byte
     )
 
 
-def _w_set_setting(conn: apsw.Connection, key: str, value: bytes) -> None:
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES (?, ?)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
-def _w_remove_setting(conn: apsw.Connection, key: str) -> None:
-    conn.execute("DELETE FROM settings WHERE key = ?", (key,))
-
-
 def _w_bump_health(conn: apsw.Connection) -> int:
     with transaction(conn):
-        old = _q_setting(conn, HEALTH_KEY)
+        old = _q_health(conn)
         value = 0 if old is None else (int.from_bytes(old, "big") + 1) % (1 << 64)
-        _w_set_setting(conn, HEALTH_KEY, value.to_bytes(8, "big"))
-    return value
-
-
-def _w_relate_variant(
-    conn: apsw.Connection, key: bytes, variant: str, identifier: str, now_ns: int
-) -> str:
-    with transaction(conn):
         conn.execute(
-            "INSERT INTO variants (hash, variant, identifier, accessed) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (hash, variant) DO NOTHING",
-            (key, variant, identifier, now_ns),
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (HEALTH_KEY, value.to_bytes(8, "big")),
         )
-        if conn.changes() == 1:
-            return identifier
-        existing = _q_variant_identifier(conn, key, variant)
-    assert existing is not None
-    return existing
+    return value
 
 
 class SqliteRepo:
@@ -326,14 +296,16 @@ class SqliteRepo:
             finally:
                 self._idle_readers.append(conn)
 
-    # -- Repo Protocol --
+    # -- HealthRepo --
 
     async def health(self) -> None:
         await self._write(_w_bump_health)
         # Read back on a pooled connection: proves readers see the file too. Another process
         # may have bumped the counter since, so presence, not equality, is the check.
-        if await self._read(_q_setting, HEALTH_KEY) is None:
+        if await self._read(_q_health) is None:
             raise RepoError("Health value written but not read back")
+
+    # -- MediaRepo --
 
     async def commit_upload(
         self,
@@ -343,6 +315,7 @@ class SqliteRepo:
         details: Details,
         alias: str,
         delete_token: str,
+        owner: str,
         upload_id: str | None = None,
     ) -> UploadCommit:
         stored_identifier, details_json, deduplicated = await self._write(
@@ -353,19 +326,44 @@ class SqliteRepo:
             alias,
             delete_token,
             _now_ns(),
+            owner,
             upload_id,
         )
         stored = details if not deduplicated else _DETAILS_DECODER.decode(details_json)
         return UploadCommit(identifier=stored_identifier, details=stored, deduplicated=deduplicated)
+
+    def _found(self, row: Row | None) -> Found | None:
+        if row is None:
+            return None
+        key, identifier, details_json = row
+        return Found(
+            hash=Hash.from_key(media_sql.as_bytes(key)),
+            identifier=None if identifier is None else media_sql.as_str(identifier),
+            details=None
+            if details_json is None
+            else _DETAILS_DECODER.decode(media_sql.as_bytes(details_json)),
+        )
+
+    def find_original_now(self, alias: str) -> Found | None:
+        """``find_original`` on the calling thread, for the event loop's read path.
+
+        A deliberate exception to "SQL runs in a thread": this indexed point read takes a few
+        microseconds and, in WAL mode, never waits for a writer, while a thread hop costs
+        about 100 µs, most of a cached variant's budget. It uses its own connection, which
+        only the event loop thread touches.
+        """
+        if self._closed:
+            raise RepoError("Repo is closed")
+        return self._found(_call(media_sql.q_original, self._loop_reader, alias))
+
+    async def find_original(self, alias: str) -> Found | None:
+        return self._found(await self._read(media_sql.q_original, alias))
 
     async def alias_hash(self, alias: str) -> Hash | None:
         return await self._read(_q_alias_hash, alias)
 
     async def delete_token(self, alias: str) -> str | None:
         return await self._read(_q_delete_token, alias)
-
-    async def hash_identifier(self, hash: Hash) -> str | None:
-        return await self._read(_q_hash_identifier, hash.key())
 
     async def aliases_for_hash(self, hash: Hash) -> list[str]:
         return await self._read(_q_aliases_for_hash, hash.key())
@@ -386,68 +384,16 @@ class SqliteRepo:
     async def identifiers(self) -> set[str]:
         return await self._read(_q_identifiers)
 
-    # -- beyond the Protocol (settings, variants) --
-
-    async def get_setting(self, key: str) -> bytes | None:
-        return await self._read(_q_setting, key)
-
-    async def set_setting(self, key: str, value: bytes) -> None:
-        await self._write(_w_set_setting, key, value)
-
-    async def remove_setting(self, key: str) -> None:
-        await self._write(_w_remove_setting, key)
-
-    async def variant_identifier(self, hash: Hash, variant: str) -> str | None:
-        return await self._read(_q_variant_identifier, hash.key(), variant)
-
-    async def relate_variant(self, hash: Hash, variant: str, identifier: str) -> str:
-        """Record ``identifier`` as the ``variant`` of ``hash``; returns the identifier now
-        stored, which is an earlier one if another generation got there first (the caller
-        then removes its own file). Raises RepoError (also when the hash does not exist)."""
-        return await self._write(_w_relate_variant, hash.key(), variant, identifier, _now_ns())
-
-    # -- derived media: variants, motion stills, generation claims --
-
-    def _found(self, row: Row | None) -> Found | None:
-        if row is None:
-            return None
-        key, identifier, details_json = row
-        return Found(
-            hash=Hash.from_key(media_sql.as_bytes(key)),
-            identifier=None if identifier is None else media_sql.as_str(identifier),
-            details=None
-            if details_json is None
-            else _DETAILS_DECODER.decode(media_sql.as_bytes(details_json)),
-        )
+    # -- VariantRepo --
 
     def find_variant_now(self, alias: str, variant: str) -> Found | None:
-        """``find_variant`` on the calling thread, for the event loop's serving fast path.
-
-        A deliberate exception to "SQL runs in a thread": this indexed point read takes a few
-        microseconds and, in WAL mode, never waits for a writer, while a thread hop costs
-        about 100 µs, most of a cached variant's budget. It uses its own connection, which
-        only the event loop thread touches.
-        """
+        """``find_variant`` on the calling thread; see ``find_original_now``."""
         if self._closed:
             raise RepoError("Repo is closed")
         return self._found(_call(media_sql.q_variant, self._loop_reader, alias, variant))
 
-    def find_original_now(self, alias: str) -> Found | None:
-        """``find_original`` on the calling thread; see ``find_variant_now``."""
-        if self._closed:
-            raise RepoError("Repo is closed")
-        return self._found(_call(media_sql.q_original, self._loop_reader, alias))
-
-    async def find_original(self, alias: str) -> Found | None:
-        """The alias's file with its details, in one read; None for an unknown alias."""
-        return self._found(await self._read(media_sql.q_original, alias))
-
     async def find_variant(self, alias: str, variant: str) -> Found | None:
-        """The alias's hash and that variant (identifier None when not generated yet)."""
         return self._found(await self._read(media_sql.q_variant, alias, variant))
-
-    async def motion_identifier(self, hash: Hash) -> str | None:
-        return await self._read(media_sql.q_motion, hash.key())
 
     async def commit_variant(
         self,
@@ -455,12 +401,10 @@ class SqliteRepo:
         variant: str,
         identifier: str,
         details: Details,
-        release: str | None = None,
+        *,
+        owner: str,
+        lease: str | None = None,
     ) -> tuple[str, bool]:
-        """Record a rendered variant with its details in one transaction, dropping the
-        generation claim ``release`` with it. Returns the identifier on record and whether
-        it is ours (False: another generation won and the caller removes its file). Raises
-        RepoError (also when the hash is gone)."""
         return await self._write(
             media_sql.w_commit_variant,
             hash.key(),
@@ -468,27 +412,48 @@ class SqliteRepo:
             identifier,
             _DETAILS_ENCODER.encode(details),
             _now_ns(),
-            release,
+            owner,
+            lease,
         )
 
+    async def motion_identifier(self, hash: Hash) -> str | None:
+        return await self._read(media_sql.q_motion, hash.key())
+
     async def commit_motion(
-        self, hash: Hash, identifier: str, details: Details
+        self,
+        hash: Hash,
+        identifier: str,
+        details: Details,
+        *,
+        owner: str,
+        lease: str | None = None,
     ) -> tuple[str, bool]:
-        """Record the file's motion still (first writer wins), like ``commit_variant``."""
         return await self._write(
-            media_sql.w_commit_motion, hash.key(), identifier, _DETAILS_ENCODER.encode(details)
+            media_sql.w_commit_motion,
+            hash.key(),
+            identifier,
+            _DETAILS_ENCODER.encode(details),
+            owner,
+            lease,
         )
 
     async def forget_variant(self, hash: Hash, variant: str, identifier: str) -> None:
         await self._write(media_sql.w_forget_variant, hash.key(), variant, identifier)
 
     async def touch_variants(self, items: list[tuple[bytes, str, int]]) -> None:
-        """Record last-access times: (hash key, variant, unix ns) per accessed variant."""
         await self._write(media_sql.w_touch_variants, items)
 
-    # -- backgrounded uploads --
+    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int:
+        return await self._write(
+            media_sql.w_expire_variants, accessed_before_ns, limit, time.time()
+        )
 
-    async def create_uploads(self, uploads: list[PendingUpload]) -> None:
+    async def remove_all_variants(self, limit: int) -> int:
+        return await self._write(media_sql.w_remove_all_variants, limit, time.time())
+
+    # -- UploadRepo --
+
+    async def create_uploads(self, uploads: list[PendingUpload], *, owner: str) -> None:
         rows = [
             (
                 u.upload_id,
@@ -501,7 +466,7 @@ class SqliteRepo:
             )
             for u in uploads
         ]
-        await self._write(media_sql.w_create_uploads, rows, _now_ns())
+        await self._write(media_sql.w_create_uploads, rows, _now_ns(), owner)
 
     async def upload_outcome(self, upload_id: str) -> tuple[bool, UploadOutcome | None]:
         exists, raw = await self._read(media_sql.q_upload, upload_id)
@@ -513,20 +478,10 @@ class SqliteRepo:
     async def claim_upload(self, upload_id: str) -> bool:
         return await self._write(media_sql.w_claim_upload, upload_id)
 
-    async def forget_upload_raw(self, upload_id: str) -> None:
-        await self._write(media_sql.w_forget_raw, upload_id)
+    async def release_upload_raw(self, upload_id: str) -> bool:
+        return await self._write(media_sql.w_release_raw, upload_id, time.time())
 
-    # -- variant upkeep --
-
-    async def expire_variants(self, accessed_before_ns: int, limit: int) -> int:
-        return await self._write(
-            media_sql.w_expire_variants, accessed_before_ns, limit, time.time()
-        )
-
-    async def remove_all_variants(self, limit: int) -> int:
-        return await self._write(media_sql.w_remove_all_variants, limit, time.time())
-
-    # -- proxied media --
+    # -- ProxyRepo --
 
     async def proxy_alias(self, url: str) -> Proxied | None:
         found = await self._read(proxy_sql.q_proxy, url)
@@ -541,20 +496,10 @@ class SqliteRepo:
     async def expire_proxies(self, accessed_before_ns: int, limit: int) -> int:
         return await self._write(proxy_sql.w_expire_proxies, accessed_before_ns, limit, time.time())
 
+    # -- the journal's view, and closing --
+
     def journal_db(self) -> JournalDb:
         return _JournalDb(self)
-
-    async def claim_generation(self, key: str, *, stale_after: float) -> bool:
-        """Take the cross-process claim to render ``key``; a claim whose heartbeat is older
-        than ``stale_after`` seconds is taken over (its owner died)."""
-        now = _now_ns()
-        return await self._write(media_sql.w_claim, key, now, now - int(stale_after * 1e9))
-
-    async def heartbeat_generation(self, key: str) -> None:
-        await self._write(media_sql.w_heartbeat, key, _now_ns())
-
-    async def release_generation(self, key: str) -> None:
-        await self._write(media_sql.w_release, key)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -16,9 +16,11 @@ _JOB = {"frozen": True, "kw_only": True, "tag_field": "type"}
 
 
 class RemoveFiles(msgspec.Struct, tag="remove_files", **_JOB):
-    """Delete store files whose rows are already gone (same transaction as the job)."""
+    """Delete store files whose rows are already gone (same transaction as the job), or,
+    with ``partial``, files a dead process was writing (the undo of its journal intent)."""
 
     identifiers: list[str]
+    partial: bool = False
 
 
 class IngestUpload(msgspec.Struct, tag="ingest_upload", **_JOB):
@@ -54,4 +56,11 @@ class SweepOrphans(msgspec.Struct, tag="sweep_orphans", **_JOB):
     decode, and are skipped."""
 
 
-CleanupJob = RemoveFiles | ExpireVariants | ExpireProxies | RemoveAllVariants | SweepOrphans
+class AuditStore(msgspec.Struct, tag="audit_store", **_JOB):
+    """Count store files the repo does not know, and say so once. Never deletes: they may
+    belong to another program (docs/migration.md)."""
+
+
+CleanupJob = (
+    RemoveFiles | ExpireVariants | ExpireProxies | RemoveAllVariants | SweepOrphans | AuditStore
+)

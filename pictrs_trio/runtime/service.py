@@ -74,18 +74,12 @@ def temp_root(config: Config) -> Path:
 # Per queue: an ingest or render is bounded by its tools' own limits well before this.
 JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0}
 
-# Temp files younger than this may belong to another worker process's save in progress.
-SWEEP_AGE_SECONDS = 3600.0
-
 
 @asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
     if not isinstance(config.store, FilesystemStore):
         raise SystemExit("error: object storage is not supported yet; use the filesystem store")
     async with open_file_store(Path(config.store.path)) as store:
-        swept = await store.sweep_temp(older_than=SWEEP_AGE_SECONDS)
-        if swept:
-            logger.info("removed {} temporary files left by an earlier crash", swept)
         yield store
 
 
@@ -233,6 +227,9 @@ async def serve(
         shutdown = trio.Event()
         app = create_app(state)
         async with trio.open_nursery() as nursery:
+            # First: this process becomes a journal owner, and what dead ones left (render
+            # leases, jobs in hand, unfinished writes) is released or undone.
+            await nursery.start(state.journal.run_owner)
             nursery.start_soon(_watch_signals, shutdown)
             nursery.start_soon(state.accesses.run, state.repo)
             await nursery.start(

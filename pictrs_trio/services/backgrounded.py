@@ -25,10 +25,7 @@ async def store_raw(
     limits, _ = parse_upload_query(query)
     raw = session.temp_path()
     await spool(chunks, raw, limits.byte_cap(state.config.media))
-    identifier = await state.store.save_file(
-        raw, extension="", content_type="application/octet-stream"
-    )
-    session.stored(identifier)
+    identifier = await session.save(raw, extension="", content_type="application/octet-stream")
     return PendingUpload(upload_id=str(uuid.uuid4()), raw_identifier=identifier, query=query)
 
 
@@ -36,7 +33,7 @@ async def queue_uploads(
     state: AppState, session: IngestSession, pending: list[PendingUpload]
 ) -> list[str]:
     """Record the uploads with their ingest jobs; returns their upload ids."""
-    await state.repo.create_uploads(pending)
+    await state.repo.create_uploads(pending, owner=state.journal.owner)
     for upload in pending:  # the rows own the raw files now
         session.forget_stored(upload.raw_identifier)
     session.disarm()

@@ -1,7 +1,8 @@
 """Job handlers: the work the journal runs outside requests, and survives restarts.
 
-    cleanup  RemoveFiles (files of removed rows), ExpireVariants, ExpireProxies (retention),
-             RemoveAllVariants (DELETE /internal/variants)
+    cleanup  RemoveFiles (files of removed rows; of unfinished writes of dead processes),
+             ExpireVariants, ExpireProxies (retention), RemoveAllVariants (DELETE
+             /internal/variants), AuditStore (count files this repo does not know)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from functools import partial
 
 import msgspec
@@ -54,7 +56,7 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
     payload = job.decode(_cleanup_decoder)
     if isinstance(payload, jobs.RemoveFiles):
         for identifier in payload.identifiers:
-            await state.store.remove(identifier)
+            await state.store.remove(identifier, partial=payload.partial)
     elif isinstance(payload, jobs.ExpireVariants):
         cutoff = _cutoff_ns(state.config.media.retention.variants)
         await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
@@ -64,6 +66,8 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
         await _drain(state, step, "expired", "proxied media")
     elif isinstance(payload, jobs.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
+    elif isinstance(payload, jobs.AuditStore):
+        await audit_store(state)
     else:
         # SweepOrphans rows from before 0.2: nothing is deleted because no row mentions it
         # any more (a store may hold files of another program); see services/recovery.py.
@@ -91,6 +95,27 @@ async def _drain(
         logger.info("{} {} {}", verb, total, what)
 
 
+async def audit_store(state: AppState) -> int:
+    """Count the store's files that no row and no write in flight accounts for, and warn
+    once if there are any. They are left alone: a store may hold another program's files
+    (an earlier pict-rs volume, say), and only what this program's journal recorded as its
+    own unfinished writes is ever removed (services/storing.py). Returns the count."""
+    async with aclosing(state.store.identifiers()) as listing:
+        listed = [identifier async for identifier in listing]
+    # Read what is known after listing: a file listed was intended (and then committed or
+    # still in flight) before it was written, so it is in one of these now.
+    known = await state.repo.identifiers() | await state.journal.intended()
+    unknown = [identifier for identifier in listed if identifier not in known]
+    if unknown:
+        logger.warning(
+            "the store holds {} files this repo does not know (for example {}); they are "
+            "left alone. If this store was pict-rs's, see docs/migration.md",
+            len(unknown),
+            unknown[0],
+        )
+    return len(unknown)
+
+
 # --- backgrounded uploads --------------------------------------------------------------------
 
 
@@ -110,8 +135,9 @@ async def handle_ingest(state: AppState, job: Job) -> None:
             await state.repo.finish_upload(
                 payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
             )
-    await state.repo.forget_upload_raw(payload.upload_id)
-    await state.store.remove(payload.raw_identifier)
+    # The row lets go of the raw bytes and their removal is queued, in one transaction.
+    if await state.repo.release_upload_raw(payload.upload_id):
+        state.journal.notify(jobs.CLEANUP)
 
 
 async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:
@@ -152,7 +178,9 @@ async def handle_generate(state: AppState, job: Job) -> None:
 
 
 async def schedule(state: AppState, journal: Journal) -> None:
-    """Queue the periodic cleanup jobs (pict-rs: not in read-only mode)."""
+    """Queue the start-up audit and the periodic cleanup jobs (pict-rs: not in read-only
+    mode)."""
+    await journal.push(jobs.CLEANUP, jobs.AuditStore(), unique_key="audit-store")
     retention = state.config.media.retention
     shortest = min(
         parse_retention(retention.variants).total_seconds(),

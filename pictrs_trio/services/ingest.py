@@ -30,8 +30,8 @@ from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
-CLEANUP_SECONDS = 10.0
 WRITE_BATCH = 1024 * 1024
 
 
@@ -42,7 +42,10 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class IngestSession:
-    """Tracks temp files, stored identifiers and aliases one request created."""
+    """Tracks temp files, stored files and aliases one request (or job) created; unless
+    disarmed after success, leaving it removes them again (pict-rs ``src/ingest.rs``
+    ``Session``). Stored files are saved write-ahead (``services/storing.py``), so a crash
+    that skips this cleanup leaves nothing either."""
 
     def __init__(self, state: AppState) -> None:
         self._state = state
@@ -56,18 +59,30 @@ class IngestSession:
         self._temps.append(path)
         return path
 
-    def stored(self, identifier: str) -> None:
+    async def save(self, src: Path, *, extension: str, content_type: str) -> str:
+        """Store ``src`` under a fresh identifier (intent first); returns it."""
+        identifier = await save_new(
+            self._state, src, extension=extension, content_type=content_type
+        )
         self._identifiers.append(identifier)
+        return identifier
 
     def forget_stored(self, identifier: str) -> None:
         """A row now owns ``identifier`` (a backgrounded upload's raw bytes)."""
         self._identifiers.remove(identifier)
 
-    def committed(self, alias: str, identifier: str) -> None:
-        """The repo now owns ``identifier`` through ``alias``: undoing removes the alias and
-        deletes only what the repo reports orphaned (another upload may share the file)."""
+    def committed(self, alias: str, identifier: str | None) -> None:
+        """The repo now owns ``identifier`` (None: a file it had already) through ``alias``:
+        undoing removes the alias and deletes only what the repo reports orphaned (another
+        upload may share the file)."""
         self._aliases.append(alias)
+        if identifier is not None:
+            self._identifiers.remove(identifier)
+
+    async def discard(self, identifier: str) -> None:
+        """Our copy of ``identifier`` is not needed (the content was stored already)."""
         self._identifiers.remove(identifier)
+        await discard(self._state, identifier)
 
     def disarm(self) -> None:
         self._armed = False
@@ -89,7 +104,7 @@ class IngestSession:
                 await self._undo()
 
     async def _undo(self) -> None:
-        repo, store = self._state.repo, self._state.store
+        repo = self._state.repo
         for alias in self._aliases:
             try:
                 removed = await repo.remove_alias(alias)
@@ -100,10 +115,7 @@ class IngestSession:
                 # their rows went with a cleanup job that deletes the files
                 self._state.journal.notify(jobs.CLEANUP)
         for identifier in dict.fromkeys(self._identifiers):
-            try:
-                await store.remove(identifier)
-            except Exception:
-                logger.exception("could not remove {} of a failed upload", identifier)
+            await discard(self._state, identifier)
 
 
 def upload_operations(state: AppState, pairs: list[tuple[str, str]]) -> list[Op]:
@@ -250,10 +262,7 @@ async def ingest(
     sha, stored_size = hashed
     fmt = final.format
     details = details_now(final)
-    identifier = await state.store.save_file(
-        out, extension=fmt.extension, content_type=fmt.content_type
-    )
-    session.stored(identifier)
+    identifier = await session.save(out, extension=fmt.extension, content_type=fmt.content_type)
 
     new_alias = alias if alias is not None else ids.new_alias(fmt.extension)
     token = ids.new_delete_token()
@@ -263,13 +272,15 @@ async def ingest(
         details=details,
         alias=new_alias,
         delete_token=token,
+        owner=state.journal.owner,
         upload_id=upload_id,
     )
-    session.committed(new_alias, identifier)
     if commit.deduplicated:
         # Same content is stored already: our copy is redundant and no row points at it.
-        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-            await state.store.remove(identifier)
+        await session.discard(identifier)
+        session.committed(new_alias, None)
+    else:
+        session.committed(new_alias, identifier)
     logger.bind(alias=new_alias).info(
         "ingested {} {}x{} {} bytes{}",
         fmt.content_type,

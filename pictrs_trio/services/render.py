@@ -3,9 +3,9 @@
     request -> parse_request -> repo.find_variant
       hit  -> serve from the store
       miss -> _single_flight (one render per key: in this process by an event
-              (single_flight.SingleFlight), across processes by a claim row with a heartbeat)
+              (single_flight.SingleFlight), across processes by a journal lease)
                 -> input: the original, or its motion still (videos; animations to stills)
-                -> media.process -> store.save_file -> repo.commit_variant
+                -> media.process -> storing.save_new -> repo.commit_variant
 
 A GET renders in the request's own cancel scope: a request that gives up cancels its render,
 and the next request for the key renders again. ``process_backgrounded`` queues a
@@ -27,11 +27,10 @@ from pictrs_trio.rules import variants
 from pictrs_trio.rules.errors import AliasNotFound, MediaToolError, VariantTimeout
 from pictrs_trio.rules.formats import Fmt
 from pictrs_trio.rules.policy import Discovery
-from pictrs_trio.services.ingest import CLEANUP_SECONDS, details_now
+from pictrs_trio.services.ingest import details_now
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
-CLAIM_STALE_SECONDS = 120.0  # pict-rs: a claim without heartbeat for 2 min is abandoned
-HEARTBEAT_SECONDS = 5.0
 POLL_SECONDS = 0.05  # waiting on a render in another process
 WAIT_SECONDS = 35.0  # pict-rs waits ~35 s for a variant, then command-timeout
 
@@ -80,40 +79,36 @@ def _discovery(details: Details) -> Discovery:
 
 async def _single_flight(state: AppState, key: str, render: _Render) -> None:
     """Run ``render`` unless someone (here or in another process) already is; in that case
-    wait until they are done. Returns when the caller should look in the repo again."""
+    wait until they are done. Returns when the caller should look in the repo again.
+
+    In this process an event decides (``SingleFlight``); across processes a journal lease on
+    ``key``, which a process that dies releases at once (journal/owners.py): a waiting
+    request takes a dead renderer's work over instead of waiting it out."""
     async with state.generations.lead_or_wait(key) as leading:
         if not leading:
             return
-        repo = state.repo
-        while not await repo.claim_generation(key, stale_after=CLAIM_STALE_SECONDS):
-            # Another process renders it: wait for its claim to go (or to go stale).
+        journal = state.journal
+        while not await journal.lease(key):
+            # Another process renders it: wait for its lease to go (released, or its owner
+            # dead), looking for its result meanwhile.
             await trio.sleep(POLL_SECONDS)
             if await render.done():
                 return
         try:
-            # Another process may have finished and released its claim between our first
-            # look and our claim: look again (a point read) rather than render twice.
+            # Another process may have finished and released its lease between our first
+            # look and our lease: look again (a point read) rather than render twice.
             if await render.done():
                 return
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_heartbeat, state, key)
-                await render.run(key)
-                nursery.cancel_scope.cancel()
+            await render.run(key)
         finally:
             if not render.released:  # a successful render releases with its commit
                 with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-                    await repo.release_generation(key)
-
-
-async def _heartbeat(state: AppState, key: str) -> None:
-    while True:
-        await trio.sleep(HEARTBEAT_SECONDS)
-        await state.repo.heartbeat_generation(key)
+                    await journal.release(key)
 
 
 class _Render:
     """One render job: what to check for completion, and how to do it. ``run`` gets the
-    claim key and sets ``released`` when its commit dropped the claim."""
+    lease key and sets ``released`` when its commit released the lease."""
 
     released = False
 
@@ -132,16 +127,12 @@ async def _input_path(state: AppState, identifier: str) -> Path:
 
 
 async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple[str, Details]:
+    """Store a render write-ahead; not fsynced: a variant can be rendered again."""
     fmt = result.format
-    identifier = await state.store.save_file(
-        out, extension=fmt.extension, content_type=fmt.content_type, durable=False
+    identifier = await save_new(
+        state, out, extension=fmt.extension, content_type=fmt.content_type, durable=False
     )
     return identifier, details_now(result)
-
-
-async def _discard(state: AppState, identifier: str) -> None:
-    with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-        await state.store.remove(identifier)
 
 
 class _MotionRender(_Render):
@@ -163,12 +154,15 @@ class _MotionRender(_Render):
         finally:
             out.unlink(missing_ok=True)
         try:
-            _, ours = await state.repo.commit_motion(self.hash, identifier, details)
+            _, ours = await state.repo.commit_motion(
+                self.hash, identifier, details, owner=state.journal.owner, lease=claim_key
+            )
         except BaseException:
-            await _discard(state, identifier)
+            await discard(state, identifier)
             raise
+        self.released = True
         if not ours:
-            await _discard(state, identifier)
+            await discard(state, identifier)
 
 
 async def motion_still(
@@ -226,16 +220,21 @@ class _VariantRender(_Render):
             out.unlink(missing_ok=True)
         try:
             _, ours = await state.repo.commit_variant(
-                found.hash, request.key, identifier, details, release=claim_key
+                found.hash,
+                request.key,
+                identifier,
+                details,
+                owner=state.journal.owner,
+                lease=claim_key,
             )
         except BaseException:
-            await _discard(state, identifier)
+            await discard(state, identifier)
             raise
         self.released = True
         if ours:
             self.result = Rendered(identifier=identifier, details=details)
         else:
-            await _discard(state, identifier)
+            await discard(state, identifier)
         logger.bind(alias=self.alias).debug(
             "generated {} {}x{}", request.key, details.width, details.height
         )

@@ -17,17 +17,22 @@ __all__ = ["Store", "StoreError", "StoreNotFound"]
 
 
 class Store(Protocol):
-    async def save_file(
-        self, src: Path, *, extension: str, content_type: str, durable: bool = True
-    ) -> str:
-        """Store the complete local file ``src`` (which the store may move away) under a new
-        identifier ending in ``extension`` (with its dot, may be ""). Returns the identifier.
-        ``durable=False`` may skip flushing to stable storage (variants: they can be made
-        again, so a power cut may lose them; a process kill never does).
-        Raises StoreError; on failure nothing is left under any identifier."""
+    def new_identifier(self, extension: str) -> str:
+        """A fresh identifier ending in ``extension`` (with its dot, may be ""). Callers
+        record it as a journal intent before saving under it (``services/storing.py``)."""
         ...
 
-    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str: ...
+    async def save_file(
+        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+    ) -> str:
+        """Store the complete local file ``src`` (which the store may move away) under
+        ``identifier`` (from ``new_identifier``; never overwritten). Returns it.
+        ``durable=False`` may skip flushing to stable storage (variants: they can be made
+        again, so a power cut may lose them; a process kill never does).
+        Raises StoreError; on failure nothing is left under the identifier."""
+        ...
+
+    async def save_bytes(self, data: bytes, *, identifier: str, content_type: str) -> str: ...
 
     async def length(self, identifier: str) -> int:
         """Size in bytes. Raises StoreNotFound."""
@@ -47,8 +52,9 @@ class Store(Protocol):
         """A path the media tools can read directly, or None (object storage)."""
         ...
 
-    async def remove(self, identifier: str) -> None:
-        """Delete; a missing identifier is not an error."""
+    async def remove(self, identifier: str, *, partial: bool = False) -> None:
+        """Delete; a missing identifier is not an error. ``partial``: also whatever an
+        unfinished save of it left (temporary files, an unfinished multipart upload)."""
         ...
 
     def identifiers(self) -> AsyncGenerator[str, None]:

@@ -20,7 +20,6 @@ import errno
 import os
 import secrets
 import stat
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -255,11 +254,16 @@ def _regular_size(path: Path) -> int:
     return info.st_size
 
 
-def _remove_sync(root: Path, path: Path) -> None:
-    try:
+def _remove_sync(root: Path, path: Path, partial: bool = False) -> None:
+    if partial:  # temporary files of a save of this identifier (``_temp_name``)
+        prefix = f".{path.name}{TEMP_MARKER}"
+        with suppress(FileNotFoundError):
+            for entry in os.scandir(path.parent):
+                if entry.name.startswith(prefix):
+                    with suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+    with suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        return
     _prune(path.parent, root)
 
 
@@ -281,24 +285,6 @@ def _health_sync(root: Path) -> None:
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
-
-
-def _sweep_sync(root: Path, older_than: float) -> int:
-    cutoff = time.time() - older_than
-    removed = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if not _is_ours_hidden(name):
-                continue
-            path = Path(dirpath) / name
-            try:
-                if path.lstat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-                    _prune(path.parent, root)
-            except FileNotFoundError:
-                continue
-    return removed
 
 
 class FileStore:
@@ -323,14 +309,18 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot create store root {self.root}: {exc}") from exc
 
+    def new_identifier(self, extension: str) -> str:
+        """A fresh identifier (media.md §2.8's layout): ``aa/…/jj/<12 hex><extension>``."""
+        return ids.new_identifier(extension)
+
     async def save_file(
-        self, src: Path, *, extension: str, content_type: str, durable: bool = True
+        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
     ) -> str:
         """Consumes ``src`` on success (moved or copied, then unlinked); on failure ``src``
         is left as it was and nothing is stored. ``durable=False``: no fsync (derived files
-        that can be rendered again). Raises StoreError (``file-exists`` if the fresh
-        identifier somehow exists)."""
-        identifier = ids.new_identifier(extension)
+        that can be rendered again). Raises StoreError (``file-exists`` if the identifier
+        exists: it is never overwritten)."""
+        self._existing(identifier)  # refuses an unsafe one
         try:
             await trio.to_thread.run_sync(
                 _save_file_sync, self.root, identifier, Path(src), durable
@@ -339,8 +329,8 @@ class FileStore:
             raise StoreError(f"Failed to store file: {exc}") from exc
         return identifier
 
-    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str:
-        identifier = ids.new_identifier(extension)
+    async def save_bytes(self, data: bytes, *, identifier: str, content_type: str) -> str:
+        self._existing(identifier)
         try:
             await trio.to_thread.run_sync(_save_bytes_sync, self.root, identifier, data)
         except OSError as exc:
@@ -416,14 +406,15 @@ class FileStore:
         await trio.lowlevel.checkpoint()
         return path
 
-    async def remove(self, identifier: str) -> None:
+    async def remove(self, identifier: str, *, partial: bool = False) -> None:
         """Delete and prune directories left empty. Missing is fine; an unsafe identifier
-        raises StoreError."""
+        raises StoreError. ``partial``: also what an unfinished save of it may have left (its
+        temporary files), for recovery after a crash."""
         path = self._path(identifier)
         if path is None:
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
         try:
-            await trio.to_thread.run_sync(_remove_sync, self.root, path)
+            await trio.to_thread.run_sync(_remove_sync, self.root, path, partial)
         except OSError as exc:
             raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
 
@@ -442,14 +433,6 @@ class FileStore:
             await trio.to_thread.run_sync(_health_sync, self.root)
         except OSError as exc:
             raise StoreError(f"Store root {self.root} is not writable: {exc}") from exc
-
-    async def sweep_temp(self, older_than: float) -> int:
-        """Remove temp files (and probe files) older than ``older_than`` seconds, left by a
-        crash; returns how many. Run at startup, before any save."""
-        try:
-            return await trio.to_thread.run_sync(_sweep_sync, self.root, older_than)
-        except OSError as exc:
-            raise StoreError(f"Cannot sweep store: {exc}") from exc
 
     async def aclose(self) -> None:
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from pictrs_trio.rules import ids
-from pictrs_trio.rules.errors import StoreError, StoreNotFound
+from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
 
 __all__ = ["MemoryStore"]
 
@@ -29,17 +29,23 @@ class MemoryStore:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
+    def new_identifier(self, extension: str) -> str:
+        return ids.new_identifier(extension)
+
     async def save_file(
-        self, src: Path, *, extension: str, content_type: str, durable: bool = True
+        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
     ) -> str:
         try:
             data = await trio.to_thread.run_sync(_take, Path(src))
         except OSError as exc:
             raise StoreError(f"Failed to store file: {exc}") from exc
-        return await self.save_bytes(data, extension=extension, content_type=content_type)
+        return await self.save_bytes(data, identifier=identifier, content_type=content_type)
 
-    async def save_bytes(self, data: bytes, *, extension: str, content_type: str) -> str:
-        identifier = ids.new_identifier(extension)
+    async def save_bytes(self, data: bytes, *, identifier: str, content_type: str) -> str:
+        if not ids.is_safe_identifier(identifier):
+            raise StoreError(f"Refusing invalid identifier {identifier!r}")
+        if identifier in self.files:
+            raise StoreError(f"Refusing to overwrite {identifier}", code=ErrorCode.FILE_EXISTS)
         self.files[identifier] = bytes(data)
         return identifier
 
@@ -69,7 +75,7 @@ class MemoryStore:
         self._get(identifier)
         return None
 
-    async def remove(self, identifier: str) -> None:
+    async def remove(self, identifier: str, *, partial: bool = False) -> None:
         if not ids.is_safe_identifier(identifier):
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
         self.files.pop(identifier, None)

@@ -124,7 +124,6 @@ def wait_jobs_idle(c: httpx.Client, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="files of uploads cut by SIGKILL stay until journal intents land")
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     rng = random.Random(20261125)
     media = tmp_path / "media"

@@ -26,10 +26,10 @@ from journal import (
     Outcome,
     encode_payload,
     open_journal,
+    owners,
     push_in,
     schema,
 )
-from journal.queue import _origin, _start_time, _worker_is_dead
 
 EPOCH = 1_700_000_000.0
 
@@ -335,28 +335,28 @@ async def test_keep_done_zero_deletes_and_waiters_still_learn_done(
         assert await journal.stats() == {}
 
 
-async def test_requeue_releases_jobs_of_dead_local_processes_only(
+async def test_reap_releases_jobs_of_dead_local_processes_only(
     journal: Journal, autojump_clock: object, tmp_path: Path
 ) -> None:
-    origin = _origin()
+    origin = owners.origin()
     host, pidns = origin.split("|")[:2]
     child = await trio.lowlevel.open_process([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        alive = f"{host}|{pidns}|{child.pid}|{_start_time(child.pid)}|n|q|0"
+        alive = f"{host}|{pidns}|{child.pid}|{owners._start_time(child.pid)}|n|q|0"
         elsewhere = f"otherhost|{pidns}|{child.pid}|1|n|q|0"
         mine = journal.worker_id("q", 0)
-        assert not _worker_is_dead(origin, alive)
-        assert not _worker_is_dead(origin, mine)
+        assert not owners.gone_from_here(origin, alive)
+        assert not owners.gone_from_here(origin, mine)
         ids = {}
         for name, worker in (("alive", alive), ("elsewhere", elsewhere), ("mine", mine)):
             ids[name] = await journal.push("q", Delete(identifier=name))
             assert await journal.claim("q", worker, 600) is not None
-        assert await journal.requeue_expired() == 0
+        assert (await journal.reap()).jobs == 0
 
         child.kill()
         await child.wait()
-        assert _worker_is_dead(origin, alive)
-        assert await journal.requeue_expired() == 1
+        assert owners.gone_from_here(origin, alive)
+        assert (await journal.reap()).jobs == 1
         job = await journal.get(ids["alive"])
         assert job is not None
         assert (job.status, job.worker, job.attempts) == ("pending", None, 1)
@@ -369,7 +369,7 @@ async def test_requeue_releases_jobs_of_dead_local_processes_only(
                 await child.wait()
     # Pid reuse: same pid, other start time -> that process is gone.
     reused = f"{host}|{pidns}|{os.getpid()}|0|n|q|0"
-    assert not _worker_is_dead(origin, reused)  # our own pid: never guessed about
+    assert not owners.gone_from_here(origin, reused)  # our own pid: never guessed about
     assert socket.gethostname() == host
 
 
@@ -382,7 +382,7 @@ async def test_journal_shares_the_repo_file_without_touching_user_version(
         db_file = repo.db_file
         async with open_journal(db_file) as journal:
             await journal.push("q", Delete(identifier="x"))
-            await repo.set_setting("k", b"v")
+            await repo.health()
     conn = apsw.Connection(str(tmp_path / DB_FILE_NAME))
     user_version = conn.pragma("user_version")
     assert user_version >= 1  # the repo's, untouched by the journal

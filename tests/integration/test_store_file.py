@@ -63,7 +63,9 @@ async def test_open_creates_root(tmp_path: Path) -> None:
 
 async def test_save_file_read_length_local_path(tmp_path: Path, store: FileStore) -> None:
     src = spool(tmp_path)
-    ident = await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     assert LAYOUT.fullmatch(ident)
     assert not src.exists()  # consumed
     path = store.root / ident
@@ -94,14 +96,18 @@ async def test_save_file_read_length_local_path(tmp_path: Path, store: FileStore
     ],
 )
 async def test_read_ranges(tmp_path: Path, store: FileStore, start: int, end: int | None) -> None:
-    ident = await store.save_bytes(DATA, extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_bytes(
+        DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     got = b"".join(await collect(store.read(ident, start, end)))
     assert got == DATA[start:end]
 
 
 async def test_large_read_crosses_thread_batches(store: FileStore) -> None:
     big = os.urandom(3 * 1024 * 1024 + 17)
-    ident = await store.save_bytes(big, extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_bytes(
+        big, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     assert b"".join(await collect(store.read(ident))) == big
     assert (
         b"".join(await collect(store.read(ident, 1_048_570, 2_100_000))) == big[1_048_570:2_100_000]
@@ -124,7 +130,9 @@ async def test_missing_and_unsafe_identifiers(store: FileStore) -> None:
 
 
 async def test_directory_is_not_a_file(store: FileStore) -> None:
-    ident = await store.save_bytes(b"x", extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_bytes(
+        b"x", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     directory = ident.rsplit("/", 1)[0]
     with pytest.raises(StoreNotFound):
         await store.length(directory)
@@ -133,8 +141,12 @@ async def test_directory_is_not_a_file(store: FileStore) -> None:
 
 
 async def test_remove_prunes_empty_parents(tmp_path: Path, store: FileStore) -> None:
-    a = await store.save_bytes(b"a", extension=".jpeg", content_type="image/jpeg")
-    b = await store.save_bytes(b"b", extension=".jpeg", content_type="image/jpeg")
+    a = await store.save_bytes(
+        b"a", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
+    b = await store.save_bytes(
+        b"b", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     await store.remove(a)
     assert not (store.root / a).exists()
     assert (store.root / b).read_bytes() == b"b"
@@ -152,7 +164,9 @@ async def test_remove_prunes_empty_parents(tmp_path: Path, store: FileStore) -> 
 
 async def test_identifiers_skip_temp_files(store: FileStore) -> None:
     made = {
-        await store.save_bytes(bytes([n]), extension=".jpeg", content_type="image/jpeg")
+        await store.save_bytes(
+            bytes([n]), identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
         for n in range(5)
     }
     first = next(iter(made))
@@ -161,20 +175,24 @@ async def test_identifiers_skip_temp_files(store: FileStore) -> None:
     assert {i async for i in store.identifiers()} == made
 
 
-async def test_sweep_temp(store: FileStore) -> None:
-    ident = await store.save_bytes(b"keep", extension=".jpeg", content_type="image/jpeg")
-    old = (store.root / "x" / "y").joinpath(".n.jpeg.tmp-1")
-    old.parent.mkdir(parents=True)
-    old.write_bytes(b"old")
-    past = time.time() - 3600
-    os.utime(old, (past, past))
-    fresh = (store.root / ident).parent / ".m.jpeg.tmp-2"
-    fresh.write_bytes(b"fresh")
-    assert await store.sweep_temp(older_than=60) == 1
-    assert not old.exists()
-    assert not (store.root / "x").exists()  # pruned
-    assert fresh.exists()
-    assert (store.root / ident).read_bytes() == b"keep"
+async def test_remove_partial_takes_what_an_unfinished_save_left(store: FileStore) -> None:
+    """Recovery of a dead process's write: the file (if it got there) and the temporary
+    files of exactly that identifier go; a neighbour's temporary file stays."""
+    ident = store.new_identifier(".jpeg")
+    final = store.root / ident
+    final.parent.mkdir(parents=True)
+    mine = final.parent / f".{final.name}.tmp-0123456789ab"
+    mine.write_bytes(b"half")
+    other = final.parent / ".other.jpeg.tmp-0123456789ab"
+    other.write_bytes(b"someone else's")
+    await store.remove(ident)  # an ordinary remove leaves temporary files alone
+    assert mine.exists()
+    await store.remove(ident, partial=True)
+    assert not mine.exists()
+    assert other.read_bytes() == b"someone else's"
+    other.unlink()
+    await store.remove(ident, partial=True)  # twice is fine; the empty directories go
+    assert not (store.root / ident.split("/")[0]).exists()
 
 
 async def test_health_fails_when_not_writable(tmp_path: Path) -> None:
@@ -199,7 +217,9 @@ async def test_health_fails_when_root_missing(tmp_path: Path) -> None:
 
 async def test_failed_save_missing_src_leaves_nothing(tmp_path: Path, store: FileStore) -> None:
     with pytest.raises(StoreError):
-        await store.save_file(tmp_path / "gone", extension=".jpeg", content_type="image/jpeg")
+        await store.save_file(
+            tmp_path / "gone", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
     assert all_files(store.root) == []
     assert list(store.root.iterdir()) == []  # directories made for it were pruned
 
@@ -213,9 +233,13 @@ async def test_failed_save_readonly_root_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "ro").chmod(0o500)
     try:
         with pytest.raises(StoreError):
-            await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+            await store.save_file(
+                src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+            )
         with pytest.raises(StoreError):
-            await store.save_bytes(DATA, extension=".jpeg", content_type="image/jpeg")
+            await store.save_bytes(
+                DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+            )
     finally:
         (tmp_path / "ro").chmod(0o700)
     assert list((tmp_path / "ro").iterdir()) == []
@@ -231,9 +255,13 @@ async def test_failed_save_blocked_directory_leaves_nothing(
     monkeypatch.setattr(file_module.ids, "new_identifier", lambda ext: "01/02/03/x" + ext)
     src = spool(tmp_path)
     with pytest.raises(StoreError):
-        await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+        await store.save_file(
+            src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
     with pytest.raises(StoreError):
-        await store.save_bytes(DATA, extension=".jpeg", content_type="image/jpeg")
+        await store.save_bytes(
+            DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
     assert [p.name for p in store.root.iterdir()] == ["01"]
     assert (store.root / "01").read_bytes() == b"in the way"
     assert src.read_bytes() == DATA
@@ -256,7 +284,9 @@ async def test_failed_copy_removes_temp(
     monkeypatch.setattr(file_module.os, "link", refusing_link)
     src = spool(tmp_path)
     with pytest.raises(StoreError):
-        await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+        await store.save_file(
+            src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
     monkeypatch.setattr(file_module.os, "link", real_link)
     assert len(calls) == 2
     assert ".tmp-" in calls[1]
@@ -278,24 +308,25 @@ async def test_copy_path_when_src_on_other_fs_or_not_linkable(
     monkeypatch.setattr(file_module.os, "link", no_direct_link)
     src = spool(tmp_path)
     src_inode = src.stat().st_ino
-    ident = await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     assert (store.root / ident).read_bytes() == DATA
     assert (store.root / ident).stat().st_ino != src_inode  # a real copy
     assert not src.exists()
     assert [p.name for p in all_files(store.root)] == [ident.rsplit("/", 1)[1]]
 
 
-async def test_never_overwrites(
-    tmp_path: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    taken = await store.save_bytes(b"first", extension=".jpeg", content_type="image/jpeg")
-    monkeypatch.setattr(file_module.ids, "new_identifier", lambda ext: taken)
+async def test_never_overwrites(tmp_path: Path, store: FileStore) -> None:
+    taken = await store.save_bytes(
+        b"first", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     with pytest.raises(StoreError) as info:
-        await store.save_bytes(b"second", extension=".jpeg", content_type="image/jpeg")
+        await store.save_bytes(b"second", identifier=taken, content_type="image/jpeg")
     assert info.value.code == ErrorCode.FILE_EXISTS
     src = spool(tmp_path)
     with pytest.raises(StoreError) as info:
-        await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+        await store.save_file(src, identifier=taken, content_type="image/jpeg")
     assert info.value.code == ErrorCode.FILE_EXISTS
     assert (store.root / taken).read_bytes() == b"first"
     assert [p.name for p in all_files(store.root)] == [taken.rsplit("/", 1)[1]]
@@ -303,10 +334,14 @@ async def test_never_overwrites(
 
 async def test_identifier_ignores_client_input(tmp_path: Path, store: FileStore) -> None:
     src = spool(tmp_path, name="..%2f..%2fevil.jpeg")
-    ident = await store.save_file(src, extension=".jpeg", content_type="../../x")
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".jpeg"), content_type="../../x"
+    )
     assert LAYOUT.fullmatch(ident)
     with pytest.raises(ValueError, match="extension"):
-        await store.save_bytes(b"x", extension="/../../etc", content_type="image/jpeg")
+        store.new_identifier("/../../etc")
+    with pytest.raises(StoreNotFound):
+        await store.save_bytes(b"x", identifier="../../etc/x", content_type="image/jpeg")
     assert {i async for i in store.identifiers()} == {ident}
 
 
@@ -316,7 +351,9 @@ async def test_concurrent_saves_and_removes(store: FileStore) -> None:
 
     async def save_and_maybe_remove(n: int) -> None:
         data = n.to_bytes(4, "big") * 100
-        ident = await store.save_bytes(data, extension=".jpeg", content_type="image/jpeg")
+        ident = await store.save_bytes(
+            data, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
         if n % 2:
             await store.remove(ident)
         else:
@@ -342,10 +379,14 @@ async def test_save_timings(tmp_path: Path, samples: dict[str, Path]) -> None:
         for n in range(15):
             src = spool(tmp_path, payload, name=f"up{n}.jpeg")
             start = time.perf_counter()
-            ident = await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+            ident = await store.save_file(
+                src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+            )
             linked.append(time.perf_counter() - start)
             start = time.perf_counter()
-            await store.save_bytes(payload, extension=".jpeg", content_type="image/jpeg")
+            await store.save_bytes(
+                payload, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+            )
             written.append(time.perf_counter() - start)
             start = time.perf_counter()
             total = sum([len(c) async for c in store.read(ident)])
@@ -367,7 +408,9 @@ async def test_save_timings(tmp_path: Path, samples: dict[str, Path]) -> None:
 async def test_memory_store_contract(tmp_path: Path) -> None:
     store = MemoryStore()
     src = spool(tmp_path)
-    ident = await store.save_file(src, extension=".jpeg", content_type="image/jpeg")
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
     assert LAYOUT.fullmatch(ident)
     assert not src.exists()
     assert await store.length(ident) == len(DATA)
@@ -383,7 +426,9 @@ async def test_memory_store_contract(tmp_path: Path) -> None:
     with pytest.raises(StoreNotFound):
         await collect(store.read("nope"))
     with pytest.raises(StoreError):
-        await store.save_file(tmp_path / "gone", extension=".jpeg", content_type="image/jpeg")
+        await store.save_file(
+            tmp_path / "gone", identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+        )
     with pytest.raises(StoreError):
         await store.remove("../x")
     await store.remove(ident)

@@ -1,0 +1,230 @@
+"""Crash recovery as operators meet it: a store that holds another program's files, a
+renderer killed while others wait for it, and kill -9 again and again while variants render
+and backgrounded work runs. Recovery acts on what the journal recorded, never on files
+merely because no row mentions them."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import apsw
+import httpx
+import pytest
+import pyvips
+
+from tests.e2e.conftest import Server
+from tests.e2e.test_crash import API_KEY, claim, referenced_identifiers, wait_jobs_idle
+from tests.e2e.test_upload_serve_delete import upload
+
+MONTHS = 120 * 24 * 3600
+
+
+def pict_rs_identifier(created: float, extension: str) -> str:
+    """media.md §2.8: a UUID v7 as 32 hex digits, ten 2-digit folders, the rest the name."""
+    ms = int(created * 1000)
+    value = (ms << 80) | (0x7 << 76) | (uuid.uuid4().int & ((1 << 76) - 1))
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)
+    digits = f"{value:032x}"
+    return "/".join([digits[i : i + 2] for i in range(0, 20, 2)] + [digits[20:] + extension])
+
+
+def test_a_pict_rs_volume_is_left_untouched(tmp_path: Path, samples: dict[str, Path]) -> None:
+    """pictrs-trio started (twice) on a files folder of pict-rs 0.5 with an empty repo:
+    every one of its files is still there, bytes and times, and one warning says so."""
+    files = tmp_path / "files"
+    old = time.time() - 4 * MONTHS
+    theirs: dict[Path, tuple[bytes, float]] = {}
+    sources = ["cat.jpg", "earth.gif", "scene.webp", "test.png"] * 3
+    for n, name in enumerate(sources):
+        ext = "." + name.rsplit(".", 1)[1].replace("jpg", "jpeg")
+        path = files / pict_rs_identifier(old + n * 3600, ext)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(samples[name].read_bytes())
+        os.utime(path, (old + n, old + n))
+        theirs[path] = (path.read_bytes(), path.stat().st_mtime)
+    assert len(theirs) == 12
+    for _ in range(2):
+        srv = Server(tmp_path).start()
+        try:
+            with srv.client() as c:
+                alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+                assert c.get(f"/image/process.webp?src={alias}&thumbnail=40").status_code == 200
+            deadline = time.monotonic() + 15
+            while "does not know" not in srv.log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            assert srv.stop() == 0
+    for path, (data, mtime) in theirs.items():
+        assert path.read_bytes() == data
+        assert path.stat().st_mtime == mtime
+    warnings = [line for line in srv.log.read_text().splitlines() if "does not know" in line]
+    assert warnings and all("holds 12 files" in line for line in warnings), warnings
+    assert "docs/migration.md" in warnings[0]
+
+
+def big_image(path: Path, samples: dict[str, Path]) -> Path:
+    """3600x4161: a strong blur of it takes seconds."""
+    pyvips.Image.jpegload(str(samples["cat.jpg"])).resize(3).jpegsave(str(path), Q=85)
+    return path
+
+
+def test_a_waiting_request_takes_over_from_a_killed_renderer(
+    tmp_path: Path, samples: dict[str, Path]
+) -> None:
+    """Two servers on one repo; A renders a slow variant, B's request for it waits on A's
+    lease. A is killed: B renders it itself at once, not after a 35 s wait and a 500."""
+    a = Server(tmp_path).start()
+    b = Server(tmp_path).start()
+    try:
+        with a.client() as c:
+            alias = upload(c, big_image(tmp_path / "big.jpg", samples)).json()["files"][0]["file"]
+        url = f"/image/process.png?src={alias}&blur=40"
+        outcome: dict[str, object] = {}
+
+        def ask_a() -> None:
+            try:
+                httpx.get(a.url + url, timeout=60)
+            except httpx.TransportError as exc:
+                outcome["a"] = type(exc).__name__
+
+        first = threading.Thread(target=ask_a)
+        first.start()
+        time.sleep(1.0)  # A holds the lease and renders
+
+        def ask_b() -> None:
+            began = time.monotonic()
+            r = httpx.get(b.url + url, timeout=60)
+            outcome["b"] = (r.status_code, time.monotonic() - began)
+
+        second = threading.Thread(target=ask_b)
+        second.start()
+        time.sleep(0.5)
+        a.stop(signal.SIGKILL)
+        first.join()
+        second.join()
+        status, took = outcome["b"]  # type: ignore[misc]
+        print(f"B answered {status} after {took:.1f} s")
+        assert status == 200
+        assert took < 25  # its own render, begun when A died; a dead lease costs ~35 s
+        assert outcome["a"] in ("RemoteProtocolError", "ReadError")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def files_and_rows(srv: Server) -> tuple[set[str], set[str], set[str]]:
+    on_disk = {str(p.relative_to(srv.files)) for p in srv.stored_files()}
+    rows = referenced_identifiers(srv.db / "pictrs.sqlite3")
+    conn = apsw.Connection(str(srv.db / "pictrs.sqlite3"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        intents = {str(k) for (k,) in conn.execute("SELECT key FROM journal_intents")}
+    finally:
+        conn.close()
+    return on_disk, rows, intents
+
+
+@pytest.mark.slow
+def test_sigkill_while_rendering_and_working_in_the_background(
+    tmp_path: Path, samples: dict[str, Path]
+) -> None:
+    rng = random.Random(20261204)
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = Server(data, ["--api-key", API_KEY]).start()
+    with srv.client() as c:
+        photo = upload(c, big_image(tmp_path / "big.jpg", samples)).json()["files"][0]["file"]
+        small = upload(c, samples["test.png"]).json()["files"][0]["file"]
+    requested: set[str] = set()  # every variant a GET asked for (answered or not)
+    queued: set[str] = set()  # process_backgrounded answered 202
+    uploads: dict[str, Path] = {}  # backgrounded uploads answered 202
+    lock = threading.Lock()
+    counter = iter(range(1_000_000))
+
+    def renderer(stop: threading.Event) -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            while not stop.is_set():
+                query = f"/image/process.webp?src={photo}&resize={200 + next(counter)}&blur=3"
+                with lock:
+                    requested.add(query)
+                try:
+                    client.get(query)
+                except httpx.TransportError:
+                    return
+
+    def backgrounder(stop: threading.Event) -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            while not stop.is_set():
+                query = f"src={small}&thumbnail={20 + next(counter)}"
+                try:
+                    r = client.get(f"/image/process_backgrounded.webp?{query}")
+                except httpx.TransportError:
+                    return
+                if r.status_code == 202:
+                    with lock:
+                        queued.add(query)
+
+    def uploader(stop: threading.Event) -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(
+                        "/image/backgrounded",
+                        files={"images[]": ("a.png", samples["test.png"].read_bytes())},
+                    )
+                except httpx.TransportError:
+                    return
+                if r.status_code == 202:
+                    with lock:
+                        uploads[r.json()["uploads"][0]["upload_id"]] = samples["test.png"]
+
+    for _ in range(4):
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=work, args=(stop,))
+            for work in (renderer, renderer, backgrounder, uploader)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(1.0, 2.5))
+        srv.stop(signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        srv = Server(data, ["--api-key", API_KEY]).start()
+    assert requested and queued and uploads
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            slowest = 0.0
+            for query in sorted(requested):
+                began = time.monotonic()
+                r = c.get(query)
+                slowest = max(slowest, time.monotonic() - began)
+                assert r.status_code == 200, (query, r.status_code, r.text)
+            # Every variant queued before a kill is rendered by its job after the restart.
+            deadline = time.monotonic() + 60
+            pending = set(queued)
+            while pending and time.monotonic() < deadline:
+                for query in list(pending):
+                    if c.get(f"/image/details/process.webp?{query}").status_code == 200:
+                        pending.discard(query)
+                time.sleep(0.2)
+            assert pending == set(), f"{len(pending)} queued variants never generated"
+            for upload_id in uploads:
+                assert claim(c, upload_id).status_code in (200, 422), upload_id
+            wait_jobs_idle(c)
+        print(
+            f"{len(requested)} variants asked for (slowest {slowest:.1f} s), {len(queued)} "
+            f"queued, {len(uploads)} backgrounded uploads"
+        )
+    finally:
+        assert srv.stop() == 0
+    on_disk, rows, intents = files_and_rows(srv)
+    assert intents == set()
+    assert rows - on_disk == set(), "rows whose file is missing"
+    assert on_disk - rows == set(), "files no row references"
