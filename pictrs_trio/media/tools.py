@@ -8,6 +8,7 @@ exit: every child killed and reaped.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,24 @@ from pictrs_trio.rules.errors import MediaToolError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery, Plan
 from pictrs_trio.rules.variants import Op
+
+# Every external program the media work calls, by name on PATH (media.md's tool chain; the
+# libvips engine is the pyvips-binary wheel, not a program).
+TOOLS = ("ffmpeg", "ffprobe", "exiftool", "cjxl", "djxl", "jxlinfo")
+TOOL_PACKAGES = {
+    "ffmpeg": "ffmpeg",
+    "ffprobe": "ffmpeg",
+    "exiftool": "libimage-exiftool-perl",
+    "cjxl": "libjxl-tools",
+    "djxl": "libjxl-tools",
+    "jxlinfo": "libjxl-tools",
+}
+
+
+def missing_tools() -> list[str]:
+    """The tools not found on PATH (``shutil.which``: a few stat calls each)."""
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
 
 ENGINE_ANIMATIONS = frozenset({Fmt.GIF, Fmt.WEBP})  # what libvips reads and writes animated
 FFMPEG_ANIMATION_INPUTS = frozenset({Fmt.GIF, Fmt.APNG, Fmt.AVIF})

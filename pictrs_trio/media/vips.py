@@ -77,11 +77,18 @@ class EnginePool:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Reply)
         self._pids: set[int] = set()
+        self._ready: set[int] = set()  # workers that loaded libvips and said so
+        self.last_failure: str | None = None  # why the last worker did not start or died
 
     @property
     def pids(self) -> frozenset[int]:
         """Live worker process ids (tests kill them to prove the pool heals)."""
         return frozenset(self._pids)
+
+    @property
+    def ready(self) -> int:
+        """How many workers are up and past their start-up (for /healthz)."""
+        return len(self._ready)
 
     def _env(self) -> dict[str, str]:
         root = str(Path(pictrs_trio.__file__).resolve().parent.parent)
@@ -113,6 +120,7 @@ class EnginePool:
             try:
                 proc = spawn([self._python, "-m", "pictrs_trio.media.vips_worker"], env=self._env())
             except OSError as exc:
+                self.last_failure = f"could not start: {exc}"
                 logger.error("engine worker {} could not start: {}", index, exc)
                 if not started:
                     task_status.started()
@@ -126,6 +134,7 @@ class EnginePool:
                     watch.start_soon(self._drain_stderr, proc, index)
                     worker = _Worker(proc)
                     if await self._wait_ready(worker):
+                        self._ready.add(proc.pid)
                         await self._idle_send.send(worker)
                     if not started:
                         task_status.started()
@@ -133,6 +142,7 @@ class EnginePool:
                     await proc.wait()
             finally:
                 self._pids.discard(proc.pid)
+                self._ready.discard(proc.pid)
                 if proc.returncode is None:
                     proc.kill()
                 with trio.move_on_after(REAP_S, shield=True):
@@ -141,6 +151,8 @@ class EnginePool:
             logger.info(
                 "engine worker {} (pid {}) exited with {}", index, proc.pid, proc.returncode
             )
+            if proc.returncode != -signal.SIGKILL:
+                self.last_failure = f"worker exited with {proc.returncode}"
             # Killed (by us, for a timeout or crash) restarts at once; a child that exits on
             # its own right after starting is broken, so wait before trying again.
             if (
@@ -160,6 +172,7 @@ class EnginePool:
                     return True
         except (trio.TooSlowError, trio.BrokenResourceError, EOFError, msgspec.DecodeError):
             pass
+        self.last_failure = "worker did not finish starting"
         logger.error("engine worker (pid {}) did not start properly", worker.proc.pid)
         worker.proc.kill()
         return False

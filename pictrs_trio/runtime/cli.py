@@ -196,14 +196,20 @@ def main(
 ) -> int:
     """Parse ``argv``, build the Config, then hand it to ``runner`` (``service.run``).
 
-    Returns the exit status: 0, or 2 after printing ``error: ...`` for a usage or
-    configuration error.
+    Returns the exit status: 0, 2 after printing ``error: ...`` for a usage or
+    configuration error, 1 after printing it for anything else that stops start-up (a port
+    in use, a folder that cannot be written, a missing tool or TLS file).
     """
+    from pictrs_trio.runtime.startup import StartupError
+
     try:
         return _main(list(sys.argv[1:] if argv is None else argv), runner, env)
     except (ConfigError, CycloptsError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None) -> int:

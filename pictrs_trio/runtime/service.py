@@ -27,11 +27,12 @@ from loguru import logger
 
 import pictrs_trio
 from journal import Journal, run_workers
-from pictrs_trio.config import Config, FilesystemStore, parse_address
+from pictrs_trio.config import Config, FilesystemStore
 from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.repo.sqlite import open_sqlite_repo
-from pictrs_trio.runtime import logging as pictrs_logging
+from pictrs_trio.rules.errors import PictrsError
+from pictrs_trio.runtime.startup import StartupError
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
@@ -58,12 +59,33 @@ def tune_malloc() -> None:
         pass
 
 
-def run(config: Config) -> None:
-    """Serve in this process until SIGTERM/SIGINT. Blocks. (``launch.run`` picks between
-    this and several worker processes.)"""
-    pictrs_logging.setup(config.tracing.logging)
+def run(config: Config, listen_fd: int) -> None:
+    """Serve on the listening socket ``listen_fd`` until SIGTERM/SIGINT. Blocks. A failure
+    before serving raises StartupError (one line for the operator)."""
     tune_malloc()
-    trio.run(serve, config)
+    try:
+        trio.run(functools.partial(serve, config, listen_fd=listen_fd))
+    except BaseExceptionGroup as group:
+        raise _startup_error(group) from group
+
+
+def _startup_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one pict-rs error of a start-up that failed in a nursery, as a StartupError;
+    anything else (a crash) unchanged, with its traceback."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for leaf in leaves:
+        if isinstance(leaf, StartupError):
+            return leaf
+        if isinstance(leaf, PictrsError):
+            return StartupError(leaf.msg)
+    return group
 
 
 def temp_root(config: Config) -> Path:
@@ -78,7 +100,7 @@ JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0}
 @asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
     if not isinstance(config.store, FilesystemStore):
-        raise SystemExit("error: object storage is not supported yet; use the filesystem store")
+        raise StartupError("store.type = object_storage: not supported yet")
     async with open_file_store(Path(config.store.path)) as store:
         yield store
 
@@ -162,13 +184,10 @@ def engine_workers(config: Config) -> int:
     return max(1, (os.cpu_count() or 1) // config.server.workers)
 
 
-def hypercorn_config(config: Config, listen_fd: int | None = None) -> hypercorn.config.Config:
-    host, port = parse_address(config.server.address)
+def hypercorn_config(config: Config, listen_fd: int) -> hypercorn.config.Config:
+    """hypercorn serves the socket ``runtime/startup.open_listener`` bound."""
     hc = hypercorn.config.Config()
-    if listen_fd is not None:  # a worker process: the parent bound the socket
-        hc.bind = [f"fd://{listen_fd}"]
-    else:
-        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.bind = [f"fd://{listen_fd}"]
     # A backstop only: serve() ends hypercorn itself once in-flight requests are done.
     hc.graceful_timeout = config.server.shutdown_timeout + 5
     hc.accesslog = None
@@ -215,7 +234,7 @@ async def _serve_http(
 async def serve(
     config: Config,
     *,
-    listen_fd: int | None = None,
+    listen_fd: int,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open everything, serve, and return once a signal has drained in-flight requests.

@@ -62,8 +62,8 @@ class Store(Protocol):
         ``async for identifier in store.identifiers()``."""
         ...
 
-    async def health(self) -> None:
-        """Raises StoreError unless the store is reachable and writable."""
+    async def health(self, *, write: bool = True) -> None:
+        """Raises StoreError unless the store is reachable and (``write``) writable."""
         ...
 
     async def aclose(self) -> None: ...

@@ -275,9 +275,12 @@ def _walk(root: Path) -> list[str]:
     return found
 
 
-def _health_sync(root: Path) -> None:
+def _health_sync(root: Path, write: bool) -> None:
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "store root is not a directory", str(root))
+    if not write:
+        os.listdir(root)
+        return
     probe = root / f"{PROBE_PREFIX}{secrets.token_hex(6)}"
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -428,11 +431,12 @@ class FileStore:
         for identifier in found:
             yield identifier
 
-    async def health(self) -> None:
+    async def health(self, *, write: bool = True) -> None:
         try:
-            await trio.to_thread.run_sync(_health_sync, self.root)
+            await trio.to_thread.run_sync(_health_sync, self.root, write)
         except OSError as exc:
-            raise StoreError(f"Store root {self.root} is not writable: {exc}") from exc
+            what = "writable" if write else "readable"
+            raise StoreError(f"Store root {self.root} is not {what}: {exc}") from exc
 
     async def aclose(self) -> None:
         return None

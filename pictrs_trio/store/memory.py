@@ -84,7 +84,7 @@ class MemoryStore:
         for identifier in list(self.files):
             yield identifier
 
-    async def health(self) -> None:
+    async def health(self, *, write: bool = True) -> None:
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:

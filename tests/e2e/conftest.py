@@ -44,6 +44,14 @@ class Server:
         self.log = root / "server.log"
 
     def start(self, timeout: float = 30.0) -> Server:
+        """Start and wait until /healthz answers 200."""
+        return self._start(timeout, healthy=True)
+
+    def start_no_wait(self, timeout: float = 30.0) -> Server:
+        """Start and wait until /healthz answers at all (a part may be down)."""
+        return self._start(timeout, healthy=False)
+
+    def _start(self, timeout: float, *, healthy: bool) -> Server:
         cmd = [
             sys.executable,
             "-m",
@@ -71,7 +79,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                status = httpx.get(self.url + "/healthz", timeout=1).status_code
+                if status == 200 or not healthy:
                     return self
             except httpx.TransportError:
                 pass

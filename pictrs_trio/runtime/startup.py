@@ -1,0 +1,145 @@
+"""What is checked and opened before serving, and how a failure is told: one line naming
+the address, path or key, then exit status 1 (2 for configuration errors; docs/cli.md).
+
+    check_config   settings that parse but cannot work            ConfigError (2)
+    check_files    TLS certificate and key                        StartupError (1)
+    check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
+    preflight      the repo opens (and migrates), the store and    StartupError (1)
+                   the temporary folder are writable
+    open_listener  the one listening socket, bound by this process StartupError (1)
+
+The listening socket is made here, not by hypercorn, so that a port in use is one clear
+line, and so that several server processes share exactly one socket: the supervisor's,
+inherited by its children. It does not set SO_REUSEPORT, so no other process can join it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from pictrs_trio.config import Config, ConfigError, parse_address
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """pictrs-trio cannot start here: the message says what and where (exit status 1)."""
+
+
+def check_config(config: Config) -> None:
+    """Settings that parse but cannot work. Raises ConfigError naming the key."""
+    if config.server.danger_dummy_mode:
+        raise ConfigError("server.danger_dummy_mode: not supported by pictrs-trio")
+    if config.media.preprocess_steps:
+        from pictrs_trio.rules import variants
+        from pictrs_trio.rules.errors import PictrsError
+
+        try:
+            variants.parse_steps(config.media.preprocess_steps)
+        except PictrsError as exc:
+            raise ConfigError(f"media.preprocess_steps: {exc.msg}") from None
+    server = config.server
+    if bool(server.certificate) != bool(server.private_key):
+        raise ConfigError("server.certificate and server.private_key: set both or neither")
+
+
+def check_files(config: Config) -> None:
+    """The TLS certificate and key load together. Raises StartupError naming the file."""
+    cert, key = config.server.certificate, config.server.private_key
+    if not (cert and key):
+        return
+    for what, path in (("server.certificate", cert), ("server.private_key", key)):
+        if not os.access(path, os.R_OK):
+            reason = "does not exist" if not os.path.exists(path) else "is not readable"
+            raise StartupError(f"{what} {path} {reason}")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(
+            f"server.certificate {cert} and server.private_key {key} do not load: {exc}"
+        ) from None
+
+
+def check_tools() -> None:
+    """Every tool the media work runs is on PATH. Raises StartupError naming the missing."""
+    from pictrs_trio.media.tools import TOOL_PACKAGES, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        packages = sorted({TOOL_PACKAGES[tool] for tool in missing})
+        raise StartupError(
+            f"{', '.join(missing)} not found on PATH (PATH={os.environ.get('PATH', '')}); "
+            f"on Debian install: {' '.join(packages)}"
+        )
+
+
+async def preflight(config: Config) -> None:
+    """Open the repo (migrating it), and write to the store and the temporary folder, once,
+    before any server process starts. Raises StartupError naming the path."""
+    import tempfile
+    from pathlib import Path
+
+    import trio
+
+    from pictrs_trio.config import FilesystemStore
+    from pictrs_trio.repo.sqlite import open_sqlite_repo
+    from pictrs_trio.rules.errors import PictrsError
+    from pictrs_trio.store.file import open_file_store
+
+    try:
+        async with open_sqlite_repo(Path(config.repo.path)) as repo:
+            await repo.health()
+    except PictrsError as exc:
+        raise StartupError(f"repo.path {config.repo.path}: {exc.msg}") from None
+    if not isinstance(config.store, FilesystemStore):
+        raise ConfigError("store.type = object_storage: not supported yet; use filesystem")
+    try:
+        async with open_file_store(Path(config.store.path)) as store:
+            await store.health(write=not config.server.read_only)
+    except PictrsError as exc:
+        raise StartupError(f"store.path {config.store.path}: {exc.msg}") from None
+    scratch = Path(config.server.temporary_directory or tempfile.gettempdir())
+    try:
+        await trio.to_thread.run_sync(_probe_folder, scratch / "pictrs-trio")
+    except OSError as exc:
+        raise StartupError(
+            f"server.temporary_directory {scratch}: cannot write there: {exc.strerror or exc}"
+        ) from None
+
+
+def _probe_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".probe-{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+
+
+def open_listener(config: Config) -> socket.socket:
+    """Bind and listen on ``server.address``. Raises StartupError naming the address."""
+    address = config.server.address
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Restarting while old connections sit in TIME_WAIT is fine; a second listener is
+        # not (that would take SO_REUSEPORT, which we never set).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (is another pictrs-trio or pict-rs running there?)"
+        elif exc.errno == errno.EACCES:
+            hint = " (ports below 1024 need privileges)"
+        raise StartupError(f"cannot listen on {address}: {exc.strerror or exc}{hint}") from None
+    sock.set_inheritable(True)  # server processes of the supervisor accept on it too
+    return sock

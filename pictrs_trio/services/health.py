@@ -1,0 +1,37 @@
+"""What ``/healthz`` checks: every part a request needs (api.md §2.13, plus the engine and
+the tools pict-rs's own container always carries). The first part that is down raises
+``Unhealthy`` naming it, with that part's own error code; /healthz answers it with 503."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+
+from pictrs_trio.media.tools import TOOL_PACKAGES, missing_tools
+from pictrs_trio.rules.errors import ErrorCode, PictrsError, Unhealthy
+from pictrs_trio.services.state import AppState
+
+
+async def check(state: AppState) -> None:
+    """Raises Unhealthy for the first part down: the repo (write and read back), the store
+    (write a probe; in read-only mode, list it), the engine workers (at least one up), the
+    tools (all on PATH)."""
+    read_only = state.config.server.read_only
+    store = partial(state.store.health, write=not read_only)  # read-only: a reading store
+    for part, probe in (("repo", state.repo.health), ("store", store)):
+        try:
+            await probe()
+        except PictrsError as exc:
+            raise Unhealthy(f"{part}: {exc.msg}", code=exc.code) from exc
+    engine = state.media.engine
+    if engine.ready == 0:
+        why = f" ({engine.last_failure})" if engine.last_failure else ""
+        raise Unhealthy(f"engine: no engine worker is running{why}", code=ErrorCode.COMMAND_ERROR)
+    missing = await trio.to_thread.run_sync(missing_tools)
+    if missing:
+        packages = sorted({TOOL_PACKAGES[tool] for tool in missing})
+        raise Unhealthy(
+            f"tools: {', '.join(missing)} not found on PATH (Debian: {', '.join(packages)})",
+            code=ErrorCode.COMMAND_NOT_FOUND,
+        )
