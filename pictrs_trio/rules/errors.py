@@ -291,6 +291,18 @@ class AlreadyClaimed(PictrsError):
     code = ErrorCode.ALREADY_CLAIMED
 
 
+class FailedExternalValidation(PictrsError):
+    """``media.external_validation`` refused the upload."""
+
+    code = ErrorCode.FAILED_EXTERNAL_VALIDATION
+
+
+class ProxyNotAllowed(PictrsError):
+    """A route that takes only an alias was given a proxy URL (``set_not_found``)."""
+
+    code = ErrorCode.PROXY_NOT_ALLOWED
+
+
 class Unhealthy(PictrsError):
     """A part a request needs is down (``/healthz``); the message names the part, the code
     is the part's own error code."""
@@ -333,6 +345,8 @@ STATUS: dict[type[BaseException], int] = {
     InvalidFileExtension: 400,
     InvalidProcessPath: 400,
     AlreadyClaimed: 400,
+    FailedExternalValidation: 400,
+    ProxyNotAllowed: 400,
     Unhealthy: 503,
 }
 

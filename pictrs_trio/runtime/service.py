@@ -231,6 +231,26 @@ async def _serve_http(
     )
 
 
+async def start_background(state: AppState, nursery: trio.Nursery) -> None:
+    """Start what every server process runs beside HTTP, in ``nursery``: first this
+    process becomes a journal owner and what dead ones left (render leases, jobs in hand,
+    unfinished writes) is released or undone; then the job runners, the access-time
+    flusher and (not in read-only mode) the scheduler."""
+    await nursery.start(state.journal.run_owner)
+    nursery.start_soon(state.accesses.run, state.repo)
+    await nursery.start(
+        functools.partial(
+            run_workers,
+            state.journal,
+            handlers.by_queue(state),
+            concurrency=handlers.CONCURRENCY,
+            time_limit=JOB_TIME_LIMITS,
+        )
+    )
+    if not state.config.server.read_only:
+        nursery.start_soon(handlers.schedule, state, state.journal)
+
+
 async def serve(
     config: Config,
     *,
@@ -246,22 +266,8 @@ async def serve(
         shutdown = trio.Event()
         app = create_app(state)
         async with trio.open_nursery() as nursery:
-            # First: this process becomes a journal owner, and what dead ones left (render
-            # leases, jobs in hand, unfinished writes) is released or undone.
-            await nursery.start(state.journal.run_owner)
             nursery.start_soon(_watch_signals, shutdown)
-            nursery.start_soon(state.accesses.run, state.repo)
-            await nursery.start(
-                functools.partial(
-                    run_workers,
-                    state.journal,
-                    handlers.by_queue(state),
-                    concurrency=handlers.CONCURRENCY,
-                    time_limit=JOB_TIME_LIMITS,
-                )
-            )
-            if not config.server.read_only:
-                nursery.start_soon(handlers.schedule, state, state.journal)
+            await start_background(state, nursery)
             binds = await nursery.start(
                 _serve_http, app, hypercorn_config(config, listen_fd), shutdown
             )
