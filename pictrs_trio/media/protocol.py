@@ -26,26 +26,16 @@ class Probe(msgspec.Struct, tag="probe", **Frozen):
     sniffed: str  # formats.Sniffed value: jpeg, png, gif, webp, avif
 
 
-class Convert(msgspec.Struct, tag="convert", **Frozen):
-    """Decode ``src`` with its sniffed loader, re-encode to ``dst`` without metadata."""
-
-    src: str
-    sniffed: str
-    dst: str
-    out_fmt: str  # jpeg, png, webp, avif, gif
-    quality: int | None = None
-    autorot: bool = True
-    page: int | None = None  # one page of a multi-page input; None keeps all (animations)
-    animated: bool = False  # load every page and keep the animation
-
-
 class Process(msgspec.Struct, tag="process", **Frozen):
-    """Apply ``ops`` (``variants.Op``) to ``src`` and save ``dst`` without metadata.
+    """Apply ``ops`` (``variants.Op``) to ``src`` and save ``dst`` without metadata. With no
+    operations it is a conversion (ingest's re-encode to the configured format).
 
     ``out_fmt`` is one the worker writes itself: jpeg, png, webp, avif (still), gif, apng.
     ``animated`` loads every page and keeps the animation (gif/webp/apng output); otherwise
-    only the first page is read. Animations above ``max_pixels`` (frames x width x height of
-    the input) are refused as too much work.
+    only the first page is read. ``autorot`` applies the EXIF orientation first. ``strict``
+    refuses an input libvips reports any error for (ingest), where a variant of a stored file
+    tolerates what decodes. Animations above ``max_pixels`` (frames x width x height of the
+    input) are refused as too much work.
     """
 
     src: str
@@ -55,6 +45,8 @@ class Process(msgspec.Struct, tag="process", **Frozen):
     out_fmt: str
     quality: int | None = None
     animated: bool = False
+    autorot: bool = False
+    strict: bool = False
     max_pixels: int = 200_000_000
 
 
@@ -64,7 +56,7 @@ class Sleep(msgspec.Struct, tag="sleep", **Frozen):
     seconds: float
 
 
-Request = Probe | Convert | Process | Sleep
+Request = Probe | Process | Sleep
 
 
 class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
@@ -74,12 +66,6 @@ class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
     orientation: int | None
     loader: str
     has_alpha: bool
-
-
-class ConvertResult(msgspec.Struct, tag="convert_result", **Frozen):
-    width: int
-    height: int
-    pages: int
 
 
 class ProcessResult(msgspec.Struct, tag="process_result", **Frozen):
@@ -107,7 +93,7 @@ class Failed(msgspec.Struct, tag="failed", **Frozen):
     media: bool
 
 
-Reply = ProbeResult | ConvertResult | ProcessResult | Slept | Ready | Failed
+Reply = ProbeResult | ProcessResult | Slept | Ready | Failed
 
 
 def frame(payload: bytes) -> bytes:

@@ -27,7 +27,7 @@ from pictrs_trio.media.ffmpeg import (
     still_argv,
     video_argv,
 )
-from pictrs_trio.media.protocol import Convert, Process, ProcessResult, Reply, Request
+from pictrs_trio.media.protocol import Process, ProcessResult, Reply, Request
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
@@ -144,14 +144,16 @@ class MediaTools:
             target = self.temp_path(".png")
             scratch.append(target)
         await self.engine.submit(
-            Convert(
+            Process(  # a conversion: no operations, the first page of an animation
                 src=os.fspath(src),
                 sniffed=sniffed,
                 dst=os.fspath(target),
+                ops=[],
                 out_fmt="png" if out is Fmt.JXL else out.value,
                 quality=None if out is Fmt.JXL else plan.quality,
                 autorot=autorot,
-                page=0 if source.format.kind is Kind.ANIMATION else None,
+                strict=True,
+                max_pixels=ANIMATION_PIXEL_BUDGET,
             )
         )
         if out is Fmt.JXL:
@@ -162,14 +164,16 @@ class MediaTools:
     ) -> None:
         src_fmt, out = source.format.fmt, plan.output.fmt
         if src_fmt in ENGINE_ANIMATIONS and out in ENGINE_ANIMATIONS:
-            job = Convert(
+            job = Process(
                 src=os.fspath(src),
                 sniffed=src_fmt.value,
                 dst=os.fspath(dst),
+                ops=[],
                 out_fmt=out.value,
                 quality=plan.quality,
-                autorot=False,
                 animated=True,
+                strict=True,
+                max_pixels=ANIMATION_PIXEL_BUDGET,
             )
             await self.engine.submit(job)
         elif src_fmt in FFMPEG_ANIMATION_INPUTS:

@@ -78,11 +78,19 @@ def pages_of(image: pyvips.Image) -> int:
 
 def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, int, float]:
     """(image, frame width, frame height, load reduction) with shrink-on-load applied."""
-    options: dict[str, object] = {"access": "sequential", "fail_on": "truncated"}
     animated = job.animated and job.sniffed in MULTI_PAGE
+    # Rotating needs random access; without it, a sequential decode streams to the saver.
+    access = "random" if job.autorot and not animated else "sequential"
+    options: dict[str, object] = {
+        "access": access,
+        "fail_on": "error" if job.strict else "truncated",
+    }
     if animated:
         options["n"] = -1
     image = load(vips, job.src, job.sniffed, **options)  # header only: libvips is lazy
+    if job.autorot and not animated:
+        image = image.autorot()
+        return image, image.width, image.height, 1.0
     pages = pages_of(image) if animated else 1
     width, height = image.width, image.height // pages
     if pages * width * height > job.max_pixels:
@@ -205,7 +213,7 @@ def _gint() -> int:
 def _save(image: pyvips.Image, job: Process) -> None:
     quality = job.quality if job.quality is not None else DEFAULT_QUALITY.get(job.out_fmt)
     q = {"Q": min(max(quality, 1), 100)} if quality is not None else {}
-    keep = {"keep": "none"}  # no EXIF/XMP/IPTC/ICC in a variant
+    keep = {"keep": "none"}  # no EXIF/XMP/IPTC/ICC in what we store
     fmt = job.out_fmt
     if fmt == "jpeg":
         if image.hasalpha():
@@ -236,8 +244,13 @@ def _save_apng(frames: Sequence[pyvips.Image], source: pyvips.Image, dst: str) -
 
 
 def process(vips: type[pyvips.Image], job: Process) -> ProcessResult:
+    """The one processing job: decode, apply the steps, save (``_save``, the one saver).
+    A conversion is this with no operations."""
     image, width, height, shrink = _open(vips, job)
-    if job.animated and job.sniffed in MULTI_PAGE:
+    animated = job.animated and job.sniffed in MULTI_PAGE
+    if animated and not job.ops and job.out_fmt != "apng":
+        frames = [image]  # nothing to do per frame: the pages go to the saver as they are
+    elif animated:
         frames = _frames(image, width, height, job)
     else:
         frames = [apply(image, plan(width, height, job.ops), (width, height))]
@@ -245,7 +258,9 @@ def process(vips: type[pyvips.Image], job: Process) -> ProcessResult:
         _save_apng(frames, image, job.dst)
     else:
         out = frames[0] if len(frames) == 1 else vips.arrayjoin(frames, across=1)
-        _save(_with_page_height(out, frames[0].height), job)
+        # The pages of an unprocessed animation keep the input's frame height.
+        page_height = height if animated and not job.ops else frames[0].height
+        _save(_with_page_height(out, page_height), job)
     check = load(vips, job.dst, READ_BACK[job.out_fmt], access="sequential")
     return ProcessResult(
         width=check.width,

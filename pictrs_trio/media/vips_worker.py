@@ -28,8 +28,6 @@ import msgspec
 from pictrs_trio.media.protocol import (
     HEADER,
     MAX_FRAME,
-    Convert,
-    ConvertResult,
     Failed,
     Probe,
     ProbeResult,
@@ -42,7 +40,6 @@ from pictrs_trio.media.protocol import (
 )
 from pictrs_trio.media.vips_ops import LOADERS as LOADERS  # re-export: it lived here
 from pictrs_trio.media.vips_ops import (
-    MULTI_PAGE,
     MediaFault,
     field,
     load,
@@ -72,52 +69,10 @@ def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
     )
 
 
-def _save(image: pyvips.Image, job: Convert) -> None:
-    q = {"Q": job.quality} if job.quality is not None else {}
-    keep = {"keep": "none"}  # no EXIF/XMP/IPTC/ICC in what we store
-    if job.out_fmt == "jpeg":
-        if image.hasalpha():
-            image = image.flatten(background=[255, 255, 255])
-        image.jpegsave(job.dst, optimize_coding=True, **keep, **q)
-    elif job.out_fmt == "png":
-        image.pngsave(job.dst, **keep)
-    elif job.out_fmt == "webp":
-        image.webpsave(job.dst, **keep, **q)
-    elif job.out_fmt == "avif":
-        image.heifsave(job.dst, compression="av1", **keep, **q)
-    elif job.out_fmt == "gif":
-        image.gifsave(job.dst, **keep)
-    else:
-        raise MediaFault(f"engine cannot write {job.out_fmt!r}")
-
-
-def convert(vips: type[pyvips.Image], job: Convert) -> ConvertResult:
-    # Rotating needs random access; without it, sequential decode streams straight to the saver.
-    access = "random" if job.autorot and not job.animated else "sequential"
-    options: dict[str, object] = {"access": access, "fail_on": "error"}
-    if job.sniffed in MULTI_PAGE:
-        if job.animated:
-            options["n"] = -1
-        elif job.page is not None:
-            options["page"] = job.page
-    image = load(vips, job.src, job.sniffed, **options)
-    if job.autorot and not job.animated:
-        image = image.autorot()
-    _save(image, job)
-    out = load(vips, job.dst, job.out_fmt)
-    return ConvertResult(
-        width=out.width,
-        height=out.height,
-        pages=pages_of(out),
-    )
-
-
 def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Reply:
     try:
         if isinstance(job, Probe):
             return probe(vips, job)
-        if isinstance(job, Convert):
-            return convert(vips, job)
         if isinstance(job, Process):
             return process(vips, job)
         time.sleep(job.seconds)
