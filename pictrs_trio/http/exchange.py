@@ -105,12 +105,10 @@ def settle(
     return Settle.DRAIN
 
 
-def _declared_length(headers: Headers) -> int | None:
+def _declared_length(headers: dict[bytes, bytes]) -> int | None:
     """Content-Length (h11 has already refused a malformed one), None when chunked."""
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)
-    return None
+    value = headers.get(b"content-length")
+    return None if value is None else int(value)
 
 
 class Exchange:
@@ -128,7 +126,12 @@ class Exchange:
         self._closing = closing
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        self._headers: Headers = scope["headers"]
+        # One pass over the headers, then lookups (h11 hands them over lower-cased). A repeated
+        # header keeps its first value, as reading the list in order would.
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key, value)
+        self._headers = headers
         self._receive = receive
         self._send = send
         self.rules = rules
@@ -144,19 +147,24 @@ class Exchange:
         self.gone = False  # the client closed the connection
         self._settle = Settle.KEEP
         self._request_scope: trio.CancelScope | None = None
+        self.cancellable = rules.watch  # set too when a deadline applies
         self._nursery: trio.Nursery | None = None
         self._draining = False  # the watcher reads (and drops) the body
-        self._drained = trio.Event()  # set when it is done with it
+        self._drained_event: trio.Event | None = None  # set when it is done with it
         self._pairs: list[tuple[str, str]] | None = None
+
+    @property
+    def _drained(self) -> trio.Event:
+        if self._drained_event is None:  # made when needed: most requests never drain
+            self._drained_event = trio.Event()
+        return self._drained_event
 
     # -- the request --
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case), or None."""
-        for key, value in self._headers:
-            if key == name:
-                return bytes(value)
-        return None
+        value = self._headers.get(name)
+        return None if value is None else bytes(value)
 
     def header_text(self, name: bytes) -> str | None:
         value = self.header(name)
@@ -221,16 +229,21 @@ class Exchange:
     async def _deliver(self, message: Message) -> None:
         # Shielded: hypercorn advances its HTTP state before it writes, so a send cancelled
         # half-way would leave the connection (and hypercorn's view of it) broken. Its own
-        # write is shielded too, so this adds no wait that was not there.
+        # write is shielded too, so this adds no wait that was not there. A request nobody
+        # can cancel (no deadline, no watcher: most reads) needs no shield.
+        if not self.cancellable:
+            await self._send(message)
+            return
         with trio.CancelScope(shield=True):
             await self._send(message)
 
     def _begin(self, message: Message) -> None:
         self.started = True
-        if self._request_scope is not None:
+        scope = self._request_scope
+        if scope is not None and scope.deadline != math.inf:
             # X-Request-Deadline covers producing the head, not streaming the body.
-            self._request_scope.deadline = math.inf
-        gave_up = self._drained.is_set() and not self.complete
+            scope.deadline = math.inf
+        gave_up = self._draining and self._drained.is_set() and not self.complete
         self._settle = settle(
             complete=self.complete,
             declared=self.declared,
@@ -367,6 +380,7 @@ async def run_exchange(
     try:
         if raw is not None:
             deadline = parse_deadline(raw)
+            exchange.cancellable = True
         if rules.cap is not None and (exchange.declared or 0) > rules.cap:
             # Refused before a byte of it is read.
             raise BodyTooLarge(f"Request body is larger than {rules.cap // MIB} MB")
@@ -386,6 +400,14 @@ async def run_exchange(
 
 
 async def _handle(exchange: Exchange, handler: Handler, deadline: float) -> None:
+    if not exchange.cancellable:
+        # Nobody can cancel this request (no deadline, no watcher: most reads), so no scope:
+        # a cancel scope costs more than a cached read's lookup.
+        try:
+            await handler(exchange)
+        except Exception as exc:
+            await _failed(exchange, innermost(exc))
+        return
     failure: BaseException | None = None
     with trio.CancelScope(deadline=deadline) as scope:
         exchange._request_scope = scope
@@ -399,11 +421,15 @@ async def _handle(exchange: Exchange, handler: Handler, deadline: float) -> None
     if exchange.gone:
         return
     if failure is not None:
-        if exchange.started:
-            # Mid-body: nothing can be said any more. Returning without the last message
-            # makes hypercorn close the connection; the client sees the cut.
-            logger.opt(exception=failure).warning("response failed after its head was sent")
-            return
-        await exchange.answer_error(failure)
+        await _failed(exchange, failure)
     elif scope.cancelled_caught and not exchange.started:
         await exchange.answer_error(RequestTimeout("Timeout: request deadline exceeded"))
+
+
+async def _failed(exchange: Exchange, failure: BaseException) -> None:
+    if exchange.started:
+        # Mid-body: nothing can be said any more. Returning without the last message makes
+        # hypercorn close the connection; the client sees the cut.
+        logger.opt(exception=failure).warning("response failed after its head was sent")
+        return
+    await exchange.answer_error(failure)
