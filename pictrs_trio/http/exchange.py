@@ -224,7 +224,24 @@ class Exchange:
                 await self._settle_connection()
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             self.finished = True
+            if not self.complete:
+                await self._finish(message)
+                return
         await self._deliver(message)
+
+    async def _finish(self, message: Message) -> None:
+        """The last message of an answer whose request body was not read to its end.
+        hypercorn then puts a disconnect into the app's queue, which may be full of body
+        chunks nobody reads (we stopped reading: backpressure); it would wait forever for
+        room, inside this very send. So the queue is emptied while the message goes out."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._discard)
+            await self._deliver(message)
+            nursery.cancel_scope.cancel()
+
+    async def _discard(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
 
     async def _deliver(self, message: Message) -> None:
         # Shielded: hypercorn advances its HTTP state before it writes, so a send cancelled

@@ -275,12 +275,14 @@ def test_a_client_leaving_mid_wait_is_closed_at_once(srv: Server) -> None:
 def test_sigterm_under_load_finishes_in_flight_and_exits(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
+    """Every request the server had when SIGTERM came is answered 2xx; requests sent after it
+    may find the connection closed (keep-alive clients retry those); the process exits 0."""
     srv = Server(tmp_path).start()
     assert srv.proc is not None
     png = samples["cat.jpg"].read_bytes()
     with httpx.Client(base_url=srv.url) as c:
         alias = c.post("/image", files={"images[]": ("a.jpg", png)}).json()["files"][0]["file"]
-    outcomes: list[int | str] = []
+    outcomes: list[tuple[float, int | str]] = []  # (when the request was sent, outcome)
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -289,6 +291,7 @@ def test_sigterm_under_load_finishes_in_flight_and_exits(
             i = 0
             while not stop.is_set():
                 i += 1
+                sent = time.monotonic()
                 try:
                     if n % 2:
                         r = c.post("/image", files={"images[]": ("a.jpg", png)})
@@ -298,7 +301,7 @@ def test_sigterm_under_load_finishes_in_flight_and_exits(
                 except httpx.TransportError as exc:
                     result = type(exc).__name__
                 with lock:
-                    outcomes.append(result)
+                    outcomes.append((sent, result))
                 if not isinstance(result, int):
                     return  # refused after the signal: this client is done
 
@@ -306,20 +309,23 @@ def test_sigterm_under_load_finishes_in_flight_and_exits(
     for t in threads:
         t.start()
     time.sleep(2)
-    start = time.monotonic()
+    signalled = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     code = srv.proc.wait(timeout=30)
-    took = time.monotonic() - start
+    took = time.monotonic() - signalled
     stop.set()
     for t in threads:
         t.join(timeout=10)
-    answered = [o for o in outcomes if isinstance(o, int)]
-    print(f"exit {code} after {took:.1f} s; outcomes {Counter(outcomes)}")
+    before = [o for when, o in outcomes if when < signalled - 0.05]
+    after = [o for when, o in outcomes if when >= signalled - 0.05]
+    print(f"exit {code} after {took:.1f} s; sent before SIGTERM {Counter(before)}, "
+          f"after {Counter(after)}")  # fmt: skip
     assert code == 0
     assert took < 30
-    assert answered and set(answered) <= {200, 201}
-    # Nothing but connection failures after the listener closed: no request was cut.
-    assert {o for o in outcomes if not isinstance(o, int)} <= {
+    assert before and set(before) <= {200, 201}
+    assert {o for o in after if not isinstance(o, int)} <= {
         "ConnectError",
         "RemoteProtocolError",
+        "ReadError",
     }
+    assert {o for o in after if isinstance(o, int)} <= {200, 201}

@@ -50,9 +50,17 @@ class Peer:
         self.sent: list[Message] = []
         self.done = trio.Event()
         self.start = trio.current_time()
+        self.backlog = 0  # queued chunks hypercorn puts before the disconnect (see below)
+        self.disconnect_taken: trio.Event | None = None
 
     async def receive(self) -> Message:
         self.receives += 1
+        if self.disconnect_taken is not None and self.done.is_set():
+            if self.backlog:
+                self.backlog -= 1
+                return {"type": "http.request", "body": b"x" * CHUNK, "more_body": True}
+            self.disconnect_taken.set()
+            return {"type": "http.disconnect"}
         if self.leave_after is not None:
             with trio.move_on_at(self.start + self.leave_after):
                 await self._next_or_wait()
@@ -87,10 +95,21 @@ class Peer:
             self.chunks = []
         return message
 
+    def like_hypercorn(self, backlog: int = 10) -> Peer:
+        """The last message of an answer makes hypercorn put a disconnect into the app's
+        queue, behind the ``backlog`` body chunks already there, and its send returns only
+        once there is room for it: the app must be reading then."""
+        self.backlog = backlog
+        self.disconnect_taken = trio.Event()
+        return self
+
     async def send(self, message: Message) -> None:
         self.sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             self.done.set()
+            if self.disconnect_taken is not None:
+                with trio.fail_after(60):  # a deadlock fails the test instead of hanging it
+                    await self.disconnect_taken.wait()
         await trio.lowlevel.checkpoint()
 
     @property
@@ -203,6 +222,21 @@ async def test_a_declared_remainder_too_big_to_drain_closes_after_lingering(
     assert peer.status == 404
     assert peer.headers[b"connection"] == b"close"
     assert peer.finished
+
+
+@pytest.mark.parametrize(
+    "rules", [RULES, UPLOAD, BodyRules(cap=None, watch=False)], ids=["quart", "upload", "read"]
+)
+async def test_an_answer_finishes_while_an_unread_body_keeps_coming(
+    autojump_clock: trio.abc.Clock, rules: BodyRules
+) -> None:
+    """A body that never ends and is no longer read (too big, or the route takes none):
+    hypercorn's queue of it is full when the answer ends, and the answer must still end."""
+    peer = Peer([b"x" * CHUNK] * 5, more=True).like_hypercorn()
+    await exchange_with(peer, early_404, rules, headers=body_headers(None))
+    assert peer.status == 404
+    assert peer.finished
+    assert peer.disconnect_taken is not None and peer.disconnect_taken.is_set()
 
 
 async def test_declared_over_the_cap_is_413_before_a_byte_is_read() -> None:
