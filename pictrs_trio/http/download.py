@@ -1,4 +1,4 @@
-"""GET /image/download?url=…&backgrounded=… (api.md §2.4).
+"""GET /image/download?url=…&backgrounded=… (pict-rs ``src/lib.rs``; docs/api.md).
 
 Inline: the remote body streams into ingest and the answer is POST /image's 201. With
 ``backgrounded=true`` the body is stored raw and an ingest job queued, exactly as for

@@ -1,5 +1,5 @@
-"""Quart routes of /image: details of originals (api.md §2.7), deletes (§2.5), and claims
-of backgrounded uploads (§2.3). Uploads and reads of stored media are raw ASGI
+"""Quart routes of /image: details of originals, deletes, and claims of
+backgrounded uploads (pict-rs ``src/lib.rs``; docs/api.md). Uploads and reads of stored media are raw ASGI
 (``http/upload.py``, ``http/serve.py``)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _alias_from(raw: str) -> str | None:
 
 async def _query_alias() -> str | None:
     """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
-    ``?alias=`` (api.md §1.10). None: the alias cannot exist."""
+    ``?alias=``, pict-rs's order. None: the alias cannot exist."""
     raw_url = request.args.get("proxy")
     if raw_url is not None:
         return await proxy.existing(app_state(), parse_url(raw_url, "proxy"))

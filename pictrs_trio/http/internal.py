@@ -1,4 +1,5 @@
-"""/internal/* routes, behind ``X-Api-Token`` (api.md §3)."""
+"""/internal/* routes, behind ``X-Api-Token`` (pict-rs ``src/middleware/internal.rs``;
+docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Single byte-range requests, as pict-rs answers them (api.md §1.7). Pure."""
+"""Single byte-range requests, as pict-rs answers them (``src/range.rs``). Pure."""
 
 from __future__ import annotations
 

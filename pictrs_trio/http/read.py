@@ -3,8 +3,8 @@
     decide(Stored, ReadRequest) -> ReadAnswer(status, headers, span)
 
 One function decides status, headers and which bytes go out, for every route that serves
-stored media (``http/serve.py``): pict-rs's media headers (api.md §1.6), its single-range
-rules (§1.7, ``ranges.parse_range``), HEAD, and the conditional requests of RFC 9110 §13,
+stored media (``http/serve.py``): pict-rs's media headers (``src/lib.rs``), its single-range
+rules (``src/range.rs``, ``ranges.parse_range``), HEAD, and the conditional requests of RFC 9110 §13,
 evaluated in the order of §13.2.2:
 
 1. ``If-Match`` (strong comparison, ``*`` matches) fails → 412;
@@ -88,7 +88,7 @@ def _http_date(t: dt.datetime) -> bytes:
 
 
 def media_headers(stored: Stored) -> Headers:
-    """pict-rs's headers for stored media (api.md §1.6), plus our ETag."""
+    """pict-rs's headers for stored media (docs/api.md, Serving), plus our ETag."""
     return [
         (b"content-type", stored.details.content_type.encode()),
         (b"cache-control", CACHE_CONTROL),

@@ -1,9 +1,9 @@
 """The read router: GET and HEAD of stored media, on the one decision in ``http/read.py``.
 
-    /image/original/{alias}                       the original (api.md §2.6)
+    /image/original/{alias}                       the original
     /image/original?proxy=|alias=                 the same, by query; a new proxy URL is
                                                   downloaded on GET
-    /image/process.{ext}?src=|alias=|proxy=&ops   a variant (§2.9, §2.10), rendered on a GET
+    /image/process.{ext}?src=|alias=|proxy=&ops   a variant, rendered on a GET
                                                   when missing (``services.render``)
 
 Most traffic of a media server is these reads of things already stored, so they are raw ASGI
@@ -108,7 +108,7 @@ async def serve_stored(
 
 
 async def _query_alias(state: AppState, exchange: Exchange) -> str | None:
-    """``?proxy=`` first, then ``?alias=`` (api.md §1.10). A GET downloads a proxy URL seen
+    """``?proxy=`` first, then ``?alias=`` (pict-rs's order). A GET downloads a proxy URL seen
     for the first time; a HEAD of one raises ProxyNotFound (404 proxy-not-found)."""
     raw_url = exchange.arg("proxy")
     if raw_url is not None:
@@ -137,7 +137,7 @@ async def _original(state: AppState, exchange: Exchange, alias: str | None) -> N
 
 def _variant_source(exchange: Exchange) -> tuple[str | None, str | None]:
     """(alias, proxy URL) a process query names: ``src``, then ``alias``, then ``proxy``
-    (api.md §1.10); the alias is None when it cannot exist. Raises InvalidQuery."""
+    (pict-rs's order); the alias is None when it cannot exist. Raises InvalidQuery."""
     for key in ("src", "alias"):
         raw = exchange.arg(key)
         if raw is not None:

@@ -22,5 +22,5 @@ def json_response(body: bytes, status: int = 200) -> Response:
 
 def empty(status: int) -> Response:
     """pict-rs's bodiless answers: 202 and 204, and the 404 (and 400) some routes give for
-    a missing alias instead of an error body (api.md §2)."""
+    a missing alias instead of an error body (pict-rs ``src/lib.rs``)."""
     return Response(b"", status=status)

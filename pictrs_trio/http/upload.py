@@ -1,4 +1,5 @@
-"""Upload routes: ``POST /image`` (api.md §2.1) and ``POST /image/backgrounded`` (§2.2).
+"""Upload routes: ``POST /image`` and ``POST /image/backgrounded`` (pict-rs
+``src/lib.rs``, ``src/backgrounded.rs``; docs/api.md).
 
 Raw ASGI, so the multipart body streams from ``receive()`` (``Exchange.body()``) through
 the parser into each file's spool file: the client is held back by TCP while we store, and

@@ -1,5 +1,5 @@
 """Quart routes of variants that serve no file: ``/image/process_backgrounded.{ext}``
-(api.md §2.11) and ``/image/details/process.{ext}`` (§2.12). ``/image/process.{ext}`` itself
+and ``/image/details/process.{ext}`` (pict-rs ``src/lib.rs``). ``/image/process.{ext}`` itself
 is served by ``http/serve.py``."""
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ async def process_backgrounded(ext: str) -> Response:
     try:
         alias, variant = await _source(ext)
     except ProxyNotFound:
-        return empty(404)  # api.md §2.11: an unknown proxy is an empty 404
+        return empty(404)  # pict-rs: an unknown proxy is an empty 404
     found = await state.repo.find_variant(alias, variant.key) if alias is not None else None
     if alias is None or found is None:
-        return empty(400)  # api.md §2.11: an unknown alias is an empty 400
+        return empty(400)  # pict-rs: an unknown alias is an empty 400
     if found.identifier is None:
         state.require_writable()
         job = jobs.Generate(alias=alias, ext=ext, query=list(request.args.items(multi=True)))

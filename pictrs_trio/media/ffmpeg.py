@@ -113,7 +113,7 @@ def cjxl_argv(src_png: Path, dst: Path, quality: int | None) -> list[str]:
     return argv
 
 
-# Still formats of a video's first frame (media.md §5): encoder options and muxer.
+# Still formats of a video's first frame (pict-rs ``src/generate.rs``): encoder options and muxer.
 STILL_CODECS: dict[Fmt, list[str]] = {
     Fmt.JPEG: ["-c:v", "mjpeg", "-f", "image2", "-update", "1"],
     Fmt.PNG: ["-c:v", "png", "-f", "image2", "-update", "1"],

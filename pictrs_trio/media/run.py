@@ -39,7 +39,7 @@ def stderr_excerpt(raw: bytes) -> str:
 async def run_tool(
     argv: Sequence[str | Path],
     *,
-    timeout: float,  # noqa: ASYNC109 - the per-command deadline is owned here (STYLE §4)
+    timeout: float,  # noqa: ASYNC109 - the per-command deadline is owned here, by the caller's budget
     limiter: trio.CapacityLimiter,
     stdin: bytes | None = None,
     capture_stdout: bool = True,

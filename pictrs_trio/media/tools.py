@@ -280,7 +280,7 @@ class MediaTools:
     async def motion_still(
         self, src: Path, dst: Path, *, source: Discovery, media: Media
     ) -> Discovery:
-        """The still pict-rs derives once per video or animation (media.md §5): the first
+        """The still pict-rs derives once per video or animation (pict-rs ``src/generate.rs``): the first
         frame. Videos: ffmpeg, WebP when ``media.image.format`` is webp/avif/jxl, PNG for
         png, else JPEG. Animations: ``media.image.format`` or WebP when unset.
         Raises ValueError for a still image (it is its own still)."""

@@ -5,7 +5,7 @@
 or a second process opening the file at the same moment never sees a half-upgraded schema.
 Migrations are append-only: never edit one that has shipped, add the next.
 
-The tables translate pict-rs's postgres model (jobs-and-repo.md §1, §2.2, §2.4). Times are
+The tables translate pict-rs's postgres model (pict-rs ``src/repo/postgres/``). Times are
 UTC nanoseconds since the epoch in INTEGER columns; hash keys are the raw 39 bytes.
 """
 

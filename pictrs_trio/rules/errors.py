@@ -280,7 +280,7 @@ class InvalidFileExtension(PictrsError):
 
 
 class InvalidProcessPath(PictrsError):
-    """pict-rs answers 500 here (a quirk); we answer 400, which api.md §5.3 allows."""
+    """pict-rs answers 500 here (a quirk); we answer 400: clients only look at the status class."""
 
     code = ErrorCode.INVALID_PROCESS_PATH
 

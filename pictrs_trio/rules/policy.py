@@ -1,6 +1,6 @@
 """The ingest decision: given what an upload is and the media config, what do we store?
 
-Pure (no I/O). Follows pict-rs's output-format rules (media.md §2.6) with two deliberate
+Pure (no I/O). Follows pict-rs's output-format rules (pict-rs ``src/formats.rs``) with two deliberate
 deviations, both documented on ``decide``.
 """
 
@@ -81,7 +81,7 @@ def decide(d: Discovery, media: Media) -> Plan:
 
     Animations: convert when ``media.animation.format`` is set and differs, else strip.
 
-    Videos: always ffmpeg (action "video"), per the decision table of media.md §2.6.
+    Videos: always ffmpeg (action "video"), per pict-rs's decision table (``src/formats/video.rs``).
     *Deviation from pict-rs:* with ``video_codec`` unset, ``allow_audio = false`` drops the
     audio track (pict-rs copies it anyway, contrary to its documented intent).
     """

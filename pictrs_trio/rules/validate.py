@@ -1,7 +1,7 @@
 """Upload limits: the per-request query limits and the per-category configured limits.
 
 Pure. The checks, their order and strict "greater than" comparisons are pict-rs's
-(media.md §2.4, §2.5).
+(pict-rs ``src/ingest/validate.rs``).
 """
 
 from __future__ import annotations

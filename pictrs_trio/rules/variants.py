@@ -1,7 +1,7 @@
 """Processing operations (``/image/process.{ext}``, upload preprocessing): parsing, the
 variant key, the output format, and the pixel geometry each operation produces.
 
-Pure: no I/O. Parsing and keys follow pict-rs (media.md §4.1, §4.2) exactly, so variant
+Pure: no I/O. Parsing and keys follow pict-rs (``src/processor.rs``) exactly, so variant
 records can be shared with pict-rs data; the geometry follows ImageMagick's rules for the
 commands pict-rs runs (``-sample NxN>``, ``-resize NxN>``, ``-resize N@>``,
 ``-gravity center -crop W:H``), so a variant has the same pixel size as pict-rs makes.
@@ -252,7 +252,7 @@ def parse_ext(ext: str) -> Fmt:
 
 
 def output_format(input_kind: Kind, ext: Fmt) -> MediaFormat:
-    """What ``ext`` means for an input of ``input_kind`` (media.md §4.3).
+    """What ``ext`` means for an input of ``input_kind`` (pict-rs ``src/lib.rs``, ``src/formats.rs``).
 
     APNG and GIF are recorded as animations even with one frame (as discovery finds them);
     JPEG/JXL/PNG are always stills; AVIF/WebP follow the input. Videos count as stills.
@@ -263,7 +263,7 @@ def output_format(input_kind: Kind, ext: Fmt) -> MediaFormat:
 
 
 def needs_still(original: MediaFormat, ext: Fmt) -> bool:
-    """Whether the input is the file's motion still rather than the original (§4.4)."""
+    """Whether the input is the file's motion still rather than the original (pict-rs ``src/generate.rs``)."""
     if original.kind is Kind.VIDEO:
         return True
     return original.kind is Kind.ANIMATION and ext in _STILL_ONLY

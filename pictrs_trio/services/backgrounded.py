@@ -1,6 +1,6 @@
 """Backgrounded uploads: the raw bytes are stored as they are, and an ingest job is queued
 with the upload's record in one transaction; the job survives a crash and runs after the
-restart (``handlers.handle_ingest``). A client claims the outcome later (api.md §2.2–2.3).
+restart (``handlers.handle_ingest``). A client claims the outcome later (pict-rs ``src/backgrounded.rs``; docs/api.md).
 """
 
 from __future__ import annotations

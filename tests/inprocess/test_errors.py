@@ -15,7 +15,7 @@ from pictrs_trio.rules import errors as e
 from pictrs_trio.rules.errors import ErrorCode as C
 from tests.inprocess.conftest import upload
 
-# code -> (an error carrying it, the status pict-rs answers it with; api.md §5)
+# code -> (an error carrying it, the status pict-rs answers it with: src/error.rs)
 EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.COMMAND_TIMEOUT: (e.ToolTimeout("ffmpeg timed out"), 400),
     C.COMMAND_ERROR: (e.MediaToolError("engine worker died"), 500),

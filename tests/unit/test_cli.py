@@ -260,7 +260,7 @@ SPEC_RUN_FLAGS = """--address -a --api-key --temporary-directory --no-cleanup-te
 --media-video-codec --media-video-audio-codec --media-video-quality-max
 --media-video-quality-240 --media-video-quality-360 --media-video-quality-480
 --media-video-quality-720 --media-video-quality-1080 --media-video-quality-1440
---media-video-quality-2160 --read-only --danger-dummy-mode""".split()  # noqa: SIM905 (spec §4.3 text)
+--media-video-quality-2160 --read-only --danger-dummy-mode""".split()  # noqa: SIM905 (pict-rs's help text)
 
 
 def test_every_pict_rs_run_flag_exists_and_maps_to_a_real_key() -> None:

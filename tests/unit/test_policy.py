@@ -1,4 +1,4 @@
-"""policy.decide: pict-rs's output rules (media.md §2.6) plus our two documented deviations."""
+"""policy.decide: pict-rs's output rules (pict-rs src/formats.rs) plus our two documented deviations."""
 
 from __future__ import annotations
 
