@@ -247,7 +247,8 @@ class Config(msgspec.Struct, **Frozen):
 # Loading: defaults < file < environment < command line, merged as dicts, converted once.
 
 ENV_PREFIX = "PICTRS__"
-# The environment has no list syntax (pict-rs ``src/config.rs``), so list keys take a comma-separated string.
+# The environment has no list syntax (pict-rs ``src/config.rs``), so list keys take a
+# comma-separated string.
 ENV_LIST_KEYS = frozenset({("media", "filters")})
 # Tagged sections: `type` picks the Struct. section -> (default type, supported types)
 TAGGED = {

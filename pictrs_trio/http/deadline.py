@@ -1,4 +1,5 @@
-"""``X-Request-Deadline`` (pict-rs ``src/middleware/deadline.rs``): the header's value as a trio deadline. Pure.
+"""``X-Request-Deadline`` (pict-rs ``src/middleware/deadline.rs``): the header's value as
+a trio deadline. Pure.
 
 The header is an absolute deadline in nanoseconds since the Unix epoch; ``run_exchange``
 (``http/exchange.py``) puts the request under it until the response head goes out.

@@ -12,18 +12,19 @@
   body was read to its end; hypercorn closes it otherwise, the moment the answer is complete
   (its ``protocol/h11.py``, ``_maybe_recycle``). So an answer given before the body was read
   (a 404, 401, 408, 413, 400) goes out at once, and the rest of the body is then read and
-  dropped, within bounds, before the answer is finished; the connection stays usable (pict-rs
-  drains the same way, ``src/middleware/payload.rs``). Past the bounds, or when the body is known to be too
-  big, the answer says ``Connection: close`` and we keep reading (and dropping) for a moment
-  before closing, so the client gets its answer instead of a reset.
+  dropped, within bounds, before the answer is finished; the connection stays usable
+  (pict-rs drains the same way, ``src/middleware/payload.rs``). Past the bounds, or when the
+  body is known to be too big, the answer says ``Connection: close`` and we keep reading
+  (and dropping) for a moment before closing, so the client gets its answer instead of a
+  reset.
 * **The client leaving.** Routes that wait (uploads, claims, downloads) watch for the
   disconnect and are cancelled when it comes, so the connection closes at once instead of
   sitting in CLOSE-WAIT until the work ends. Renders are left to finish: the next request
   for the same variant gets it.
 
 Each request runs under a cancel scope whose deadline is ``X-Request-Deadline`` (pict-rs
-``src/middleware/deadline.rs``) until its response head goes out; past it, 408. Errors become pict-rs's JSON through
-``errors.error_answer`` (``http/failure.py`` logs them).
+``src/middleware/deadline.rs``) until its response head goes out; past it, 408. Errors
+become pict-rs's JSON through ``errors.error_answer`` (``http/failure.py`` logs them).
 """
 
 from __future__ import annotations

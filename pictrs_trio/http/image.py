@@ -1,6 +1,6 @@
-"""Quart routes of /image: details of originals, deletes, and claims of
-backgrounded uploads (pict-rs ``src/lib.rs``; docs/api.md). Uploads and reads of stored media are raw ASGI
-(``http/upload.py``, ``http/serve.py``)."""
+"""Quart routes of /image: details of originals, deletes, and claims of backgrounded
+uploads (pict-rs ``src/lib.rs``; docs/api.md). Uploads and reads of stored media are raw
+ASGI (``http/upload.py``, ``http/serve.py``)."""
 
 from __future__ import annotations
 

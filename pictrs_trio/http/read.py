@@ -3,9 +3,9 @@
     decide(Stored, ReadRequest) -> ReadAnswer(status, headers, span)
 
 One function decides status, headers and which bytes go out, for every route that serves
-stored media (``http/serve.py``): pict-rs's media headers (``src/lib.rs``), its single-range
-rules (``src/range.rs``, ``ranges.parse_range``), HEAD, and the conditional requests of RFC 9110 §13,
-evaluated in the order of §13.2.2:
+stored media (``http/serve.py``): pict-rs's media headers (``src/lib.rs``), its
+single-range rules (``src/range.rs``, ``ranges.parse_range``), HEAD, and the conditional
+requests of RFC 9110 §13, evaluated in the order of §13.2.2:
 
 1. ``If-Match`` (strong comparison, ``*`` matches) fails → 412;
 2. else ``If-Unmodified-Since`` earlier than the file → 412;

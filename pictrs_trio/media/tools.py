@@ -280,8 +280,8 @@ class MediaTools:
     async def motion_still(
         self, src: Path, dst: Path, *, source: Discovery, media: Media
     ) -> Discovery:
-        """The still pict-rs derives once per video or animation (pict-rs ``src/generate.rs``): the first
-        frame. Videos: ffmpeg, WebP when ``media.image.format`` is webp/avif/jxl, PNG for
+        """The still pict-rs derives once per video or animation (``src/generate.rs``): the
+        first frame. Videos: ffmpeg, WebP when ``media.image.format`` is webp/avif/jxl, PNG for
         png, else JPEG. Animations: ``media.image.format`` or WebP when unset.
         Raises ValueError for a still image (it is its own still)."""
         configured = Fmt(media.image.format) if media.image.format else None

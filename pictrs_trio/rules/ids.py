@@ -1,9 +1,10 @@
 """Names: store identifiers, aliases, delete tokens. Pure, no I/O.
 
 Store identifiers are made here from fresh randomness only, never from client input
-(pict-rs ``src/file_path.rs``). Aliases and tokens are normalised to one canonical text form so the repo can
-compare them as plain strings (pict-rs ``src/repo/alias.rs``, ``src/repo/delete_token.rs``): a UUID in any form the Rust ``uuid`` crate reads
-becomes hyphenated lower case; anything else is a legacy name kept as it is.
+(pict-rs ``src/file_path.rs``). Aliases and tokens are normalised to one canonical text
+form so the repo can compare them as plain strings (pict-rs ``src/repo/alias.rs``,
+``src/repo/delete_token.rs``): a UUID in any form the Rust ``uuid`` crate reads becomes
+hyphenated lower case; anything else is a legacy name kept as it is.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def normalise_token(text: str) -> str:
 
 
 def tokens_equal(given: str, stored: str) -> bool:
-    """Constant-time comparison of two delete tokens after normalisation (pict-rs ``src/repo/alias.rs``, ``src/repo/delete_token.rs``)."""
+    """Constant-time comparison of two delete tokens after normalisation (pict-rs
+    ``src/repo/delete_token.rs``)."""
     return hmac.compare_digest(
         normalise_token(given).encode("utf-8", "surrogatepass"),
         normalise_token(stored).encode("utf-8", "surrogatepass"),

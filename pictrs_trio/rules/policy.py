@@ -1,7 +1,7 @@
 """The ingest decision: given what an upload is and the media config, what do we store?
 
-Pure (no I/O). Follows pict-rs's output-format rules (pict-rs ``src/formats.rs``) with two deliberate
-deviations, both documented on ``decide``.
+Pure (no I/O). Follows pict-rs's output-format rules (``src/formats.rs``) with two
+deliberate deviations, both documented on ``decide``.
 """
 
 from __future__ import annotations

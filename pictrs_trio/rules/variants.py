@@ -252,7 +252,7 @@ def parse_ext(ext: str) -> Fmt:
 
 
 def output_format(input_kind: Kind, ext: Fmt) -> MediaFormat:
-    """What ``ext`` means for an input of ``input_kind`` (pict-rs ``src/lib.rs``, ``src/formats.rs``).
+    """What ``ext`` means for an input of ``input_kind`` (pict-rs ``src/formats.rs``).
 
     APNG and GIF are recorded as animations even with one frame (as discovery finds them);
     JPEG/JXL/PNG are always stills; AVIF/WebP follow the input. Videos count as stills.
@@ -263,7 +263,8 @@ def output_format(input_kind: Kind, ext: Fmt) -> MediaFormat:
 
 
 def needs_still(original: MediaFormat, ext: Fmt) -> bool:
-    """Whether the input is the file's motion still rather than the original (pict-rs ``src/generate.rs``)."""
+    """Whether the input is the file's motion still rather than the original (pict-rs
+    ``src/generate.rs``)."""
     if original.kind is Kind.VIDEO:
         return True
     return original.kind is Kind.ANIMATION and ext in _STILL_ONLY

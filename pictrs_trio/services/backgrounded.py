@@ -1,6 +1,7 @@
 """Backgrounded uploads: the raw bytes are stored as they are, and an ingest job is queued
 with the upload's record in one transaction; the job survives a crash and runs after the
-restart (``handlers.handle_ingest``). A client claims the outcome later (pict-rs ``src/backgrounded.rs``; docs/api.md).
+restart (``handlers.handle_ingest``). A client claims the outcome later (pict-rs
+``src/backgrounded.rs``; docs/api.md).
 """
 
 from __future__ import annotations

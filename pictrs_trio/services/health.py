@@ -1,6 +1,7 @@
-"""What ``/healthz`` checks: every part a request needs (pict-rs's repo and store checks, plus the engine and
-the tools pict-rs's own container always carries). The first part that is down raises
-``Unhealthy`` naming it, with that part's own error code; /healthz answers it with 503."""
+"""What ``/healthz`` checks: every part a request needs (pict-rs's repo and store checks,
+plus the engine and the tools pict-rs's own container always carries). The first part that
+is down raises ``Unhealthy`` naming it, with that part's own error code; /healthz answers it
+with 503."""
 
 from __future__ import annotations
 

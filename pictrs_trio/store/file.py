@@ -1,4 +1,5 @@
-"""The filesystem store: each identifier is a relative path under ``root`` (pict-rs ``src/store/file_store.rs``).
+"""The filesystem store: each identifier is a relative path under ``root`` (pict-rs
+``src/store/file_store.rs``).
 
 Make it with ``open_file_store(root)`` (creates ``root``), or ``FileStore(root)`` plus
 ``await store.prepare()``; ``aclose`` holds nothing today but keeps the Store shape.
@@ -314,7 +315,8 @@ class FileStore:
             raise StoreError(f"Cannot create store root {self.root}: {exc}") from exc
 
     def new_identifier(self, extension: str) -> str:
-        """A fresh identifier (pict-rs 0.5.7's layout, ``src/file_path.rs``): ``aa/…/jj/<12 hex><extension>``."""
+        """A fresh identifier in pict-rs 0.5.7's layout (``src/file_path.rs``):
+        ``aa/…/jj/<12 hex><extension>``."""
         return ids.new_identifier(extension)
 
     async def save_file(

@@ -26,7 +26,8 @@ MONTHS = 120 * 24 * 3600
 
 
 def pict_rs_identifier(created: float, extension: str) -> str:
-    """pict-rs 0.5.7 (src/file_path.rs): a UUID v7 as 32 hex digits, ten 2-digit folders, the rest the name."""
+    """pict-rs 0.5.7 (src/file_path.rs): a UUID v7 as 32 hex digits, ten 2-digit folders,
+    the rest the name."""
     ms = int(created * 1000)
     value = (ms << 80) | (0x7 << 76) | (uuid.uuid4().int & ((1 << 76) - 1))
     value = (value & ~(0b11 << 62)) | (0b10 << 62)

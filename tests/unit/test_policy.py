@@ -1,4 +1,5 @@
-"""policy.decide: pict-rs's output rules (pict-rs src/formats.rs) plus our two documented deviations."""
+"""policy.decide: pict-rs's output rules (src/formats.rs) plus our two documented
+deviations."""
 
 from __future__ import annotations
 
