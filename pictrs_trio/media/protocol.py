@@ -26,7 +26,7 @@ class Probe(msgspec.Struct, tag="probe", **Frozen):
     sniffed: str  # formats.Sniffed value: jpeg, png, gif, webp, avif
 
 
-class Process(msgspec.Struct, tag="process", **Frozen):
+class Render(msgspec.Struct, tag="render", **Frozen):
     """Apply ``ops`` (``variants.Op``) to ``src`` and save ``dst`` without metadata. With no
     operations it is a conversion (ingest's re-encode to the configured format).
 
@@ -56,7 +56,7 @@ class Sleep(msgspec.Struct, tag="sleep", **Frozen):
     seconds: float
 
 
-Request = Probe | Process | Sleep
+Request = Probe | Render | Sleep
 
 
 class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
@@ -68,7 +68,7 @@ class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
     has_alpha: bool
 
 
-class ProcessResult(msgspec.Struct, tag="process_result", **Frozen):
+class RenderResult(msgspec.Struct, tag="render_result", **Frozen):
     """The saved output as a header probe of ``dst`` sees it, plus how it was made."""
 
     width: int
@@ -93,7 +93,7 @@ class Failed(msgspec.Struct, tag="failed", **Frozen):
     media: bool
 
 
-Reply = ProbeResult | ProcessResult | Slept | Ready | Failed
+Reply = ProbeResult | RenderResult | Slept | Ready | Failed
 
 
 def frame(payload: bytes) -> bytes:

@@ -27,7 +27,7 @@ from pictrs_trio.media.ffmpeg import (
     still_argv,
     video_argv,
 )
-from pictrs_trio.media.protocol import Process, ProcessResult, Reply, Request
+from pictrs_trio.media.protocol import Render, RenderResult, Reply, Request
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
@@ -144,7 +144,7 @@ class MediaTools:
             target = self.temp_path(".png")
             scratch.append(target)
         await self.engine.submit(
-            Process(  # a conversion: no operations, the first page of an animation
+            Render(  # a conversion: no operations, the first page of an animation
                 src=os.fspath(src),
                 sniffed=sniffed,
                 dst=os.fspath(target),
@@ -164,7 +164,7 @@ class MediaTools:
     ) -> None:
         src_fmt, out = source.format.fmt, plan.output.fmt
         if src_fmt in ENGINE_ANIMATIONS and out in ENGINE_ANIMATIONS:
-            job = Process(
+            job = Render(
                 src=os.fspath(src),
                 sniffed=src_fmt.value,
                 dst=os.fspath(dst),
@@ -184,7 +184,7 @@ class MediaTools:
                 f"converting an animated {src_fmt.value} to {out.value} is not supported"
             )
 
-    async def process(
+    async def render(
         self,
         src: Path,
         dst: Path,
@@ -204,12 +204,12 @@ class MediaTools:
         """
         scratch: list[Path] = []
         try:
-            return await self._process(src, dst, source, ops, output, quality, scratch)
+            return await self._render(src, dst, source, ops, output, quality, scratch)
         finally:
             for path in scratch:
                 path.unlink(missing_ok=True)
 
-    async def _process(
+    async def _render(
         self,
         src: Path,
         dst: Path,
@@ -260,7 +260,7 @@ class MediaTools:
         else:
             engine_fmt, engine_quality = out.value, quality
         reply = await self.engine.submit(
-            Process(
+            Render(
                 src=os.fspath(src),
                 sniffed=sniffed,
                 dst=os.fspath(target),
@@ -271,7 +271,7 @@ class MediaTools:
                 max_pixels=ANIMATION_PIXEL_BUDGET,
             )
         )
-        assert isinstance(reply, ProcessResult)
+        assert isinstance(reply, RenderResult)
         if finish is not None:
             await self.run(finish, capture_stdout=False)
             return await self.discover(dst)
@@ -298,7 +298,7 @@ class MediaTools:
         if source.format.kind is not Kind.ANIMATION:
             raise ValueError("a still image has no motion still")
         out = configured or Fmt.WEBP
-        return await self.process(
+        return await self.render(
             src,
             dst,
             source=source,
@@ -313,7 +313,7 @@ class MediaTools:
         return await self.discover(dst)
 
 
-def _discovered(out: Fmt, reply: ProcessResult) -> Discovery:
+def _discovered(out: Fmt, reply: RenderResult) -> Discovery:
     """What ``discover`` finds in a file the engine just wrote and probed (saves a round trip;
     the integration tests check both agree)."""
     frames = reply.pages if reply.pages > 1 else None

@@ -3,7 +3,7 @@
 Runs only inside ``vips_worker`` processes; pyvips is imported lazily so that the server,
 which imports the protocol and this module's names indirectly, never loads libvips.
 
-Processing (``media.protocol.Process``) follows ``variants.plan``: the steps are computed at
+Rendering (``media.protocol.Render``) follows ``variants.plan``: the steps are computed at
 the input's full size (ImageMagick's geometry), then executed on whatever the decoder hands
 us. When the chain starts by shrinking, the decoder shrinks already: JPEG by 2/4/8 in the
 DCT, WebP by any factor, never below what ``variants.load_reduction`` allows. Later steps
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pictrs_trio.media import apng, turbojpeg
-from pictrs_trio.media.protocol import Process, ProcessResult
+from pictrs_trio.media.protocol import Render, RenderResult
 from pictrs_trio.rules.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def pages_of(image: pyvips.Image) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def _open(vips: type[pyvips.Image], job: Process) -> tuple[pyvips.Image, int, int, float]:
+def _open(vips: type[pyvips.Image], job: Render) -> tuple[pyvips.Image, int, int, float]:
     """(image, frame width, frame height, load reduction) with shrink-on-load applied."""
     animated = job.animated and job.sniffed in MULTI_PAGE
     # Rotating needs random access; without it, a sequential decode streams to the saver.
@@ -185,7 +185,7 @@ def apply(image: pyvips.Image, steps: Sequence[Step], full: tuple[int, int]) -> 
     return image
 
 
-def _frames(image: pyvips.Image, width: int, height: int, job: Process) -> list[pyvips.Image]:
+def _frames(image: pyvips.Image, width: int, height: int, job: Render) -> list[pyvips.Image]:
     """Each frame processed on its own, so no filter or crop crosses a frame boundary."""
     steps = plan(width, height, job.ops)
     count = image.height // height
@@ -210,7 +210,7 @@ def _gint() -> int:
     return int(pyvips.GValue.gint_type)
 
 
-def _save(image: pyvips.Image, job: Process) -> None:
+def _save(image: pyvips.Image, job: Render) -> None:
     quality = job.quality if job.quality is not None else DEFAULT_QUALITY.get(job.out_fmt)
     q = {"Q": min(max(quality, 1), 100)} if quality is not None else {}
     keep = {"keep": "none"}  # no EXIF/XMP/IPTC/ICC in what we store
@@ -243,7 +243,7 @@ def _save_apng(frames: Sequence[pyvips.Image], source: pyvips.Image, dst: str) -
         out.write(data)
 
 
-def process(vips: type[pyvips.Image], job: Process) -> ProcessResult:
+def render(vips: type[pyvips.Image], job: Render) -> RenderResult:
     """The one processing job: decode, apply the steps, save (``_save``, the one saver).
     A conversion is this with no operations."""
     image, width, height, shrink = _open(vips, job)
@@ -262,7 +262,7 @@ def process(vips: type[pyvips.Image], job: Process) -> ProcessResult:
         page_height = height if animated and not job.ops else frames[0].height
         _save(_with_page_height(out, page_height), job)
     check = load(vips, job.dst, READ_BACK[job.out_fmt], access="sequential")
-    return ProcessResult(
+    return RenderResult(
         width=check.width,
         height=check.height,
         pages=len(frames) if job.out_fmt == "apng" else pages_of(check),

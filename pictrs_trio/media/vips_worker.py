@@ -31,8 +31,8 @@ from pictrs_trio.media.protocol import (
     Failed,
     Probe,
     ProbeResult,
-    Process,
     Ready,
+    Render,
     Reply,
     Request,
     Slept,
@@ -44,8 +44,8 @@ from pictrs_trio.media.vips_ops import (
     field,
     load,
     pages_of,
-    process,
     remove_partial,
+    render,
 )
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Re
     try:
         if isinstance(job, Probe):
             return probe(vips, job)
-        if isinstance(job, Process):
-            return process(vips, job)
+        if isinstance(job, Render):
+            return render(vips, job)
         time.sleep(job.seconds)
         return Slept()
     except MediaFault as exc:
@@ -83,7 +83,7 @@ def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Re
         failed = Failed(message=str(exc).strip().splitlines()[0][:300], media=True)
     except (OSError, ValueError) as exc:
         failed = Failed(message=f"{type(exc).__name__}: {exc}", media=False)
-    if isinstance(job, Process):
+    if isinstance(job, Render):
         remove_partial(job.dst)
     return failed
 

@@ -246,7 +246,7 @@ async def ingest(
 
     if operations and final.format.kind is not Kind.VIDEO:
         processed = session.temp_path(final.format.extension)
-        final = await state.media.process(
+        final = await state.media.render(
             out,
             processed,
             source=final,

@@ -207,7 +207,7 @@ class _VariantRender(_Render):
         src = await _input_path(state, source_id)
         out = state.tmp_dir / f"variant-{uuid.uuid4().hex}{output.extension}"
         try:
-            result = await state.media.process(
+            result = await state.media.render(
                 src,
                 out,
                 source=_discovery(source_details),

@@ -1,4 +1,4 @@
-"""Processing operations against the real engine, tools and files (MediaTools.process).
+"""Processing operations against the real engine, tools and files (MediaTools.render).
 
 Outputs are decoded independently (pyvips in this process, Pillow for APNG frames, djxl for
 JPEG XL) and their pixel sizes and frame counts checked.
@@ -17,7 +17,7 @@ import pyvips
 from PIL import Image as PILImage
 
 from pictrs_trio.config import Image, Media
-from pictrs_trio.media.protocol import Process, ProcessResult
+from pictrs_trio.media.protocol import Render, RenderResult
 from pictrs_trio.media.tools import MediaTools, open_media_tools
 from pictrs_trio.rules.errors import UnsupportedMedia, status_of
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
@@ -71,7 +71,7 @@ async def run(
     source = await tools.discover(src)
     fmt = parse_ext(ext)
     dst = tmp / f"{src.stem}-{query.replace('=', '_').replace('&', '+')}.{fmt.value}"
-    out = await tools.process(
+    out = await tools.render(
         src,
         dst,
         source=source,
@@ -208,11 +208,11 @@ async def test_shrink_on_load(tools: MediaTools, big_jpeg: Path, tmp_path: Path)
     }
     for index, (query, (shrink, size)) in enumerate(cases.items()):
         dst = tmp_path / f"out{index}.webp"
-        job = Process(
+        job = Render(
             src=str(big_jpeg), sniffed="jpeg", dst=str(dst), ops=ops_of(query), out_fmt="webp"
         )
         reply = await tools.submit(job)
-        assert isinstance(reply, ProcessResult)
+        assert isinstance(reply, RenderResult)
         assert (reply.shrink, (reply.width, reply.height)) == (shrink, size), query
         assert decoded(dst, Fmt.WEBP, tmp_path)[:2] == size
 
@@ -232,11 +232,11 @@ async def test_shrink_on_load_colour_spaces(tools: MediaTools, tmp_path: Path) -
         src = tmp_path / f"{name}.jpg"
         image.jpegsave(str(src), Q=90)
         dst = tmp_path / f"{name}.png"
-        job = Process(
+        job = Render(
             src=str(src), sniffed="jpeg", dst=str(dst), ops=ops_of("thumbnail=250"), out_fmt="png"
         )
         reply = await tools.submit(job)
-        assert isinstance(reply, ProcessResult), (name, reply)
+        assert isinstance(reply, RenderResult), (name, reply)
         # decoded at 1/8: 500x375 (libvips rounds 500.1 x 375.1 down)
         assert (reply.shrink, reply.width, reply.height) == (4001 / 500, 250, 188), name
         out = pyvips.Image.pngload(str(dst))
@@ -249,14 +249,14 @@ async def test_shrink_on_load_colour_spaces(tools: MediaTools, tmp_path: Path) -
 async def test_refusals(tools: MediaTools, samples: dict[str, Path], tmp_path: Path) -> None:
     svg = samples["image.svg"]
     for sniffed in ("svg", "png", "jpeg", "tiff"):
-        job = Process(src=str(svg), sniffed=sniffed, dst=str(tmp_path / "x.png"),
+        job = Render(src=str(svg), sniffed=sniffed, dst=str(tmp_path / "x.png"),
                       ops=ops_of("thumbnail=5"), out_fmt="png")  # fmt: skip
         with pytest.raises(UnsupportedMedia) as info:
             await tools.submit(job)
         assert status_of(info.value) == 400
         assert not (tmp_path / "x.png").exists()
     # an animation over the work budget is refused, not attempted
-    job = Process(
+    job = Render(
         src=str(samples["earth.gif"]),
         sniffed="gif",
         dst=str(tmp_path / "y.gif"),

@@ -14,7 +14,7 @@ import trio
 
 from pictrs_trio.config import Media
 from pictrs_trio.media.exiftool import ExifTool
-from pictrs_trio.media.protocol import Probe, ProbeResult, Process, ProcessResult, Sleep
+from pictrs_trio.media.protocol import Probe, ProbeResult, Render, RenderResult, Sleep
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.rules.errors import MediaToolError, status_of
@@ -214,7 +214,7 @@ async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
         Media(), tmp_dir=tmp_path, engine_workers=1, engine_memory_mb=1024
     ) as tools:
         out = await tools.submit(
-            Process(
+            Render(
                 src=str(big),
                 sniffed="jpeg",
                 dst=str(tmp_path / "o.webp"),
@@ -224,7 +224,7 @@ async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
                 strict=True,
             )
         )
-        assert isinstance(out, ProcessResult)
+        assert isinstance(out, RenderResult)
         assert (out.width, out.height) == (4000, 3000)
 
 
