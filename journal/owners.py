@@ -2,12 +2,14 @@
 
 An **owner** is one process's use of the journal: ``host|pid-namespace|pid|start-time|nonce``,
 registered when it starts, heartbeating every ``OWNER_BEAT`` seconds, unregistered when it
-stops. It is dead when its row is gone, when its heartbeat is older than ``OWNER_TTL``, or, at
-once, when it ran on this host and its process is gone (the pid no longer exists, or belongs
-to a process started at another time).
+stops. It is dead when its row is gone. On this host its process decides: dead at once when
+the pid no longer exists or belongs to a process started at another time, alive while it
+runs, however late its heartbeat (a busy process is not a dead one). Elsewhere, where no
+process can be looked at, it is dead when its heartbeat is older than ``OWNER_TTL``.
 
 A **lease** is mutual exclusion on a key across processes (one render per variant): taken
-if free or if its holder is dead, so nobody ever waits out a dead owner.
+if free, if its holder is dead, or if it was taken longer ago than the caller allows (a stuck
+holder), so nobody waits out a dead owner and nobody waits forever on a live one.
 
 An **intent** is write-ahead for a side effect outside the database (a file about to be
 written): recorded before the effect, with the job that undoes it. The commit that makes the
@@ -74,20 +76,40 @@ def origin() -> str:
     return f"{socket.gethostname()}|{pidns}|{os.getpid()}|{started}"
 
 
-def gone_from_here(mine: str, other: str) -> bool:
-    """True when ``other`` (an owner or worker id) ran on this host and pid namespace and
-    its process is gone. Anything unknowable (another host or container, no /proc, this very
-    process) is False: then only the heartbeat can tell."""
+def local_state(mine: str, other: str) -> bool | None:
+    """What this host knows of ``other`` (an owner or worker id): True when it ran here (same
+    host and pid namespace) and its process still runs (same pid, same start time); False
+    when it ran here and its process is gone (no such pid, or the pid now belongs to a process
+    started at another time); None when this host cannot tell (another host or container, no
+    /proc, or this very process, which may hold several owners): then only the heartbeat
+    can."""
     parts = other.split("|", 4)
     here = mine.split("|")
-    if len(parts) < 5 or "?" in parts[:4] or parts[:2] != here[:2] or parts[2] == here[2]:
-        return False
+    if len(parts) < 5 or "?" in parts[:4] or parts[:2] != here[:2]:
+        return None
+    if parts[2] == here[2]:
+        return None if parts[3] == here[3] else False  # our pid, held before us: gone
     try:
-        return _start_time(int(parts[2])) != parts[3]  # pid reused by a newer process
+        return _start_time(int(parts[2])) == parts[3]
     except FileNotFoundError:
-        return True
+        pass
     except (OSError, ValueError, IndexError):
+        return None
+    try:  # no /proc entry: confirm with the kernel before calling it gone
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
         return False
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+LocalState = Callable[[str], "bool | None"]
+
+
+def _live(state: bool | None, heartbeat: int, now: float) -> bool:
+    """A local process's own state decides; elsewhere, a heartbeat within OWNER_TTL."""
+    return state if state is not None else heartbeat >= ns(now - OWNER_TTL)
 
 
 # --- owners -----------------------------------------------------------------------------------
@@ -120,38 +142,43 @@ def unregister(conn: apsw.Connection, owner: str) -> None:
         conn.execute("DELETE FROM journal_owners WHERE owner = ?", (owner,))
 
 
-def _alive(
-    conn: apsw.Connection, now: float, me: str, dead_here: Callable[[str], bool]
-) -> set[str]:
-    stale = ns(now - OWNER_TTL)
+def _alive(conn: apsw.Connection, now: float, me: str, state: LocalState) -> set[str]:
     alive = {me}
     for owner, heartbeat in conn.execute("SELECT owner, heartbeat FROM journal_owners").fetchall():
         name = cast(str, owner)
-        if name != me and (cast(int, heartbeat) < stale or dead_here(name)):
-            continue
-        alive.add(name)
+        if name == me or _live(state(name), cast(int, heartbeat), now):
+            alive.add(name)
     return alive
 
 
-def owner_alive(
-    conn: apsw.Connection, owner: str, now: float, dead_here: Callable[[str], bool]
-) -> bool:
+def owner_alive(conn: apsw.Connection, owner: str, now: float, state: LocalState) -> bool:
+    """A registered owner whose process runs on this host, or (elsewhere) heartbeats."""
     rows = conn.execute("SELECT heartbeat FROM journal_owners WHERE owner = ?", (owner,)).fetchall()
-    return bool(rows) and cast(int, rows[0][0]) >= ns(now - OWNER_TTL) and not dead_here(owner)
+    return bool(rows) and _live(state(owner), cast(int, rows[0][0]), now)
 
 
 # --- leases -----------------------------------------------------------------------------------
 
 
 def take_lease(
-    conn: apsw.Connection, key: str, owner: str, now: float, dead_here: Callable[[str], bool]
+    conn: apsw.Connection,
+    key: str,
+    owner: str,
+    now: float,
+    state: LocalState,
+    stale_after: float | None = None,
 ) -> bool:
-    """Take ``key`` unless a live owner holds it (a dead holder's lease is taken over)."""
+    """Take ``key`` unless a live owner holds it. A dead holder's lease is taken over, and so
+    is one taken more than ``stale_after`` seconds ago (a live but stuck holder; its commit
+    still checks its own work, so nothing is lost by going on without it)."""
     with transaction(conn):
-        rows = conn.execute("SELECT owner FROM journal_leases WHERE key = ?", (key,)).fetchall()
+        rows = conn.execute(
+            "SELECT owner, taken FROM journal_leases WHERE key = ?", (key,)
+        ).fetchall()
         if rows:
-            holder = cast(str, rows[0][0])
-            if holder == owner or owner_alive(conn, holder, now, dead_here):
+            holder, taken = cast(str, rows[0][0]), cast(int, rows[0][1])
+            expired = stale_after is not None and taken < ns(now - stale_after)
+            if holder == owner or (not expired and owner_alive(conn, holder, now, state)):
                 return holder == owner
             conn.execute(
                 "UPDATE journal_leases SET owner = ?, taken = ? WHERE key = ?",
@@ -224,13 +251,13 @@ def intended(conn: apsw.Connection) -> set[str]:
 # --- reaping ----------------------------------------------------------------------------------
 
 
-def reap(conn: apsw.Connection, me: str, now: float, dead_here: Callable[[str], bool]) -> Reaped:
+def reap(conn: apsw.Connection, me: str, now: float, state: LocalState) -> Reaped:
     """Release everything dead owners hold: their rows, leases, intents (turned into their
     undo jobs) and running jobs (pending again, or dead after their last attempt). Jobs from
     before owners existed (no owner recorded) are released when their worker's process is
-    gone from this host; otherwise their lease expiry frees them."""
+    gone from this host or their lease has run out."""
     with transaction(conn):
-        alive = _alive(conn, now, me, dead_here)
+        alive = _alive(conn, now, me, state)
         owners = [
             cast(str, o)
             for (o,) in conn.execute("SELECT owner FROM journal_owners").fetchall()
@@ -263,7 +290,7 @@ def reap(conn: apsw.Connection, me: str, now: float, dead_here: Callable[[str], 
             if owner is not None:
                 gone = owner not in alive
             else:  # a row from before owners: by its worker id, or its lease
-                gone = cast(int, lease_until) <= ns(now) or dead_here(cast(str, worker))
+                gone = cast(int, lease_until) <= ns(now) or state(cast(str, worker)) is False
             if gone:
                 jobs.append((ns(now), cast(int, job_id)))
                 queues.add(cast(str, queue))

@@ -98,8 +98,8 @@ class Journal:
     def worker_id(self, queue: str, n: int) -> str:
         return f"{self.owner}|{queue}|{n}"
 
-    def _dead_here(self, other: str) -> bool:
-        return owners.gone_from_here(self._origin, other)
+    def _local_state(self, other: str) -> bool | None:
+        return owners.local_state(self._origin, other)
 
     # -- owners: liveness, leases, intents (journal/owners.py) --
 
@@ -150,7 +150,9 @@ class Journal:
         """Release what dead owners hold (``owners.reap``) and wake the queues that got
         work from it."""
         now = self.clock()
-        reaped = await self._write(lambda conn: owners.reap(conn, self.owner, now, self._dead_here))
+        reaped = await self._write(
+            lambda conn: owners.reap(conn, self.owner, now, self._local_state)
+        )
         for queue in reaped.queues:
             self.notify(queue)
         if reaped:
@@ -164,13 +166,16 @@ class Journal:
             )
         return reaped
 
-    async def lease(self, key: str) -> bool:
+    async def lease(self, key: str, stale_after: float | None = None) -> bool:
         """Take the lease on ``key`` unless a live owner holds it (a dead one's is taken
-        over at once). True when this owner holds it now."""
+        over at once, and any taken more than ``stale_after`` seconds ago). True when this
+        owner holds it now."""
         await self._ensure_registered()
         now = self.clock()
         return await self._write(
-            lambda conn: owners.take_lease(conn, key, self.owner, now, self._dead_here)
+            lambda conn: owners.take_lease(
+                conn, key, self.owner, now, self._local_state, stale_after
+            )
         )
 
     async def release(self, key: str) -> None:
@@ -286,6 +291,10 @@ class Journal:
 
     async def get(self, job_id: int) -> Job | None:
         return await self._read(lambda conn: store.get(conn, job_id))
+
+    async def latest(self, queue: str, unique_key: str) -> Job | None:
+        """The newest job of ``queue`` pushed with ``unique_key`` (any status), or None."""
+        return await self._read(lambda conn: store.latest(conn, queue, unique_key))
 
     # The brief asks for a timeout here: on expiry this returns None instead of raising,
     # which is what "answer within 10 s or say not yet" callers want.

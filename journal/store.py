@@ -36,6 +36,7 @@ __all__ = [
     "fail",
     "get",
     "heartbeat",
+    "latest",
     "purge",
     "push_in",
     "retry_dead",
@@ -244,6 +245,16 @@ def fail(
 
 def get(conn: apsw.Connection, job_id: int) -> Job | None:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM journal_jobs WHERE id = ?", (job_id,)).fetchall()
+    return _job(rows[0]) if rows else None
+
+
+def latest(conn: apsw.Connection, queue: str, unique_key: str) -> Job | None:
+    """The newest job of ``queue`` pushed with ``unique_key``, whatever its status."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM journal_jobs WHERE queue = ? AND unique_key = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (queue, unique_key),
+    ).fetchall()
     return _job(rows[0]) if rows else None
 
 

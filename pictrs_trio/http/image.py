@@ -19,7 +19,7 @@ from pictrs_trio.rules.errors import (
     InvalidDeleteToken,
     InvalidQuery,
 )
-from pictrs_trio.services import proxy
+from pictrs_trio.services import handlers, proxy
 from pictrs_trio.services.fetch import parse_url
 from pictrs_trio.services.ingest import ensure_details
 
@@ -102,17 +102,25 @@ async def claim() -> Response:
     outcome = None
     with trio.move_on_after(CLAIM_WAIT_SECONDS):
         delay = 0.02
+        resolved = False
         while True:
             exists, outcome = await state.repo.upload_outcome(upload_id)
             if not exists:
                 raise AlreadyClaimed("Upload was already claimed or does not exist")
             if outcome is not None:
                 break
+            if not resolved:  # once: an upload whose job died gets its failure now
+                resolved = True
+                if await handlers.resolve_lost_upload(state, upload_id):
+                    continue
             await trio.sleep(delay)
             delay = min(delay * 2, 0.25)
     if outcome is None:
         return empty(204)
-    if not await state.repo.claim_upload(upload_id):
+    claimed, released = await state.repo.claim_upload(upload_id)
+    if released:
+        state.journal.notify(jobs.CLEANUP)
+    if not claimed:
         raise AlreadyClaimed("Upload was already claimed")
     if outcome.alias is None or outcome.delete_token is None:
         error = ErrorBody(

@@ -74,12 +74,14 @@ class MediaRepo(Protocol):
         upload_id: str | None = None,
     ) -> UploadCommit:
         """In one transaction: create the hash (or find it), store details, create the alias
-        (and, with ``upload_id``, record that backgrounded upload's outcome); fulfil
-        ``owner``'s intent on ``identifier``.
+        (and, with ``upload_id``, record that backgrounded upload's outcome, once, and let
+        go of its raw bytes with their RemoveFiles job); fulfil ``owner``'s intent on
+        ``identifier``.
 
         If the hash exists already the existing identifier and details are kept and returned
         with ``deduplicated=True`` (the intent stays: the caller discards its copy). Raises
-        DuplicateAlias if ``alias`` is taken (nothing is written then), RepoError.
+        DuplicateAlias if ``alias`` is taken, AlreadyClaimed if the upload has an outcome
+        already (an ingest that ran twice), RepoError; nothing is written then.
         """
         ...
 
@@ -180,10 +182,14 @@ class UploadRepo(Protocol):
         """(exists, outcome): outcome None while the ingest has not finished."""
         ...
 
-    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> None: ...
+    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> bool:
+        """Record a failed ingest's outcome (unless it has one) and let go of the raw bytes
+        with their RemoveFiles job, in one transaction; True when that job was queued."""
+        ...
 
-    async def claim_upload(self, upload_id: str) -> bool:
-        """Delete a finished upload record; False when it was gone already."""
+    async def claim_upload(self, upload_id: str) -> tuple[bool, bool]:
+        """Delete a finished upload record: (claimed, a RemoveFiles job was queued for raw
+        bytes it still held). claimed is False when it was gone already."""
         ...
 
     async def release_upload_raw(self, upload_id: str) -> bool:

@@ -184,14 +184,34 @@ def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]
     return True, None if value is None else bytes(value)  # type: ignore[arg-type]
 
 
-def w_finish_upload(conn: apsw.Connection, upload_id: str, result: bytes) -> None:
+UPLOAD_FINISHED = "upload already finished"  # the message _translate maps to AlreadyClaimed
+
+
+def record_outcome_in(conn: apsw.Connection, upload_id: str, result: bytes, now: float) -> bool:
+    """Inside the caller's transaction: the upload's outcome, once (an ingest that ran twice
+    must not replace the first one's alias), and its raw bytes let go of with their
+    RemoveFiles job. Raises apsw.ConstraintError (rolling back) when the upload has an
+    outcome already or is gone. Returns whether a RemoveFiles job was queued."""
     with transaction(conn):
         conn.execute(
             "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
         )
+        if conn.changes() != 1:
+            raise apsw.ConstraintError(UPLOAD_FINISHED)
+        return release_raw_in(conn, upload_id, now)
 
 
-def w_release_raw(conn: apsw.Connection, upload_id: str, now: float) -> bool:
+def w_finish_upload(conn: apsw.Connection, upload_id: str, result: bytes, now: float) -> bool:
+    """Record a failed ingest's outcome (nothing if there is one already), releasing the raw
+    bytes. Returns whether a RemoveFiles job was queued."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
+        )
+        return release_raw_in(conn, upload_id, now)
+
+
+def release_raw_in(conn: apsw.Connection, upload_id: str, now: float) -> bool:
     """The upload's raw bytes are done with: its row lets go of them and their RemoveFiles
     job is queued, together. False when there was nothing to release."""
     with transaction(conn):
@@ -203,10 +223,13 @@ def w_release_raw(conn: apsw.Connection, upload_id: str, now: float) -> bool:
     return True
 
 
-def w_claim_upload(conn: apsw.Connection, upload_id: str) -> bool:
+def w_claim_upload(conn: apsw.Connection, upload_id: str, now: float) -> tuple[bool, bool]:
+    """Delete a finished upload's record: (claimed, a RemoveFiles job was queued for raw
+    bytes it still held)."""
     with transaction(conn):
+        released = release_raw_in(conn, upload_id, now)
         conn.execute("DELETE FROM uploads WHERE id = ? AND result IS NOT NULL", (upload_id,))
-        return conn.changes() == 1
+        return conn.changes() == 1, released
 
 
 def first(conn: apsw.Connection, sql: str, args: tuple[apsw.SQLiteValue, ...]) -> Row | None:

@@ -45,7 +45,7 @@ from pictrs_trio.repo.records import (
     UploadOutcome,
 )
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import DuplicateAlias, PictrsError, RepoError
+from pictrs_trio.rules.errors import AlreadyClaimed, DuplicateAlias, PictrsError, RepoError
 
 __all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
 
@@ -71,6 +71,7 @@ _OUTCOME_DECODER = msgspec.json.Decoder(UploadOutcome)
 # the database is a RepoError.
 _CONSTRAINTS: tuple[tuple[str, Callable[[], PictrsError]], ...] = (
     ("aliases.alias", lambda: DuplicateAlias("Alias already exists")),
+    (media_sql.UPLOAD_FINISHED, lambda: AlreadyClaimed("Upload was already finished")),
 )
 
 
@@ -228,9 +229,8 @@ def _w_commit_upload(
         )
         if upload_id is not None:
             outcome = UploadOutcome(alias=alias, delete_token=token)
-            conn.execute(
-                "UPDATE uploads SET result = ? WHERE id = ?",
-                (_OUTCOME_ENCODER.encode(outcome), upload_id),
+            media_sql.record_outcome_in(
+                conn, upload_id, _OUTCOME_ENCODER.encode(outcome), now_ns / 1e9
             )
     return identifier, details_json, deduplicated
 
@@ -472,14 +472,16 @@ class SqliteRepo:
         exists, raw = await self._read(media_sql.q_upload, upload_id)
         return exists, None if raw is None else _OUTCOME_DECODER.decode(raw)
 
-    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> None:
-        await self._write(media_sql.w_finish_upload, upload_id, _OUTCOME_ENCODER.encode(outcome))
+    async def finish_upload(self, upload_id: str, outcome: UploadOutcome) -> bool:
+        return await self._write(
+            media_sql.w_finish_upload, upload_id, _OUTCOME_ENCODER.encode(outcome), time.time()
+        )
 
-    async def claim_upload(self, upload_id: str) -> bool:
-        return await self._write(media_sql.w_claim_upload, upload_id)
+    async def claim_upload(self, upload_id: str) -> tuple[bool, bool]:
+        return await self._write(media_sql.w_claim_upload, upload_id, time.time())
 
     async def release_upload_raw(self, upload_id: str) -> bool:
-        return await self._write(media_sql.w_release_raw, upload_id, time.time())
+        return await self._write(media_sql.release_raw_in, upload_id, time.time())
 
     # -- ProxyRepo --
 

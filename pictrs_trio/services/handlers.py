@@ -102,9 +102,12 @@ async def audit_store(state: AppState) -> int:
     own unfinished writes is ever removed (services/storing.py). Returns the count."""
     async with aclosing(state.store.identifiers()) as listing:
         listed = [identifier async for identifier in listing]
-    # Read what is known after listing: a file listed was intended (and then committed or
-    # still in flight) before it was written, so it is in one of these now.
-    known = await state.repo.identifiers() | await state.journal.intended()
+    # Read what is known after listing: a file listed was intended before it was written, and
+    # its intent is fulfilled in the commit that adds its row. Intents first, rows second: a
+    # commit between the two reads moves a file from the first set into the second, never
+    # out of both.
+    intended = await state.journal.intended()
+    known = intended | await state.repo.identifiers()
     unknown = [identifier for identifier in listed if identifier not in known]
     if unknown:
         logger.warning(
@@ -135,9 +138,24 @@ async def handle_ingest(state: AppState, job: Job) -> None:
             await state.repo.finish_upload(
                 payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
             )
-    # The row lets go of the raw bytes and their removal is queued, in one transaction.
-    if await state.repo.release_upload_raw(payload.upload_id):
-        state.journal.notify(jobs.CLEANUP)
+    # The outcome's transaction let go of the raw bytes and queued their removal; this is
+    # for rows whose outcome was recorded otherwise (an upload from before that was so).
+    await state.repo.release_upload_raw(payload.upload_id)
+    state.journal.notify(jobs.CLEANUP)
+
+
+async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
+    """A backgrounded upload whose ingest job died (it killed its process on every attempt,
+    say) gets a failed outcome, and its raw bytes go; True when that was so. Claims call it,
+    so a client waiting on such an upload is told instead of waiting forever."""
+    job = await state.journal.latest(jobs.INGEST, upload_id)
+    if job is not None and job.status != "dead":
+        return False
+    why = job.last_error if job is not None and job.last_error else "the ingest job was lost"
+    outcome = UploadOutcome(error_msg=f"Ingest failed: {why}", error_code="unknown-error")
+    await state.repo.finish_upload(upload_id, outcome)
+    state.journal.notify(jobs.CLEANUP)
+    return True
 
 
 async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:

@@ -88,7 +88,10 @@ async def _single_flight(state: AppState, key: str, render: _Render) -> None:
         if not leading:
             return
         journal = state.journal
-        while not await journal.lease(key):
+        # A live holder stuck past what pict-rs allows a render (4 x process_timeout) is
+        # passed by: its commit checks its own work, so rendering again loses nothing.
+        stale_after = 4 * state.config.media.process_timeout
+        while not await journal.lease(key, stale_after):
             # Another process renders it: wait for its lease to go (released, or its owner
             # dead), looking for its result meanwhile.
             await trio.sleep(POLL_SECONDS)

@@ -19,6 +19,7 @@ import trio
 from loguru import logger
 
 from pictrs_trio.rules import jobs
+from pictrs_trio.rules.errors import ErrorCode, StoreError
 from pictrs_trio.services.state import AppState
 
 CLEANUP_SECONDS = 10.0
@@ -37,6 +38,13 @@ async def save_new(
         await state.store.save_file(
             src, identifier=identifier, content_type=content_type, durable=durable
         )
+    except StoreError as exc:
+        if exc.code is ErrorCode.FILE_EXISTS:  # not ours: leave it, drop only the intent
+            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                await state.journal.abandon([identifier])
+        else:
+            await discard(state, identifier)
+        raise
     except BaseException:
         await discard(state, identifier)
         raise

@@ -21,7 +21,7 @@ from pictrs_trio.services.state import AppState
 API_KEY = "in-process-key"
 
 
-def test_config(tmp_path: Path, **server: object) -> Config:
+def inprocess_config(tmp_path: Path, **server: object) -> Config:
     return msgspec.convert(
         {
             "server": {
@@ -41,7 +41,7 @@ def test_config(tmp_path: Path, **server: object) -> Config:
 @pytest.fixture
 async def state(tmp_path: Path) -> AsyncIterator[AppState]:
     """A running AppState, as one server process has it (journal owner, job runners)."""
-    async with open_state(test_config(tmp_path)) as opened, trio.open_nursery() as nursery:
+    async with open_state(inprocess_config(tmp_path)) as opened, trio.open_nursery() as nursery:
         await start_background(opened, nursery)
         yield opened
         nursery.cancel_scope.cancel()
@@ -57,6 +57,11 @@ async def client(app: PictrsApp) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://pictrs.test") as c:
         yield c
+
+
+def rows(state: AppState, sql: str) -> list[tuple[object, ...]]:
+    reader = state.repo._loop_reader  # type: ignore[attr-defined]
+    return [tuple(r) for r in reader.execute(sql).fetchall()]
 
 
 def store_files(state: AppState) -> set[str]:

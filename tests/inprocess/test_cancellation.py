@@ -13,12 +13,7 @@ import trio
 
 from pictrs_trio.services.state import AppState
 from tests.e2e.rawhttp import multipart
-from tests.inprocess.conftest import store_files, upload
-
-
-def rows(state: AppState, sql: str) -> list[tuple[object, ...]]:
-    reader = state.repo._loop_reader  # type: ignore[attr-defined]
-    return [tuple(r) for r in reader.execute(sql).fetchall()]
+from tests.inprocess.conftest import rows, store_files, upload
 
 
 def leftovers(state: AppState) -> dict[str, object]:

@@ -191,10 +191,47 @@ async def test_a_killed_process_is_known_dead_at_once(db_file: Path) -> None:
         assert rows(db_file, "SELECT count(*) FROM journal_intents") == [(0,)]
 
 
+STALLED_OWNER = KILLED_OWNER.replace(
+    "os.kill(os.getpid(), signal.SIGKILL)", "print('ready', flush=True); time.sleep(60)"
+).replace("import os,", "import os, time,")
+
+
+async def test_a_busy_process_here_keeps_what_it_holds_however_late_its_heartbeat(
+    db_file: Path,
+) -> None:
+    """A live process on this host is not dead for missing beats (a long stall under load):
+    its lease, intent and job stay, until the lease is older than the caller allows or the
+    process is really gone."""
+    child = await trio.lowlevel.open_process(
+        [sys.executable, "-c", STALLED_OWNER, str(db_file), str(REPO)], stdout=-1
+    )
+    try:
+        assert child.stdout is not None
+        assert (await child.stdout.receive_some(16)).strip() == b"ready"
+        clock = Clock()  # far past the child's last heartbeat (wall time now)
+        async with open_journal(db_file, clock=clock) as journal:
+            assert not await journal.lease("render:k")
+            assert not await journal.reap()
+            assert rows(db_file, "SELECT count(*) FROM journal_intents") == [(1,)]
+            assert not await journal.lease("render:k", stale_after=1e9)  # young enough
+            assert await journal.lease("render:k", stale_after=60)  # stuck: passed by
+            child.kill()
+            await child.wait()
+            reaped = await journal.reap()
+            assert (reaped.owners, reaped.intents, reaped.jobs) == (1, 1, 1)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            with trio.CancelScope(shield=True):
+                await child.wait()
+
+
 def test_owner_ids_name_this_process() -> None:
     mine = owners.origin()
     host, _pidns, pid, started = mine.split("|")
     assert int(pid) > 0 and started
-    assert not owners.gone_from_here(mine, mine + "|nonce")  # ourselves: never guessed
-    assert not owners.gone_from_here(mine, f"elsewhere|{_pidns}|1|1|n")  # another host
-    assert owners.gone_from_here(mine, f"{host}|{_pidns}|{pid}0000|1|n")  # no such pid
+    assert owners.local_state(mine, mine + "|nonce") is None  # ourselves: the heartbeat decides
+    assert owners.local_state(mine, f"elsewhere|{_pidns}|1|1|n") is None  # another host
+    assert owners.local_state(mine, f"{host}|{_pidns}|{pid}0000|1|n") is False  # no such pid
+    assert owners.local_state(mine, f"{host}|{_pidns}|{pid}|0|n") is False  # pid held before us
+    assert owners.local_state(mine, f"{host}|{_pidns}|1|{owners._start_time(1)}|n") is True

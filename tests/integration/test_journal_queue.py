@@ -345,8 +345,8 @@ async def test_reap_releases_jobs_of_dead_local_processes_only(
         alive = f"{host}|{pidns}|{child.pid}|{owners._start_time(child.pid)}|n|q|0"
         elsewhere = f"otherhost|{pidns}|{child.pid}|1|n|q|0"
         mine = journal.worker_id("q", 0)
-        assert not owners.gone_from_here(origin, alive)
-        assert not owners.gone_from_here(origin, mine)
+        assert owners.local_state(origin, alive) is True
+        assert owners.local_state(origin, mine) is None  # this process: the heartbeat decides
         ids = {}
         for name, worker in (("alive", alive), ("elsewhere", elsewhere), ("mine", mine)):
             ids[name] = await journal.push("q", Delete(identifier=name))
@@ -355,7 +355,7 @@ async def test_reap_releases_jobs_of_dead_local_processes_only(
 
         child.kill()
         await child.wait()
-        assert owners.gone_from_here(origin, alive)
+        assert owners.local_state(origin, alive) is False
         assert (await journal.reap()).jobs == 1
         job = await journal.get(ids["alive"])
         assert job is not None
@@ -369,7 +369,7 @@ async def test_reap_releases_jobs_of_dead_local_processes_only(
                 await child.wait()
     # Pid reuse: same pid, other start time -> that process is gone.
     reused = f"{host}|{pidns}|{os.getpid()}|0|n|q|0"
-    assert not owners.gone_from_here(origin, reused)  # our own pid: never guessed about
+    assert owners.local_state(origin, reused) is False  # our pid, held before us
     assert socket.gethostname() == host
 
 

@@ -7,20 +7,23 @@ import hashlib
 import inspect
 import statistics
 import time
+import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import apsw
+import msgspec
 import pytest
 import trio
 
 from journal import IntentLost, Journal
 from pictrs_trio.repo import Repo, migrations
-from pictrs_trio.repo.records import Details, Hash
+from pictrs_trio.repo.records import Details, Hash, PendingUpload, UploadOutcome
 from pictrs_trio.repo.sqlite import DB_FILE_NAME, SqliteRepo, open_sqlite_repo
 from pictrs_trio.rules import ids, jobs
-from pictrs_trio.rules.errors import DuplicateAlias, RepoError
+from pictrs_trio.rules.errors import AlreadyClaimed, DuplicateAlias, RepoError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
 JPEG = MediaFormat(kind=Kind.IMAGE, fmt=Fmt.JPEG)
@@ -50,6 +53,17 @@ async def repo(tmp_path: Path) -> AsyncIterator[SqliteRepo]:
 
 def raw(tmp_path: Path) -> apsw.Connection:
     return apsw.Connection(str(tmp_path / "repo" / DB_FILE_NAME))
+
+
+@contextmanager
+def raw_conn(repo: SqliteRepo) -> Iterator[apsw.Connection]:
+    """A connection of its own to ``repo``'s file, for writes no method makes."""
+    conn = apsw.Connection(str(repo.db_file))
+    conn.set_busy_timeout(5000)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 _OWNERS: weakref.WeakKeyDictionary[SqliteRepo, Journal] = weakref.WeakKeyDictionary()
@@ -341,6 +355,85 @@ async def test_a_commit_whose_intent_was_reaped_writes_nothing(repo: SqliteRepo)
         await repo.commit_variant(h, "k", identifier, make_details(256, WEBP), owner=journal.owner)
     assert variant_identifier(repo, h, "k") is None
     assert await repo.details(identifier) is None
+
+
+def remove_jobs(repo: SqliteRepo) -> list[list[str]]:
+    """The identifiers of every RemoveFiles job queued, oldest first."""
+    rows = repo._loop_reader.execute(
+        "SELECT payload FROM journal_jobs WHERE queue = ? AND kind = 'remove_files' ORDER BY id",
+        (jobs.CLEANUP,),
+    ).fetchall()
+    return [msgspec.json.decode(bytes(p), type=jobs.RemoveFiles).identifiers for (p,) in rows]
+
+
+async def backgrounded(repo: SqliteRepo) -> tuple[str, str]:
+    """A backgrounded upload recorded as POST /image/backgrounded does: (upload id, raw)."""
+    raw_identifier = await intended(repo, "")
+    upload_id = str(uuid.uuid4())
+    pending = PendingUpload(upload_id=upload_id, raw_identifier=raw_identifier)
+    await repo.create_uploads([pending], owner=(await owner_of(repo)).owner)
+    return upload_id, raw_identifier
+
+
+async def test_an_upload_outcome_is_recorded_once_and_lets_go_of_the_raw_bytes(
+    repo: SqliteRepo,
+) -> None:
+    upload_id, raw_identifier = await backgrounded(repo)
+    assert await repo.upload_outcome(upload_id) == (True, None)
+    owner = (await owner_of(repo)).owner
+    commit = dict(hash=make_hash("bg"), details=make_details(), owner=owner, upload_id=upload_id)
+    first = ids.new_alias(".jpeg")
+    await repo.commit_upload(
+        identifier=await intended(repo), alias=first, delete_token="t1", **commit
+    )
+    assert remove_jobs(repo) == [[raw_identifier]]  # queued with the outcome
+    # An ingest that ran twice (its first run's process died after committing) is refused,
+    # and writes nothing: the client keeps the first alias.
+    with pytest.raises(AlreadyClaimed):
+        await repo.commit_upload(
+            identifier=await intended(repo), alias=ids.new_alias(".jpeg"), delete_token="t2",
+            **commit,
+        )  # fmt: skip
+    exists, outcome = await repo.upload_outcome(upload_id)
+    assert (
+        exists
+        and outcome is not None
+        and (outcome.alias, outcome.delete_token)
+        == (
+            first,
+            "t1",
+        )
+    )
+    failed = UploadOutcome(error_msg="late", error_code="unknown-error")
+    assert not await repo.finish_upload(upload_id, failed)  # no outcome over an outcome
+    assert (await repo.upload_outcome(upload_id))[1] == outcome
+    assert await repo.claim_upload(upload_id) == (True, False)
+    assert await repo.claim_upload(upload_id) == (False, False)
+    assert remove_jobs(repo) == [[raw_identifier]]
+
+
+async def test_claiming_an_upload_whose_raw_bytes_were_kept_removes_them(
+    repo: SqliteRepo,
+) -> None:
+    """A row that still holds its raw bytes when claimed (an outcome recorded by an older
+    version, which released them separately) queues their removal with the claim."""
+    upload_id, raw_identifier = await backgrounded(repo)
+    with raw_conn(repo) as conn:
+        conn.execute("UPDATE uploads SET result = ? WHERE id = ?", (b"{}", upload_id))
+    assert remove_jobs(repo) == []
+    assert await repo.claim_upload(upload_id) == (True, True)
+    assert remove_jobs(repo) == [[raw_identifier]]
+
+
+async def test_a_failed_ingest_records_its_outcome_and_lets_go_of_the_raw_bytes(
+    repo: SqliteRepo,
+) -> None:
+    upload_id, raw_identifier = await backgrounded(repo)
+    failed = UploadOutcome(error_msg="Unsupported media type", error_code="media-disallowed")
+    assert await repo.finish_upload(upload_id, failed)
+    assert await repo.upload_outcome(upload_id) == (True, failed)
+    assert remove_jobs(repo) == [[raw_identifier]]
+    assert not await repo.release_upload_raw(upload_id)  # nothing left to release
 
 
 async def test_health(repo: SqliteRepo) -> None:
