@@ -63,6 +63,9 @@ class Server(msgspec.Struct, **Frozen):
     # body_min_rate bytes received (else 408)
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     body_min_rate: Positive = 500
+    # seconds an answer may sit unsent because the client does not read (or is gone) before
+    # the connection is dropped: the kernel's TCP_USER_TIMEOUT on every connection
+    send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class Client(msgspec.Struct, **Frozen):

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from quart import Response
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from pictrs_trio.http import download, health, image, internal, serve, upload, variants
 from pictrs_trio.http.exchange import (
@@ -43,8 +43,11 @@ async def handle_error(exc: Exception) -> Response:
     """Quart's half of the one error map (the exchange answers raw routes' errors)."""
     inner = innermost(exc)
     if isinstance(inner, HTTPException):
-        # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405.
-        return Response(b"", status=inner.code or 500)
+        # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405
+        # (with Allow, RFC 9110 section 15.5.6).
+        allow = inner.valid_methods if isinstance(inner, MethodNotAllowed) else None
+        headers = {"Allow": ", ".join(allow)} if allow else None
+        return Response(b"", status=inner.code or 500, headers=headers)
     status, body = answer_for(inner)
     return Response(body, status=status, content_type="application/json")
 

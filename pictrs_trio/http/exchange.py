@@ -10,13 +10,15 @@
   received (the rule of Apache's mod_reqtimeout), else 408.
 * **The connection after the answer.** HTTP/1.1 can only reuse a connection whose request
   body was read to its end; hypercorn closes it otherwise, the moment the answer is complete
-  (its ``protocol/h11.py``, ``_maybe_recycle``). So an answer given before the body was read
-  (a 404, 401, 408, 413, 400) goes out at once, and the rest of the body is then read and
-  dropped, within bounds, before the answer is finished; the connection stays usable
-  (pict-rs drains the same way, ``src/middleware/payload.rs``). Past the bounds, or when the
-  body is known to be too big, the answer says ``Connection: close`` and we keep reading
-  (and dropping) for a moment before closing, so the client gets its answer instead of a
-  reset.
+  (its ``protocol/h11.py``, ``_maybe_recycle``). So before the head of an answer given early
+  (a 404, 401, 408, 400) the rest of the body is read and dropped, within bounds, and the
+  head says whether the connection stays (pict-rs drains the same way,
+  ``src/middleware/payload.rs``). Past the bounds, or when the body is known to be too big
+  (413), the head says ``Connection: close`` and we keep reading (and dropping) for a moment
+  before closing, so the client gets its answer instead of a reset. While any part of an
+  answer goes out over an unread body, what arrives is dropped: hypercorn may need room in
+  the app's queue inside that very send (for the disconnect of a failed write), and nobody
+  else would make it.
 * **The client leaving.** Routes that wait (uploads, claims, downloads) watch for the
   disconnect and are cancelled when it comes, so the connection closes at once instead of
   sitting in CLOSE-WAIT until the work ends. Renders are left to finish: the next request
@@ -61,6 +63,7 @@ DRAIN_BYTES = 16 * MIB  # what we read and drop after an early answer to keep a 
 LINGER_SECONDS = 2.0  # reading (and dropping) before closing a connection we refused
 LINGER_BYTES = 64 * MIB
 JSON = (b"content-type", b"application/json")
+_LIST_HEADERS = frozenset({b"if-match", b"if-none-match"})
 CLOSE = (b"connection", b"close")
 
 
@@ -82,28 +85,43 @@ class BodyRules(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Settle(enum.Enum):
-    """What happens to the connection once the answer is out (``settle``)."""
+    """What happens to the connection of an answer starting now (``settle``)."""
 
     KEEP = "keep"  # the body was read to its end: the connection is reused
-    DRAIN = "drain"  # read and drop the rest (bounded), then reuse the connection
+    DRAIN = "drain"  # read and drop the rest (bounded) before the head; then KEEP, or LINGER
     LINGER = "linger"  # Connection: close; drop what arrives for a moment, then close
     CLOSE = "close"  # Connection: close at once (a client too slow to wait for)
 
 
 def settle(
-    *, complete: bool, declared: int | None, received: int, refused: PictrsError | None
+    *,
+    complete: bool,
+    declared: int | None,
+    received: int,
+    refused: PictrsError | None,
+    cap: int | None = None,
+    status: int = 200,
 ) -> Settle:
-    """Pure: the fate of a connection whose answer is starting now. ``refused`` is the error
-    that stopped the body (too large, too slow), if any."""
+    """Pure: the fate of a connection whose answer (``status``) is starting now. ``refused``
+    is the error that stopped the body (too large, too slow), if any; ``cap`` is the most
+    the route reads."""
     if complete:
         return Settle.KEEP
     if isinstance(refused, BodyTimeout):
         return Settle.CLOSE
-    if isinstance(refused, BodyTooLarge):
+    if isinstance(refused, BodyTooLarge) or (status == 413 and declared is None):
+        # Too big; and a chunked body refused for its size (a file over its limit) has no
+        # known end worth reading towards.
         return Settle.LINGER
-    if declared is not None and declared - received > DRAIN_BYTES:
+    if declared is not None and declared - received > _drainable(received, cap):
         return Settle.LINGER
     return Settle.DRAIN
+
+
+def _drainable(received: int, cap: int | None) -> int:
+    """How much more of a body may be read and dropped to keep its connection: never past
+    what the route would have read."""
+    return DRAIN_BYTES if cap is None else max(0, min(DRAIN_BYTES, cap - received))
 
 
 def _declared_length(headers: dict[bytes, bytes]) -> int | None:
@@ -128,21 +146,28 @@ class Exchange:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         # One pass over the headers, then lookups (h11 hands them over lower-cased). A repeated
-        # header keeps its first value, as reading the list in order would.
+        # header keeps its first value, except the list-valued ones conditionals read, whose
+        # lines combine (RFC 9110 section 5.3).
         headers: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
-            headers.setdefault(key, value)
+            if key in headers and key in _LIST_HEADERS:
+                headers[key] = headers[key] + b", " + value
+            else:
+                headers.setdefault(key, value)
         self._headers = headers
         self._receive = receive
         self._send = send
         self.rules = rules
         self.declared = _declared_length(self._headers)
         self.received = 0
+        # HTTP/1.x frames a body by Content-Length or chunking, so a request with neither has
+        # none; HTTP/2 and 3 may stream one of unknown length in any request.
+        framed = scope.get("http_version", "1.1") in ("1.0", "1.1")
         self.complete = self.declared == 0 or (
-            self.declared is None and self.header(b"transfer-encoding") is None
+            framed and self.declared is None and self.header(b"transfer-encoding") is None
         )
         self._refused: PictrsError | None = None
-        self._body_started = trio.current_time()
+        self._waited = 0.0  # seconds spent waiting for the body (the rate rule's clock)
         self.started = False  # the response head went out
         self.finished = False  # the whole response went out
         self.gone = False  # the client closed the connection
@@ -185,26 +210,35 @@ class Exchange:
         """The first value of query key ``key``, or None."""
         return next((v for k, v in self.query if k == key), None)
 
-    def _body_deadline(self) -> float:
-        rules = self.rules
-        return self._body_started + rules.timeout + self.received / rules.min_rate
-
     async def _next(self) -> bytes:
         """The next piece of the body under the rate rule; b"" and ``complete`` at its end.
-        Raises BodyTimeout, ClientGone."""
+        Raises BodyTimeout, ClientGone.
+
+        The rule's clock runs only while we wait for the body: time the handler spends on
+        what it read (storing one file of several, say) is not the client's."""
+        rules = self.rules
+        allowed = rules.timeout + self.received / rules.min_rate - self._waited
+        began = trio.current_time()
         try:
-            with trio.fail_at(self._body_deadline()):
+            with trio.fail_after(max(allowed, 0.0)):
                 message = await self._receive()
         except trio.TooSlowError:
             raise BodyTimeout("Request body was not received in time") from None
+        finally:
+            self._waited += trio.current_time() - began
         if message["type"] == "http.disconnect":
             self._client_gone()
             raise ClientGone
+        self._took(message)
         chunk: bytes = message.get("body", b"")
-        self.received += len(chunk)
-        if not message.get("more_body", False):
-            self.complete = True
         return chunk
+
+    def _took(self, message: Message) -> None:
+        """Count a body message. With a declared length, the last byte completes the body:
+        hypercorn's separate end-of-body message may then stay unread."""
+        self.received += len(message.get("body", b""))
+        if not message.get("more_body", False) or self.received == self.declared:
+            self.complete = True
 
     def body(self) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk, as it arrives: iterate it once. Raises
@@ -218,33 +252,29 @@ class Exchange:
         """The ASGI ``send`` every answer goes through (raw handlers and Quart alike)."""
         kind = message["type"]
         if kind == "http.response.start":
-            self._begin(message)
+            await self._begin(message)
         elif kind == "http.response.body" and not message.get("more_body", False):
-            if self._settle is not Settle.KEEP and not self.complete:
+            if self._settle is Settle.LINGER and not self.complete:
                 await self._deliver({**message, "more_body": True})
-                await self._settle_connection()
+                await self._linger()
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             self.finished = True
-            if not self.complete:
-                await self._finish(message)
-                return
         await self._deliver(message)
 
-    async def _finish(self, message: Message) -> None:
-        """The last message of an answer whose request body was not read to its end.
-        hypercorn then puts a disconnect into the app's queue, which may be full of body
-        chunks nobody reads (we stopped reading: backpressure); it would wait forever for
-        room, inside this very send. So the queue is emptied while the message goes out."""
+    async def _deliver(self, message: Message) -> None:
+        """Send one message. Over a body nobody reads, what arrives meanwhile is dropped:
+        a failed write, or the end of the answer, makes hypercorn put a disconnect into the
+        app's queue from inside this send, and that queue may be full of body chunks (we
+        stopped reading: backpressure); without a reader it would wait for room forever."""
+        if self.complete or self._watcher_reads():
+            await self._send_now(message)
+            return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._discard)
-            await self._deliver(message)
+            nursery.start_soon(self._until_gone)
+            await self._send_now(message)
             nursery.cancel_scope.cancel()
 
-    async def _discard(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-
-    async def _deliver(self, message: Message) -> None:
+    async def _send_now(self, message: Message) -> None:
         # Shielded: hypercorn advances its HTTP state before it writes, so a send cancelled
         # half-way would leave the connection (and hypercorn's view of it) broken. Its own
         # write is shielded too, so this adds no wait that was not there. A request nobody
@@ -255,35 +285,64 @@ class Exchange:
         with trio.CancelScope(shield=True):
             await self._send(message)
 
-    def _begin(self, message: Message) -> None:
+    def _watcher_reads(self) -> bool:
+        return self._draining and not self._drained.is_set()
+
+    async def _begin(self, message: Message) -> None:
         self.started = True
         scope = self._request_scope
         if scope is not None and scope.deadline != math.inf:
             # X-Request-Deadline covers producing the head, not streaming the body.
             scope.deadline = math.inf
-        gave_up = self._draining and self._drained.is_set() and not self.complete
-        self._settle = settle(
+        fate = settle(
             complete=self.complete,
             declared=self.declared,
             received=self.received,
             refused=self._refused,
+            cap=self.rules.cap,
+            status=int(message.get("status", 200)),
         )
-        if gave_up and self._settle is Settle.DRAIN:
-            self._settle = Settle.LINGER  # the watcher already read all it may
         if self._closing():
             # Shutting down: the client must not send another request on this connection
             # (hypercorn stops reading it once this answer is out).
-            if self._settle is Settle.KEEP:
-                self._settle = Settle.CLOSE
-            elif self._settle is Settle.DRAIN:
-                self._settle = Settle.LINGER
-        if self._settle in (Settle.LINGER, Settle.CLOSE):
+            fate = {Settle.KEEP: Settle.CLOSE, Settle.DRAIN: Settle.LINGER}.get(fate, fate)
+        if fate is Settle.DRAIN:
+            # Read the rest now, so that the head can tell the client the truth about the
+            # connection: kept when the body ends within bounds, else closed.
+            fate = Settle.KEEP if await self._drain() else Settle.LINGER
+        self._settle = fate
+        if fate in (Settle.LINGER, Settle.CLOSE):
             message["headers"] = [*message.get("headers", []), CLOSE]
 
     async def answer(self, status: int, headers: Headers, body: bytes = b"") -> None:
         """Head and body in one go (small answers: one write, no Nagle delay)."""
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+    async def stream(
+        self, status: int, headers: Headers, first: bytes, rest: AsyncIterator[bytes]
+    ) -> None:
+        """A long answer (a large file): ``first`` and then ``rest``, stopped when the client
+        leaves. hypercorn drops what is sent after a disconnect without a word, so without a
+        look a gigabyte would be read from disk for nobody."""
+        async with trio.open_nursery() as nursery:
+            if self._nursery is None and self.complete:
+                nursery.start_soon(self._stop_when_gone, nursery.cancel_scope)
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            await self.send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in rest:
+                if self.gone:  # seen by a send's own reader (a body nobody read)
+                    break
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            nursery.cancel_scope.cancel()
+        if not self.gone:
+            # Outside the scope a disconnect cancels: hypercorn recycles the connection
+            # inside this send, which must not be cut half-way.
+            await self.send({"type": "http.response.body", "body": b""})
+
+    async def _stop_when_gone(self, stream: trio.CancelScope) -> None:
+        await self._until_gone()
+        stream.cancel()
 
     async def answer_json(self, status: int, body: bytes) -> None:
         await self.answer(status, [JSON, (b"content-length", b"%d" % len(body))], body)
@@ -315,6 +374,24 @@ class Exchange:
                 return False
         return self.complete
 
+    async def _drain(self) -> bool:
+        """The rest of the body, read and dropped within bounds; True when it ended."""
+        seconds = self.rules.timeout
+        if self._draining:  # the watcher is reading it: one reader at a time
+            with trio.move_on_after(seconds):
+                await self._drained.wait()
+            return self.complete
+        return await self._drop(_drainable(self.received, self.rules.cap), seconds)
+
+    async def _linger(self) -> None:
+        """The answer is out but for its last message, and says Connection: close: let the
+        client take it before the connection goes, dropping what it still sends."""
+        if self._draining:
+            with trio.move_on_after(LINGER_SECONDS):
+                await self._drained.wait()
+        else:
+            await self._drop(LINGER_BYTES, LINGER_SECONDS)
+
     def watch(self) -> None:
         """Start watching for the client to leave (and, while the body is not complete and
         nobody reads it, drop it as it comes, bounded)."""
@@ -330,26 +407,18 @@ class Exchange:
             self._drained.set()
         if not self.complete:
             return  # we stopped reading, so a disconnect cannot be seen: the answer decides
+        await self._until_gone()
+
+    async def _until_gone(self) -> None:
+        """Read and drop whatever comes (body left unread; after a complete body, only an
+        end-of-body message can: of a request without a body, or after the last declared
+        byte) until the client is gone, or we are cancelled."""
         while True:
-            # After the body, only a disconnect can come (or the end-of-body message of a
-            # request without a body, which hypercorn queues all the same).
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self._client_gone()
                 return
-
-    async def _settle_connection(self) -> None:
-        """The answer is out but its last message is held: make the connection reusable,
-        or close it politely."""
-        draining, linger = self._settle is Settle.DRAIN, self._settle is Settle.LINGER
-        if not (draining or linger):
-            return
-        seconds = self.rules.timeout if draining else LINGER_SECONDS
-        if self._draining:  # the watcher is reading the body: one reader at a time
-            with trio.move_on_after(seconds):
-                await self._drained.wait()
-        else:
-            await self._drop(DRAIN_BYTES if draining else LINGER_BYTES, seconds)
+            self._took(message)
 
 
 class _Body:

@@ -52,6 +52,19 @@ class _Reader:
         while len(self.buf) < n:
             await self.fill()
 
+    async def to_end(self, limit: int) -> None:
+        """Read the rest of the body and drop it (what follows the closing delimiter, which
+        clients do not send), keeping the buffer as it is. Raises UploadError past
+        ``limit``."""
+        dropped = 0
+        while not self.eof:
+            try:
+                dropped += len(await anext(self._it))
+            except StopAsyncIteration:
+                self.eof = True
+            if dropped > limit:
+                raise UploadError("Too much data after the last part")
+
 
 class FilePart:
     """One uploaded file; iterate ``chunks()`` exactly once, to the end."""
@@ -83,6 +96,12 @@ class FilePart:
                 out = bytes(r.buf[:i])
                 del r.buf[: i + len(delim)]
                 self.done = True
+                await r.need(2)
+                if r.buf[:2] == b"--":
+                    # The last part: read the body to its end before the caller works on
+                    # this one, so the request is complete and a client that leaves while
+                    # it is stored is seen (http/exchange.py).
+                    await r.to_end(MAX_IGNORED_BYTES)
                 if out:
                     return out
                 break

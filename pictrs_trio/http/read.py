@@ -98,6 +98,12 @@ def media_headers(stored: Stored) -> Headers:
     ]
 
 
+def _uncacheable(headers: Headers) -> Headers:
+    """A bodiless refusal (412, 416): the validators, without the week-long Cache-Control a
+    shared cache would otherwise keep it for (RFC 9111 section 3)."""
+    return [*(h for h in headers if h[0] != b"cache-control"), (b"content-length", b"0")]
+
+
 def _tags(header: bytes) -> list[bytes]:
     return [t.strip() for t in header.split(b",") if t.strip()]
 
@@ -163,7 +169,7 @@ def decide(stored: Stored, request: ReadRequest) -> ReadAnswer:
     several ranges or a unit other than bytes, as pict-rs does."""
     headers = media_headers(stored)
     if _precondition_failed(stored, request):
-        return ReadAnswer(status=412, headers=[*headers, (b"content-length", b"0")], span=None)
+        return ReadAnswer(status=412, headers=_uncacheable(headers), span=None)
     if _not_modified(stored, request):
         # RFC 9110 §15.4.5: the validators and caching headers a 200 would carry, no body.
         return ReadAnswer(status=304, headers=headers[1:], span=None)
@@ -173,8 +179,10 @@ def decide(stored: Stored, request: ReadRequest) -> ReadAnswer:
         try:
             span = parse_range(request.range.decode("latin-1"), length)
         except Unsatisfiable:
-            # pict-rs: the media headers, an empty body, no Content-Range.
-            return ReadAnswer(status=416, headers=[*headers, (b"content-length", b"0")], span=None)
+            # pict-rs: the media headers and an empty body; RFC 9110 section 15.5.17 adds
+            # the length as Content-Range.
+            unsatisfied = [*_uncacheable(headers), (b"content-range", b"bytes */%d" % length)]
+            return ReadAnswer(status=416, headers=unsatisfied, span=None)
     status = 200
     start, end = 0, length
     if span is not None:

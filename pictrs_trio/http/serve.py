@@ -14,6 +14,8 @@ file with an empty 404.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from pictrs_trio.http.exchange import Exchange
 from pictrs_trio.http.read import ReadRequest, Stored, decide
 from pictrs_trio.repo.records import Details
@@ -96,15 +98,9 @@ async def serve_stored(
     if data is not None:
         await exchange.answer(answer.status, answer.headers, data[start:end])
         return
-    chunks = aiter(store.read(identifier, start, end))
-    first = await anext(chunks)  # a missing file fails here, before the head goes out
-    await exchange.send(
-        {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
-    )
-    await exchange.send({"type": "http.response.body", "body": first, "more_body": True})
-    async for chunk in chunks:
-        await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await exchange.send({"type": "http.response.body", "body": b""})
+    async with aclosing(store.read(identifier, start, end)) as chunks:
+        first = await anext(chunks)  # a missing file fails here, before the head goes out
+        await exchange.stream(answer.status, answer.headers, first, chunks)
 
 
 async def _query_alias(state: AppState, exchange: Exchange) -> str | None:

@@ -79,6 +79,8 @@ class EnginePool:
         self._pids: set[int] = set()
         self._ready: set[int] = set()  # workers that loaded libvips and said so
         self.last_failure: str | None = None  # why the last worker did not start or died
+        self.start_failed = False  # the last worker to start did not come up
+        self._down_since: float | None = None  # trio time since when no worker is ready
 
     @property
     def pids(self) -> frozenset[int]:
@@ -89,6 +91,25 @@ class EnginePool:
     def ready(self) -> int:
         """How many workers are up and past their start-up (for /healthz)."""
         return len(self._ready)
+
+    def down(self, grace: float = STARTUP_S) -> bool:
+        """No worker can take a job, and none is merely restarting: the last one to start
+        failed, or none has been ready for ``grace`` seconds (for /healthz: a worker killed
+        for a timeout is back within a second, and must not take the server out of a load
+        balancer meanwhile)."""
+        if self._ready:
+            return False
+        since = self._down_since
+        return self.start_failed or since is None or trio.current_time() - since > grace
+
+    def _set_ready(self, pid: int, ready: bool) -> None:
+        if ready:
+            self._ready.add(pid)
+            self.start_failed, self.last_failure, self._down_since = False, None, None
+        else:
+            self._ready.discard(pid)
+            if not self._ready and self._down_since is None:
+                self._down_since = trio.current_time()
 
     def _env(self) -> dict[str, str]:
         root = str(Path(pictrs_trio.__file__).resolve().parent.parent)
@@ -120,7 +141,7 @@ class EnginePool:
             try:
                 proc = spawn([self._python, "-m", "pictrs_trio.media.vips_worker"], env=self._env())
             except OSError as exc:
-                self.last_failure = f"could not start: {exc}"
+                self.last_failure, self.start_failed = f"could not start: {exc}", True
                 logger.error("engine worker {} could not start: {}", index, exc)
                 if not started:
                     task_status.started()
@@ -134,7 +155,7 @@ class EnginePool:
                     watch.start_soon(self._drain_stderr, proc, index)
                     worker = _Worker(proc)
                     if await self._wait_ready(worker):
-                        self._ready.add(proc.pid)
+                        self._set_ready(proc.pid, True)
                         await self._idle_send.send(worker)
                     if not started:
                         task_status.started()
@@ -142,7 +163,7 @@ class EnginePool:
                     await proc.wait()
             finally:
                 self._pids.discard(proc.pid)
-                self._ready.discard(proc.pid)
+                self._set_ready(proc.pid, False)
                 if proc.returncode is None:
                     proc.kill()
                 with trio.move_on_after(REAP_S, shield=True):
@@ -159,6 +180,7 @@ class EnginePool:
                 proc.returncode != -signal.SIGKILL
                 and trio.current_time() - began < RESTART_BACKOFF_S
             ):
+                self.start_failed = True
                 await trio.sleep(RESTART_BACKOFF_S)
 
     async def _wait_ready(self, worker: _Worker) -> bool:
@@ -172,7 +194,7 @@ class EnginePool:
                     return True
         except (trio.TooSlowError, trio.BrokenResourceError, EOFError, msgspec.DecodeError):
             pass
-        self.last_failure = "worker did not finish starting"
+        self.last_failure, self.start_failed = "worker did not finish starting", True
         logger.error("engine worker (pid {}) did not start properly", worker.proc.pid)
         worker.proc.kill()
         return False

@@ -1,4 +1,4 @@
-"""SQL for derived media: variants, motion stills, generation claims, and the joined
+"""SQL for derived media: variants, motion stills, backgrounded uploads, and the joined
 look-ups the serving hot path uses. Plain sync functions on an ``apsw.Connection``, run by
 ``SqliteRepo`` (see sqlite.py for the threading rules)."""
 

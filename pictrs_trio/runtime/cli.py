@@ -30,6 +30,7 @@ from cyclopts.exceptions import CycloptsError
 import pictrs_trio
 from pictrs_trio import config as cfg
 from pictrs_trio.config import Config, ConfigError
+from pictrs_trio.runtime.startup import StartupError
 
 Runner = Callable[[Config], None]
 
@@ -200,8 +201,6 @@ def main(
     configuration error, 1 after printing it for anything else that stops start-up (a port
     in use, a folder that cannot be written, a missing tool or TLS file).
     """
-    from pictrs_trio.runtime.startup import StartupError
-
     try:
         return _main(list(sys.argv[1:] if argv is None else argv), runner, env)
     except (ConfigError, CycloptsError, UsageError) as exc:
@@ -210,6 +209,14 @@ def main(
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BaseExceptionGroup as group:
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None) -> int:
@@ -265,7 +272,10 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
     )
     save_path = special.get("save_to")
     if isinstance(save_path, Path):
-        cfg.save_to(save_path, config)
+        try:
+            cfg.save_to(save_path, config)
+        except OSError as exc:
+            raise StartupError(f"--save-to {save_path}: {exc.strerror or exc}") from None
     if runner is None and command == "jobs":
         from pictrs_trio.runtime import jobs_command
 

@@ -1,11 +1,12 @@
 """Start the service: one server process, or a light supervisor over several.
 
-    check settings, files and tools -> preflight (repo, store, temp folder) -> listen
+    check settings, files and tools -> listen -> preflight (repo, store, temp folder)
       server.workers = 1: service.run on that socket
       server.workers > 1: supervisor.supervise, whose children all accept on it
 
-Kept apart from ``service`` so that the supervisor process of ``server.workers`` > 1 does
-not import the web stack or the media tools it never uses.
+The port is taken before anything is opened: a second instance started by mistake fails
+there, before it could migrate the running one's database. Kept apart from ``service`` so
+that the supervisor process of ``server.workers`` > 1 does not import the web stack.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def run(config: Config) -> None:
     startup.check_files(config)
     startup.check_tools()
     pictrs_logging.setup(config.tracing.logging)
-    trio.run(startup.preflight, config)
     listener = startup.open_listener(config)
+    try:
+        trio.run(startup.preflight, config)
+    except BaseException:
+        listener.close()
+        raise
     if config.server.workers > 1:
         from pictrs_trio.runtime import supervisor
 
         with listener:  # each child serves (and closes) its inherited copy
-            trio.run(supervisor.supervise, config, listener.fileno())
+            trio.run(supervisor.supervise, config, listener)
         return
     from pictrs_trio.runtime import service
 

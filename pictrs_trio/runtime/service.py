@@ -32,7 +32,7 @@ from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
-from pictrs_trio.runtime.startup import StartupError
+from pictrs_trio.runtime.startup import BACKLOG, StartupError
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
@@ -188,6 +188,7 @@ def hypercorn_config(config: Config, listen_fd: int) -> hypercorn.config.Config:
     """hypercorn serves the socket ``runtime/startup.open_listener`` bound."""
     hc = hypercorn.config.Config()
     hc.bind = [f"fd://{listen_fd}"]
+    hc.backlog = BACKLOG  # hypercorn listens again on the socket, with its own 100
     # A backstop only: serve() ends hypercorn itself once in-flight requests are done.
     hc.graceful_timeout = config.server.shutdown_timeout + 5
     hc.accesslog = None

@@ -4,9 +4,9 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
     check_config   settings that parse but cannot work            ConfigError (2)
     check_files    TLS certificate and key                        StartupError (1)
     check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
+    open_listener  the one listening socket, bound by this process StartupError (1)
     preflight      the repo opens (and migrates), the store and    StartupError (1)
                    the temporary folder are writable
-    open_listener  the one listening socket, bound by this process StartupError (1)
 
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
 line, and so that several server processes share exactly one socket: the supervisor's,
@@ -21,7 +21,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from pictrs_trio.config import Config, ConfigError, parse_address
+from pictrs_trio.config import Config, ConfigError, FilesystemStore, parse_address
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,9 +45,13 @@ def check_config(config: Config) -> None:
             variants.parse_steps(config.media.preprocess_steps)
         except PictrsError as exc:
             raise ConfigError(f"media.preprocess_steps: {exc.msg}") from None
-    server = config.server
-    if bool(server.certificate) != bool(server.private_key):
-        raise ConfigError("server.certificate and server.private_key: set both or neither")
+    _store_path(config)
+
+
+def _store_path(config: Config) -> str:
+    if not isinstance(config.store, FilesystemStore):
+        raise ConfigError("store.type = object_storage: not supported yet; use filesystem")
+    return config.store.path
 
 
 def check_files(config: Config) -> None:
@@ -88,7 +92,6 @@ async def preflight(config: Config) -> None:
 
     import trio
 
-    from pictrs_trio.config import FilesystemStore
     from pictrs_trio.repo.sqlite import open_sqlite_repo
     from pictrs_trio.rules.errors import PictrsError
     from pictrs_trio.store.file import open_file_store
@@ -98,13 +101,12 @@ async def preflight(config: Config) -> None:
             await repo.health()
     except PictrsError as exc:
         raise StartupError(f"repo.path {config.repo.path}: {exc.msg}") from None
-    if not isinstance(config.store, FilesystemStore):
-        raise ConfigError("store.type = object_storage: not supported yet; use filesystem")
+    store_path = _store_path(config)
     try:
-        async with open_file_store(Path(config.store.path)) as store:
+        async with open_file_store(Path(store_path)) as store:
             await store.health(write=not config.server.read_only)
     except PictrsError as exc:
-        raise StartupError(f"store.path {config.store.path}: {exc.msg}") from None
+        raise StartupError(f"store.path {store_path}: {exc.msg}") from None
     scratch = Path(config.server.temporary_directory or tempfile.gettempdir())
     try:
         await trio.to_thread.run_sync(_probe_folder, scratch / "pictrs-trio")
@@ -131,6 +133,11 @@ def open_listener(config: Config) -> socket.socket:
         # Restarting while old connections sit in TIME_WAIT is fine; a second listener is
         # not (that would take SO_REUSEPORT, which we never set).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: data the client leaves unacknowledged (it stopped
+        # reading, or vanished) for this long drops the connection. hypercorn's writes have
+        # no timeout of their own, so this is what frees a task stuck writing to nobody.
+        timeout_ms = int(config.server.send_timeout * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         sock.bind((host, port))
         sock.listen(BACKLOG)
     except OSError as exc:

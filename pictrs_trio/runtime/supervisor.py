@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 
 import msgspec
@@ -62,9 +63,11 @@ async def _child(
         await trio.sleep(RESTART_DELAY)
 
 
-async def supervise(config: Config, listen_fd: int) -> None:
-    """Run ``server.workers`` children on the listening socket ``listen_fd`` until a
-    signal; then stop them (each drains its own requests)."""
+async def supervise(config: Config, listener: socket.socket) -> None:
+    """Run ``server.workers`` children on ``listener`` until a signal; then close our copy
+    of it and stop them (each drains its own requests, and closes its copy at once, so that
+    new connections are refused instead of waiting in a backlog nobody serves)."""
+    listen_fd = listener.fileno()
     stopping = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -81,6 +84,7 @@ async def supervise(config: Config, listen_fd: int) -> None:
                 if not stopping.is_set():
                     logger.info("received {}, stopping workers", signal.Signals(signum).name)
                     stopping.set()
+                    listener.close()
                     # Each child is sent SIGTERM and drains its own requests.
                     nursery.cancel_scope.cancel()
                 break
@@ -92,8 +96,10 @@ def child_main() -> None:
     from pictrs_trio.runtime import logging as pictrs_logging
     from pictrs_trio.runtime import service
 
-    config = msgspec.json.decode(os.environ[CONFIG_ENV].encode(), type=Config)
-    fd = int(os.environ[FD_ENV])
+    # Taken out of the environment: the engine workers and tools this process starts
+    # inherit it, and the config holds the API key and store credentials.
+    config = msgspec.json.decode(os.environ.pop(CONFIG_ENV).encode(), type=Config)
+    fd = int(os.environ.pop(FD_ENV))
     pictrs_logging.setup(config.tracing.logging)
     try:
         service.run(config, fd)

@@ -69,8 +69,9 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
     elif isinstance(payload, jobs.AuditStore):
         await audit_store(state)
     else:
-        # SweepOrphans rows from before 0.2: nothing is deleted because no row mentions it
-        # any more (a store may hold files of another program); see services/recovery.py.
+        # SweepOrphans rows queued by earlier versions: nothing is deleted because no row
+        # mentions it any more (a store may hold files of another program); crashes are
+        # undone from journal intents instead (services/storing.py).
         logger.info("skipped a queued orphan sweep: pictrs-trio no longer sweeps stores")
 
 

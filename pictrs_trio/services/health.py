@@ -5,7 +5,9 @@ with 503."""
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -16,8 +18,9 @@ from pictrs_trio.services.state import AppState
 
 async def check(state: AppState) -> None:
     """Raises Unhealthy for the first part down: the repo (write and read back), the store
-    (write a probe; in read-only mode, list it), the engine workers (at least one up), the
-    tools (all on PATH)."""
+    (write a probe; in read-only mode, list it), the scratch folder (write a probe; uploads
+    and renders spool there), the engine workers (one up, or one merely
+    restarting), the tools (all on PATH)."""
     read_only = state.config.server.read_only
     store = partial(state.store.health, write=not read_only)  # read-only: a reading store
     for part, probe in (("repo", state.repo.health), ("store", store)):
@@ -25,8 +28,15 @@ async def check(state: AppState) -> None:
             await probe()
         except PictrsError as exc:
             raise Unhealthy(f"{part}: {exc.msg}", code=exc.code) from exc
+    try:
+        await trio.to_thread.run_sync(_probe_scratch, state.tmp_dir)
+    except OSError as exc:
+        raise Unhealthy(
+            f"temporary_directory {state.tmp_dir}: cannot write there: {exc.strerror or exc}",
+            code=ErrorCode.FILE_IO_ERROR,
+        ) from exc
     engine = state.media.engine
-    if engine.ready == 0:
+    if engine.down():
         why = f" ({engine.last_failure})" if engine.last_failure else ""
         raise Unhealthy(f"engine: no engine worker is running{why}", code=ErrorCode.COMMAND_ERROR)
     missing = await trio.to_thread.run_sync(missing_tools)
@@ -36,3 +46,9 @@ async def check(state: AppState) -> None:
             f"tools: {', '.join(missing)} not found on PATH (Debian: {', '.join(packages)})",
             code=ErrorCode.COMMAND_NOT_FOUND,
         )
+
+
+def _probe_scratch(folder: Path) -> None:
+    probe = folder / f".health-{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()

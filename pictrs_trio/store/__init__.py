@@ -7,7 +7,7 @@ either fully visible under its identifier or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +38,9 @@ class Store(Protocol):
         """Size in bytes. Raises StoreNotFound."""
         ...
 
-    def read(self, identifier: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """Stream bytes ``[start, end)`` (end None = to the end) in chunks of at most 64 KiB.
         Raises StoreNotFound (when iteration starts) if the identifier has no bytes."""
         ...
@@ -58,7 +60,7 @@ class Store(Protocol):
         ...
 
     def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored identifier (for orphan sweeps and migrate-store):
+        """Every stored identifier (for the start-up audit and migrate-store):
         ``async for identifier in store.identifiers()``."""
         ...
 

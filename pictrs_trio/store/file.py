@@ -354,7 +354,7 @@ class FileStore:
 
     async def read(
         self, identifier: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         path = self._existing(identifier)
         try:
             fd, stop, chunks = await trio.to_thread.run_sync(_open_and_read, path, start, end)

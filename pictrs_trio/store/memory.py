@@ -6,7 +6,7 @@ code tested against it behaves the same on disk.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import trio
@@ -60,7 +60,7 @@ class MemoryStore:
 
     async def read(
         self, identifier: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         data = self._get(identifier)
         stop = len(data) if end is None else min(end, len(data))
         for offset in range(start, stop, CHUNK):

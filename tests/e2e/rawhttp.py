@@ -5,6 +5,7 @@ over the same socket, whether the server closed it."""
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterable, Iterator
 
 import h11
@@ -25,16 +26,30 @@ class Answer:
 class RawConnection:
     """One TCP connection; ``request`` sends a whole request and reads its answer."""
 
-    def __init__(self, port: int, *, timeout: float = 10.0, sndbuf: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        sndbuf: int | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if sndbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.local = self.sock.getsockname()
         self.conn = h11.Connection(h11.CLIENT)
 
     def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0), as a client killed mid-request does."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
     def __enter__(self) -> RawConnection:

@@ -1,5 +1,5 @@
-"""Issue 4 end to end: backgrounded uploads and claims, retention, internal variant removal,
-orphan sweeps — the work the journal runs outside requests."""
+"""Backgrounded uploads and claims, retention, internal variant removal, the store audit,
+end to end: the work the journal runs outside requests."""
 
 from __future__ import annotations
 

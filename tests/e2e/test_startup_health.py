@@ -70,12 +70,16 @@ def test_start_up_failures_are_one_line(tmp_path: Path) -> None:
           *data_args(tmp_path)], {}, 2, "media.preprocess_steps"),
         (["-a", f"127.0.0.1:{port}", "--temporary-directory", str(blocker),
           *data_args(tmp_path)], {}, 1, f"server.temporary_directory {blocker}"),
+        (["-a", f"127.0.0.1:{port}", "object-storage", "-e", "http://127.0.0.1:9", "-b", "b",
+          "-r", "r", "-a", "k", "-s", "s", "sqlite", "-p", str(tmp_path / "os-sqlite")], {}, 2,
+         "store.type = object_storage"),
     ]  # fmt: skip
     for args, env, status, says in cases:
         code, stderr = start(tmp_path, *args, env=env)
         lines = stderr.strip().splitlines()
         assert (code, len(lines)) == (status, 1), (args, stderr)
         assert lines[0].startswith("error: ") and says in lines[0], lines[0]
+    assert not (tmp_path / "os-sqlite").exists()  # refused before the repo was made
 
 
 def test_a_port_in_use_is_named(tmp_path: Path) -> None:
@@ -89,6 +93,9 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
         " (is another pictrs-trio or pict-rs running there?)"
     )
+    # Refused before anything was opened: a second instance on a running one's data would
+    # otherwise migrate its database under it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_no_second_instance_joins_a_port(tmp_path: Path, samples: dict[str, Path]) -> None:
@@ -104,6 +111,7 @@ def test_no_second_instance_joins_a_port(tmp_path: Path, samples: dict[str, Path
             env={"PICTRS__SERVER__WORKERS": "2"},
         )  # fmt: skip
         assert code == 1 and "cannot listen on" in stderr, stderr
+        assert not (other / "sqlite").exists()  # nothing opened before the port
         with srv.client() as c:
             alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
         for _ in range(10):

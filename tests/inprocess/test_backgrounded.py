@@ -17,7 +17,7 @@ from pictrs_trio.http.app import create_app
 from pictrs_trio.rules import jobs
 from pictrs_trio.runtime.service import open_state
 from pictrs_trio.services.state import AppState
-from tests.inprocess.conftest import inprocess_config, rows, store_files
+from tests.inprocess.conftest import asgi_client, inprocess_config, rows, store_files
 
 
 def removals(state: AppState) -> list[tuple[int, list[str]]]:
@@ -59,10 +59,11 @@ async def test_a_claimed_upload_leaves_only_its_original(
 @pytest.fixture
 async def no_runners(tmp_path: Path) -> AsyncIterator[tuple[AppState, httpx.AsyncClient]]:
     """A process whose job runners are not running: nothing ingests but what the test does."""
-    async with open_state(inprocess_config(tmp_path)) as opened:
-        transport = httpx.ASGITransport(app=create_app(opened))
-        async with httpx.AsyncClient(transport=transport, base_url="http://pictrs.test") as c:
-            yield opened, c
+    async with (
+        open_state(inprocess_config(tmp_path)) as opened,
+        asgi_client(create_app(opened)) as c,
+    ):
+        yield opened, c
 
 
 async def test_an_upload_whose_ingest_job_died_is_answered_with_its_failure(

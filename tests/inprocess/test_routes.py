@@ -53,6 +53,8 @@ async def test_route_answers(
 ) -> None:
     r = await client.request(method, path, headers=headers)
     assert r.status_code == status, r.text
+    if status == 405:
+        assert r.headers["allow"]  # RFC 9110 section 15.5.6: what the path takes
     if code is None:
         assert r.content == b""
     else:

@@ -134,7 +134,7 @@ async def test_jobs_survive_sigkill_and_run_after_reopening(tmp_path: Path) -> N
     async with open_journal(db_file) as journal:
         assert await journal.stats() == {"q": {"pending": 17, "running": 3, "done": 0, "dead": 0}}
         async with trio.open_nursery() as nursery:
-            # requeue_expired at start sees the leases' process is gone: no 600 s wait.
+            # The reap at start sees the leases' process is gone: no 600 s wait.
             await nursery.start(partial(run_workers, journal, {"q": handle}, concurrency={"q": 2}))
             with trio.fail_after(10):
                 for job_id in range(1, 21):

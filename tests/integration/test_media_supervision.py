@@ -262,3 +262,23 @@ def test_server_side_never_loads_libvips() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_killed_engine_worker_is_restarting_not_down(tmp_path: Path) -> None:
+    """/healthz's view of the engine (``EnginePool.down``): the only worker killed (a job
+    past its time) is restarting, not down; the pool is down when a start fails."""
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
+        engine = tools.engine
+        (pid,) = engine.pids
+        assert engine.ready == 1 and not engine.down()
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            while engine.ready == 1:  # noqa: ASYNC110 - polling another process
+                await trio.sleep(0.001)
+            saw_restart = False
+            while engine.ready == 0:
+                saw_restart = True
+                assert not engine.down()  # restarting: still healthy
+                assert engine.down(grace=0)  # ...but only within the grace
+                await trio.sleep(0.005)
+        assert saw_restart and engine.pids != {pid} and not engine.down()

@@ -309,3 +309,24 @@ def test_python_m_exits_2_naming_the_config_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "media.image.max_widht" in result.stderr
     assert "unknown key" in result.stderr
+
+
+def test_save_to_a_folder_that_does_not_exist_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "missing" / "x.toml"
+    assert cli.main(["--save-to", str(target), "run"], runner=lambda _: None, env={}) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --save-to {target}: No such file or directory\n"
+
+
+def test_ctrl_c_while_starting_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(_: Config) -> None:
+        raise KeyboardInterrupt
+
+    def interrupted_in_a_nursery(_: Config) -> None:
+        raise BaseExceptionGroup("start-up", [KeyboardInterrupt()])
+
+    for runner in (interrupted, interrupted_in_a_nursery):
+        assert cli.main(["run"], runner=runner, env={}) == 130
+        assert capsys.readouterr().err == "interrupted\n"

@@ -174,3 +174,17 @@ async def test_multipart_ignored_parts_are_capped() -> None:
     big_field = _form(("note", None, b"x" * (2 * 1024 * 1024)), ("images[]", "a", b"1"))
     with pytest.raises(UploadError):
         await _collect(big_field, step=65536)
+
+
+async def test_multipart_reads_the_body_to_its_end_before_the_last_part_ends() -> None:
+    """The request is complete when the consumer sees the last file's end (not only when it
+    asks for the next part), and what follows the closing delimiter is dropped, bounded."""
+    body = _body(_form(("images[]", "a", b"1" * 100)) + b"epilogue", 16)
+    parts = iter_file_parts("multipart/form-data; boundary=B", body, max_files=5)
+    async with aclosing(parts):
+        async for part in parts:
+            assert b"".join([c async for c in part.chunks()]) == b"1" * 100
+            assert body.parts == []  # all read before the part's last chunk was handed over
+    flood = _form(("images[]", "a", b"1")) + b"x" * (2 * 1024 * 1024)
+    with pytest.raises(UploadError):
+        await _collect(flood, step=65536)
