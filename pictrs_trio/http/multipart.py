@@ -18,6 +18,7 @@ from pictrs_trio.rules.errors import NoFiles, UploadError
 FILE_FIELDS = frozenset({"images[]", "images"})
 MAX_HEADER_BYTES = 16 * 1024
 MAX_IGNORED_BYTES = 1024 * 1024  # text fields and unknown parts: no client needs more
+MAX_IGNORED_PARTS = 64  # ...and no client sends more of them than this
 
 
 class _Reader:
@@ -152,8 +153,7 @@ async def iter_file_parts(
     # The first delimiter may come without its leading CRLF (RFC 2046 preamble rules).
     await r.read_until(b"--" + boundary, 64 * 1024)
     delimiter = b"\r\n--" + boundary
-    count = 0
-    ignored = 0
+    count = fields = ignored = 0
     more = await _after_delimiter(r)
     while more:
         headers = _headers(await r.read_until(b"\r\n\r\n", MAX_HEADER_BYTES))
@@ -172,6 +172,9 @@ async def iter_file_parts(
             if not part.done:
                 raise UploadError("File part was not consumed")
         else:
+            fields += 1
+            if fields > MAX_IGNORED_PARTS:
+                raise UploadError(f"Too many fields in request, max is {MAX_IGNORED_PARTS}")
             async for chunk in part.chunks():  # plain fields and other parts are ignored
                 ignored += len(chunk)
                 if ignored > MAX_IGNORED_BYTES:

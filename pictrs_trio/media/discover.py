@@ -54,6 +54,7 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
     webp_animated: bool = False
     avif_sequence: bool = False  # 'avis' brand: an image sequence
     jxl_container: bool = False
+    screen: tuple[int, int] | None = None  # a GIF's logical screen (width, height)
 
 
 # ---------------------------------------------------------------------------- structure
@@ -94,9 +95,12 @@ def _jpeg(f: mmap.mmap | bytes) -> Facts:
 
 def _gif(f: mmap.mmap | bytes) -> Facts:
     tail = bytes(f[-64:]).rstrip(b"\x00\r\n ")
-    if not tail.endswith(b";"):
+    if len(f) < 10 or not tail.endswith(b";"):
         return Facts(sniffed=Sniffed.GIF, complete=False, problem="GIF without trailer")
-    return Facts(sniffed=Sniffed.GIF)
+    # The logical screen every frame is drawn on (what a browser shows), from the header:
+    # libvips reports the first frame's size, which a hostile file makes 1x1.
+    screen = (int.from_bytes(f[6:8], "little"), int.from_bytes(f[8:10], "little"))
+    return Facts(sniffed=Sniffed.GIF, screen=screen)
 
 
 def _webp(f: mmap.mmap | bytes) -> Facts:
@@ -395,10 +399,13 @@ def _from_probe(facts: Facts, probe: ProbeResult) -> Discovery:
     else:
         fmt = MediaFormat(kind=Kind.IMAGE, fmt=_STILL[sniffed])
         frames = None
+    width, height = probe.width, probe.height
+    if facts.screen is not None:  # a GIF: its frames are drawn on the logical screen
+        width, height = max(width, facts.screen[0]), max(height, facts.screen[1])
     return Discovery(
         format=fmt,
-        width=probe.width,
-        height=probe.height,
+        width=width,
+        height=height,
         frames=frames,
         orientation=probe.orientation if fmt.kind is Kind.IMAGE else None,
         has_alpha=probe.has_alpha,

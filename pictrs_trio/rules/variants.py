@@ -34,6 +34,9 @@ MAX_SIZE = 65535
 MAX_AREA = MAX_SIZE * MAX_SIZE
 MAX_SIGMA = 100.0
 MAX_CROP_PART = 20
+# Operations in one chain. pict-rs sets no bound; a thousand chained blurs would hold an
+# engine worker past its time limit, and no client needs more than a few.
+MAX_OPERATIONS = 32
 SOURCE_KEYS = frozenset({"src", "alias", "proxy"})
 
 DEFAULT_FILTER = "Lanczos2"
@@ -183,13 +186,16 @@ def parse_operations(
     Keys are lower-cased. With ``allowed`` (``media.filters``, the process routes) pairs
     whose key is not in it, and the source keys ``src``/``alias``/``proxy``, are dropped
     silently; with ``allowed=None`` (upload preprocessing) every pair must be an operation.
-    Raises InvalidProcessPath (400) for an unknown key or a bad value.
+    Raises InvalidProcessPath (400) for an unknown key, a bad value, or more than
+    MAX_OPERATIONS operations.
     """
     ops: list[Op] = []
     for raw_key, value in pairs:
         key = raw_key.lower()
         if allowed is not None and (key in SOURCE_KEYS or key not in allowed):
             continue
+        if len(ops) == MAX_OPERATIONS:
+            raise InvalidProcessPath(f"too many operations: at most {MAX_OPERATIONS}")
         ops.append(parse_operation(key, value))
     return ops
 

@@ -203,3 +203,45 @@ def test_bad_preprocess_steps_stop_start_up(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert "media.preprocess_steps" in r.stderr
+
+
+def gif_screen_bomb(screen: tuple[int, int], frames: int) -> bytes:
+    """A GIF drawing ``frames`` one-pixel frames on a ``screen``-sized logical screen."""
+    out = b"GIF89a" + struct.pack("<HH", *screen) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff"
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    for _ in range(frames):
+        out += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # 0.1 s per frame
+        out += b"\x2c" + struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00"  # a 1x1 frame at 0,0
+        out += b"\x02\x02\x44\x01\x00"  # LZW: clear, pixel 0, end
+    return out + b"\x3b"
+
+
+def test_hostile_media_and_queries_are_refused_at_once(
+    fresh_server: Server, samples: dict[str, Path]
+) -> None:
+    """Each is a 4xx JSON before any real work: a GIF whose logical screen is 9000x9000
+    (libvips alone would call it 1x1), a thousand chained operations, thousands of fields."""
+    with fresh_server.client() as c:
+        alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+        ops = "&".join(["blur=1"] * 1000)
+        fields = [(f"field{n}", "x") for n in range(5000)]
+        bomb = {"images[]": ("a.gif", gif_screen_bomb((9000, 9000), 300))}
+        cases = [
+            (lambda: c.post("/image", files=bomb), 400, "validate-width"),
+            (lambda: c.get(f"/image/process.webp?src={alias}&{ops}"), 400, "invalid-process-path"),
+            (lambda: c.post("/image", data=dict(fields), files={"images[]": ("a.png", b"x")}),
+             400, "file-upload-error"),
+        ]  # fmt: skip
+        for request, status, code in cases:
+            started = time.monotonic()
+            r = request()
+            took = time.monotonic() - started
+            print(f"{code}: {took * 1000:.0f} ms")
+            assert_error(r, status, code)
+            assert took < 5  # a bound on hanging, not a speed measurement
+        assert c.get("/healthz").status_code == 200
+        small = c.post("/image", files={"images[]": ("s.gif", gif_screen_bomb((2, 2), 3))})
+        assert small.status_code == 201, small.text  # an ordinary small animation still goes
+        details = small.json()["files"][0]["details"]
+        assert (details["width"], details["height"], details["frames"]) == (2, 2, 3)
+    assert len(fresh_server.stored_files()) == 2  # test.png and the small GIF, nothing else
