@@ -1,7 +1,9 @@
 """Configuration: Structs mirroring pict-rs's configuration tree (same section and key names).
 
 ``load()`` merges defaults < TOML file < ``PICTRS__SECTION__KEY`` environment < CLI flags and
-converts once with unknown keys forbidden. Pure: the caller passes the environment in.
+converts once. Keys no setting reads (unknown ones, pict-rs 0.4 names) are taken out first and
+reported (``load_all``), as pict-rs ignores them; bad values of known keys are errors. Pure:
+the caller passes the environment in.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Literal
 import msgspec
 import tomli_w
 
-from pictrs_trio.config import layered
+from pictrs_trio.config import layered, logfilter
 from pictrs_trio.config.layered import ConfigError as ConfigError  # re-exported: raised by load()
 from pictrs_trio.config.layered import Layer, Tree
 from pictrs_trio.config.layered import nest as nest  # re-exported for the CLI
@@ -260,7 +262,8 @@ TAGGED = {
 }
 TAG_DEFAULTS = {section: default for section, (default, _) in TAGGED.items()}
 
-# Keys pict-rs 0.5 moved; it ignores the old names silently, we say where they went.
+# Keys pict-rs 0.5 moved; it ignores the old names silently, we ignore them with a warning
+# that says where they went.
 MOVED = {
     "media.format": "media.image.format",
     "media.max_width": "media.image.max_width",
@@ -275,13 +278,13 @@ MOVED = {
     "store.signature_expiration": "store.signature_duration",
 }
 REMOVED = {
-    "server.worker_id": "removed in pict-rs 0.5; delete it",
-    "media.skip_validate_imports": "removed in pict-rs 0.5; delete it",
+    "server.worker_id": "removed in pict-rs 0.5",
+    "media.skip_validate_imports": "removed in pict-rs 0.5",
 }
 
 SLED_MESSAGE = (
     "the sled repo is not supported: pictrs-trio keeps its metadata in an embedded SQLite "
-    'database. Use `[repo] type = "sqlite"` with `path = "/var/lib/pictrs-trio/sqlite"` in '
+    'database. Use `[repo] type = "sqlite"` with `path = "/mnt/sqlite-repo"` (the default) in '
     "the config file, or PICTRS__REPO__TYPE=sqlite and PICTRS__REPO__PATH=..., or `run ... "
     "sqlite -p PATH`. To keep the data of an existing pict-rs sled repo, first convert it "
     "with pict-rs itself while pict-rs is stopped: `pict-rs migrate-repo sled -p "
@@ -294,16 +297,38 @@ POSTGRES_MESSAGE = (
 )
 
 
+class Loaded(msgspec.Struct, frozen=True, kw_only=True):
+    """A loaded configuration and what was ignored on the way: one message per key that no
+    setting reads (an unknown key, or a pict-rs 0.4 name that 0.5 ignores)."""
+
+    config: Config
+    ignored: tuple[str, ...] = ()
+
+
 def load(
     *,
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Tree | None = None,
 ) -> Config:
-    """The Config from built-in defaults < ``file`` < ``env`` < ``overrides``.
+    """The Config from built-in defaults < ``file`` < ``env`` < ``overrides`` (``load_all``
+    without the list of ignored keys)."""
+    return load_all(file=file, env=env, overrides=overrides).config
+
+
+def load_all(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Tree | None = None,
+) -> Loaded:
+    """The Config from built-in defaults < ``file`` < ``env`` < ``overrides``, and the keys
+    it ignored.
 
     ``overrides`` is a nested dict (``{"server": {"address": ...}}``) of only what was given
-    on the command line. Raises ConfigError naming the key path, its source and the problem.
+    on the command line. As pict-rs, unknown keys and pict-rs 0.4 names are ignored (the
+    caller warns about each); a bad value of a known key raises ConfigError naming the key
+    path, its source and the problem.
     """
     layers: list[Layer] = []
     if file is not None:
@@ -315,39 +340,42 @@ def load(
         layers.append(env_layer)
     if overrides:
         layers.append(Layer(data=overrides, source="command line"))
-    problems = [problem for layer in layers for problem in _moved_keys(layer)]
-    if problems:
-        raise ConfigError("\n".join(problems))
+    ignored = [message for layer in layers for message in _old_names(layer)]
     merged: Tree = {}
     for layer in layers:
         layered.merge(merged, layer.data, TAG_DEFAULTS)
     _check_tags(merged, layers)
+    ignored += layered.strip_unknown(merged, Config, layers)
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX) from None
     _validate(config, layers)
-    return config
+    return Loaded(config=config, ignored=tuple(ignored))
 
 
-def _moved_keys(layer: Layer) -> list[str]:
-    """pict-rs 0.4 keys in a layer, each with its 0.5 name."""
-    problems = []
+def _old_names(layer: Layer) -> list[str]:
+    """Take the pict-rs 0.4 keys out of a layer (pict-rs 0.5 ignores them), one message
+    each naming the 0.5 key."""
+    messages = []
     for old, new in MOVED.items():
-        for tail in layered.leaves(layered.get(layer.data, tuple(old.split(".")))):
-            path, moved = (*old.split("."), *tail), (*new.split("."), *tail)
+        old_path = tuple(old.split("."))
+        for tail in layered.leaves(layered.get(layer.data, old_path)):
+            path, moved = (*old_path, *tail), (*new.split("."), *tail)
             renamed = layered.dotted(moved)
             if layer.env_prefix:
                 renamed = layered.env_name(layer.env_prefix, moved)
-            problems.append(
-                f"{layered.dotted(path)} ({layer.describe(path)}): "
-                f"moved to {renamed} in pict-rs 0.5"
+            messages.append(
+                f"{layered.dotted(path)} ({layer.describe(path)}): a pict-rs 0.4 name, ignored "
+                f"as pict-rs 0.5 ignores it; its 0.5 name is {renamed}"
             )
+        layered.remove(layer.data, old_path)
     for old, why in REMOVED.items():
         path = tuple(old.split("."))
         if layered.get(layer.data, path) is not layered.MISSING:
-            problems.append(f"{old} ({layer.describe(path)}): {why}")
-    return problems
+            messages.append(f"{old} ({layer.describe(path)}): {why}; ignored")
+            layered.remove(layer.data, path)
+    return messages
 
 
 def _check_tags(merged: Tree, layers: list[Layer]) -> None:
@@ -376,6 +404,8 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         ("tracing.console.address", config.tracing.console.address, parse_address),
         ("media.retention.variants", config.media.retention.variants, parse_retention),
         ("media.retention.proxy", config.media.retention.proxy, parse_retention),
+        ("tracing.logging.targets", config.tracing.logging.targets, logfilter.parse),
+        ("tracing.opentelemetry.targets", config.tracing.opentelemetry.targets, logfilter.parse),
     ]
     for key, value, parse in checks:
         if value is None:
@@ -446,12 +476,13 @@ def parse_address(text: str) -> tuple[str, int]:
 # Writing (--save-to) and introspection (CLI flag types, the docs guard test).
 
 
-def dump(config: Config) -> str:
+def dump(
+    config: Config, header: str = "# Effective pictrs-trio configuration, written by --save-to.\n\n"
+) -> str:
     """The whole effective configuration as TOML; loading it alone gives ``config`` back.
 
     Unset optional keys are left out, as TOML has no null.
     """
-    header = "# Effective pictrs-trio configuration, written by --save-to.\n\n"
     tree = _drop_none(msgspec.to_builtins(config))
     assert isinstance(tree, dict)
     return header + tomli_w.dumps(tree)

@@ -152,6 +152,64 @@ def get(tree: object, path: KeyPath) -> object:
     return tree
 
 
+def remove(tree: Tree, path: tuple[str, ...]) -> None:
+    """Delete the key at ``path`` if present, and the sections it leaves empty."""
+    if not path:
+        return
+    node = tree.get(path[0])
+    if len(path) == 1:
+        tree.pop(path[0], None)
+    elif isinstance(node, dict):
+        remove(node, path[1:])
+        if not node:
+            del tree[path[0]]
+
+
+def strip_unknown(
+    tree: Tree, root: type[msgspec.Struct], layers: list[Layer], path: KeyPath = ()
+) -> list[str]:
+    """Take every key the Struct tree does not have out of ``tree`` (merged, tagged sections'
+    ``type`` filled in); one message per leaf taken, naming its source and a close known key.
+    Values of the wrong shape for a known key stay, for the conversion to report."""
+    structs: tuple[type[msgspec.Struct], ...] = (root,)
+    return _strip(tree, structs, layers, path)
+
+
+def _strip(
+    tree: Tree, structs: tuple[type[msgspec.Struct], ...], layers: list[Layer], path: KeyPath
+) -> list[str]:
+    if len(structs) > 1:  # a tagged union: the variant ``type`` names
+        structs = tuple(s for s in structs if s.__struct_config__.tag == tree.get("type"))
+        if len(structs) != 1:
+            return []  # an unknown type: the conversion reports it
+    (struct,) = structs
+    hints = typing.get_type_hints(struct)
+    tagged = struct.__struct_config__.tag_field
+    messages = []
+    for key in list(tree):
+        value = tree[key]
+        here = (*path, key)
+        if key == tagged:
+            continue
+        if key not in hints:
+            del tree[key]
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f"; did you mean {dotted((*path, close[0]))}?" if close else ""
+            if not close and tagged and path:
+                hint = f' for a {dotted(path)} of type "{tree.get(tagged)}"'
+
+            for tail in leaves(value) or [()]:
+                leaf = (*here, *tail)
+                messages.append(
+                    f"{dotted(leaf)} ({source(layers, leaf)}): unknown key, ignored{hint}"
+                )
+            continue
+        children = structs_in(hints[key])
+        if children and isinstance(value, dict):
+            messages += _strip(value, children, layers, here)
+    return messages
+
+
 def dotted(path: KeyPath) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 

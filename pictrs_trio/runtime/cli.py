@@ -4,6 +4,7 @@
                                                [sqlite ... | sled ... | postgres ...]
     pictrs-trio [GLOBAL FLAGS] migrate-store [FLAGS] FROM-STORE TO-STORE [REPO]
     pictrs-trio [GLOBAL FLAGS] migrate-repo FROM-REPO TO-REPO
+    pictrs-trio [GLOBAL FLAGS] check-config [RUN FLAGS] [STORE ...] [REPO ...]
 
 pict-rs chains its store and repo subcommands after ``run`` (``run -a X filesystem -p Y
 sqlite -p Z``); cyclopts resolves commands only at the front of argv and the segments reuse
@@ -16,6 +17,7 @@ which flags take a value.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -180,6 +182,7 @@ MIGRATE_STORE_FLAGS = (
 # The chain after each command: slots filled left to right, each optional.
 CHAINS = {
     "run": (STORES, REPOS),
+    "check-config": (STORES, REPOS),
     "migrate-store": (STORES, STORES, REPOS),
     "migrate-repo": (REPOS, REPOS),
     "jobs": (REPOS,),
@@ -231,7 +234,9 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
         return 0  # help or version was printed
     if command not in CHAINS:
         wanted = "a command is required" if command is None else f"unknown command {command!r}"
-        raise UsageError(f"{wanted}: run, jobs, migrate-store or migrate-repo (see --help)")
+        raise UsageError(
+            f"{wanted}: run, check-config, jobs, migrate-store or migrate-repo (see --help)"
+        )
     segments = split_chain(command, rest)
     parsed = []
     for index, segment in enumerate(segments):
@@ -265,17 +270,20 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
             else:
                 flat[flag.key] = flag.switch if flag.switch is not None else value
     config_file = special.get("config_file")
-    config = cfg.load(
+    loaded = cfg.load_all(
         file=config_file if isinstance(config_file, Path) else None,
         env=os.environ if env is None else env,
         overrides=cfg.nest(flat),
     )
+    config = loaded.config
     save_path = special.get("save_to")
     if isinstance(save_path, Path):
         try:
             cfg.save_to(save_path, config)
         except OSError as exc:
             raise StartupError(f"--save-to {save_path}: {exc.strerror or exc}") from None
+    if command == "check-config":
+        return _check_config(loaded)
     if runner is None and command == "jobs":
         from pictrs_trio.runtime import jobs_command
 
@@ -283,9 +291,18 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
     if runner is None:
         from pictrs_trio.runtime import launch  # imported late: the CLI must not pull in the server
 
-        runner = launch.run
+        runner = functools.partial(launch.run, ignored=loaded.ignored)
     runner(config)
     return 0
+
+
+def _check_config(loaded: cfg.Loaded) -> int:
+    """``check-config``: the effective configuration on stdout, each ignored key on stderr;
+    status 1 when any key was ignored (a typo pict-rs would silently skip)."""
+    sys.stdout.write(cfg.dump(loaded.config, header="# Effective pictrs-trio configuration.\n\n"))
+    for message in loaded.ignored:
+        print(f"warning: {message}", file=sys.stderr)
+    return 1 if loaded.ignored else 0
 
 
 def _parse(app: App, tokens: list[str]) -> Parsed | None:
@@ -314,7 +331,7 @@ def split_chain(command: str, tokens: Sequence[str]) -> list[list[str]]:
     slots = CHAINS.get(command, ())
     segments = [[command]]
     slot, expect_value = 0, False
-    switches = _switches(RUN_FLAGS if command == "run" else MIGRATE_STORE_FLAGS)
+    switches = _switches(RUN_FLAGS if command in ("run", "check-config") else MIGRATE_STORE_FLAGS)
     for token in tokens:
         if expect_value:
             segments[-1].append(token)
@@ -372,8 +389,16 @@ def build_app() -> App:
         usage="Usage: pictrs-trio jobs [REPO [FLAGS]]",
     )
     jobs.default(_command("jobs", "Show the job journal.", ()))
+    check_config = App(
+        name="check-config",
+        help="Print the effective configuration (file < environment < flags, as `run` builds "
+        "it) and name every key it ignores; exit status 1 if there is one.",
+        usage="Usage: pictrs-trio check-config [RUN FLAGS] [STORE [FLAGS]] [REPO [FLAGS]]",
+    )
+    check_config.default(_command("check-config", "Check the configuration.", RUN_FLAGS))
     for sub, words in (
         (run, STORES | REPOS),
+        (check_config, STORES | REPOS),
         (migrate_store, STORES | REPOS),
         (migrate_repo, REPOS),
         (jobs, REPOS),

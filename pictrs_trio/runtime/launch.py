@@ -11,20 +11,26 @@ that the supervisor process of ``server.workers`` > 1 does not import the web st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
+from loguru import logger
 
 from pictrs_trio.config import Config
 from pictrs_trio.runtime import logging as pictrs_logging
 from pictrs_trio.runtime import startup
 
 
-def run(config: Config) -> None:
+def run(config: Config, ignored: Sequence[str] = ()) -> None:
     """Serve until SIGTERM/SIGINT. Blocks. Raises ConfigError (a setting that cannot work:
-    exit status 2) and StartupError (exit status 1), each one line naming what."""
+    exit status 2) and StartupError (exit status 1), each one line naming what. ``ignored``:
+    the configuration's ignored keys, one warning each once logging is set up."""
     startup.check_config(config)
     startup.check_files(config)
     startup.check_tools()
     pictrs_logging.setup(config.tracing.logging)
+    for message in ignored:
+        logger.warning("configuration: {}", message)
     listener = startup.open_listener(config)
     try:
         trio.run(startup.preflight, config)

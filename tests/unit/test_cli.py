@@ -190,8 +190,8 @@ def test_config_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
     err = fails(["run", "--media-retention-variants", "7w"], capsys)
     assert "media.retention.variants" in err
     file = tmp_path / "bad.toml"
-    file.write_text("[media.image]\nmax_widht = 1\n")
-    assert "media.image.max_widht" in fails(["-c", str(file), "run"], capsys)
+    file.write_text("[media.image]\nmax_width = -1\n")
+    assert "media.image.max_width" in fails(["-c", str(file), "run"], capsys)
 
 
 def test_unknown_flags_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -301,14 +301,47 @@ def test_python_m_exits_2_naming_the_flag() -> None:
 
 def test_python_m_exits_2_naming_the_config_key(tmp_path: Path) -> None:
     file = tmp_path / "pictrs.toml"
-    file.write_text("[media.image]\nmax_widht = 4000\n")
+    file.write_text('[media.image]\nmax_width = "wide"\n')
     result = subprocess.run(
         [sys.executable, "-m", "pictrs_trio", "-c", str(file), "run"],
         capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "media.image.max_widht" in result.stderr
-    assert "unknown key" in result.stderr
+    assert result.stderr.startswith("error: media.image.max_width = 'wide'")
+
+
+def test_check_config_prints_the_effective_config_and_fails_on_ignored_keys(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "pictrs.toml"
+    file.write_text("[media.image]\nmax_widht = 4000\nmax_height = 300\n")
+    env = {**subprocess_env(), "PICTRS__MEDIA__VIDEO_CODEC": "vp9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "-c", str(file), "check-config", "--api-key", "k"],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    effective = config.load(file=_written(tmp_path, result.stdout))
+    assert (effective.media.image.max_height, effective.server.api_key) == (300, "k")
+    assert result.stderr.splitlines() == [
+        "warning: media.video_codec (environment variable PICTRS__MEDIA__VIDEO_CODEC): a "
+        "pict-rs 0.4 name, ignored as pict-rs 0.5 ignores it; its 0.5 name is "
+        "PICTRS__MEDIA__VIDEO__VIDEO_CODEC",
+        f"warning: media.image.max_widht (file {file}): unknown key, ignored; did you mean "
+        "media.image.max_width?",
+    ]
+    file.write_text("[media.image]\nmax_height = 300\n")
+    clean = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "-c", str(file), "check-config"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert (clean.returncode, clean.stderr) == (0, "")
+
+
+def _written(folder: Path, text: str) -> Path:
+    path = folder / "effective.toml"
+    path.write_text(text)
+    return path
 
 
 def test_save_to_a_folder_that_does_not_exist_is_one_line(

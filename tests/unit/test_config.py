@@ -18,6 +18,7 @@ from pictrs_trio.config import (
     SqliteRepo,
     layered,
     load,
+    load_all,
     parse_address,
     parse_retention,
     save_to,
@@ -153,25 +154,64 @@ def test_rust_log_sets_targets_below_pictrs_env() -> None:
     assert load(env=env).tracing.logging.targets == "warn"
 
 
-def test_unknown_key_is_named_with_its_source_and_a_suggestion(tmp_path: Path) -> None:
-    file = write(tmp_path, "[media.image]\nmax_widht = 5\n")
-    message = error(file=file)
-    assert "media.image.max_widht" in message
-    assert str(file) in message
-    assert "unknown key" in message
-    assert "did you mean media.image.max_width" in message
-
-    message = error(env={"PICTRS__SERVER__ADDRES": "0.0.0.0:1"})
-    assert "server.addres" in message
-    assert "PICTRS__SERVER__ADDRES" in message
-
-    assert "nosuchsection" in error(overrides={"nosuchsection": {"a": 1}})
+def ignored(**kwargs: object) -> tuple[str, ...]:
+    """What ``load_all`` ignored; the config itself must be the defaults plus the rest."""
+    return load_all(**kwargs).ignored  # type: ignore[arg-type]
 
 
-def test_unknown_key_for_the_store_type_says_which_type(tmp_path: Path) -> None:
-    message = error(env={"PICTRS__STORE__ENDPOINT": "http://x"})
-    assert "store.endpoint" in message
-    assert '"filesystem"' in message
+def test_unknown_keys_are_ignored_and_named_with_their_source(tmp_path: Path) -> None:
+    """pict-rs ignores unknown keys; so do we, with one message each (a start-up warning)."""
+    file = write(tmp_path, "[media.image]\nmax_widht = 5\nmax_height = 7\n")
+    loaded = load_all(file=file)
+    assert loaded.config.media.image.max_height == 7  # the rest of the file applies
+    (message,) = loaded.ignored
+    assert message == (
+        f"media.image.max_widht (file {file}): unknown key, ignored; "
+        "did you mean media.image.max_width?"
+    )
+    (message,) = ignored(env={"PICTRS__SERVER__ADDRES": "0.0.0.0:1"})
+    assert message.startswith("server.addres (environment variable PICTRS__SERVER__ADDRES)")
+    assert ignored(overrides={"nosuchsection": {"a": 1, "b": {"c": 2}}}) == (
+        "nosuchsection.a (command line): unknown key, ignored",
+        "nosuchsection.b.c (command line): unknown key, ignored",
+    )
+    assert ignored() == ()
+
+
+def test_unknown_key_for_the_store_type_says_which_type() -> None:
+    (message,) = ignored(env={"PICTRS__STORE__ENDPOINT": "http://x"})
+    assert message == (
+        "store.endpoint (environment variable PICTRS__STORE__ENDPOINT): unknown key, ignored "
+        'for a store of type "filesystem"'
+    )
+
+
+def test_lemmys_stock_pict_rs_environment_loads() -> None:
+    """Lemmy's docker-compose for pict-rs, 0.4-era names and 0.5 ones: it starts, the 0.4
+    names are ignored (as pict-rs 0.5 ignores them) and each named with its 0.5 name."""
+    env = {
+        "PICTRS_OPENTELEMETRY_URL": "http://otel:4137",  # not our prefix: not ours to read
+        "PICTRS__SERVER__API_KEY": "API_KEY",
+        "RUST_BACKTRACE": "full",
+        "PICTRS__MEDIA__VIDEO_CODEC": "vp9",
+        "PICTRS__MEDIA__GIF__MAX_WIDTH": "256",
+        "PICTRS__MEDIA__GIF__MAX_HEIGHT": "256",
+        "PICTRS__MEDIA__GIF__MAX_AREA": "65536",
+        "PICTRS__MEDIA__GIF__MAX_FRAME_COUNT": "400",
+        "PICTRS__MEDIA__ANIMATION__MAX_WIDTH": "256",
+        "PICTRS__MEDIA__VIDEO__VIDEO_CODEC": "vp9",
+    }
+    loaded = load_all(env=env)
+    assert loaded.config.server.api_key == "API_KEY"
+    assert loaded.config.media.animation.max_width == 256
+    assert loaded.config.media.animation.max_height == Config().media.animation.max_height
+    assert loaded.config.media.video.video_codec == "vp9"
+    assert len(loaded.ignored) == 5
+    assert (
+        "media.gif.max_width (environment variable PICTRS__MEDIA__GIF__MAX_WIDTH): a pict-rs "
+        "0.4 name, ignored as pict-rs 0.5 ignores it; its 0.5 name is "
+        "PICTRS__MEDIA__ANIMATION__MAX_WIDTH"
+    ) in loaded.ignored
 
 
 def test_bad_value_is_named(tmp_path: Path) -> None:
@@ -236,20 +276,26 @@ def test_unknown_store_type() -> None:
         ('[media]\nvideo_codec = "vp9"\n', "media.video_codec", "media.video.video_codec"),
     ],
 )  # fmt: skip
-def test_moved_keys_name_their_new_name(tmp_path: Path, toml: str, old: str, new: str) -> None:
-    message = error(file=write(tmp_path, toml))
+def test_moved_keys_are_ignored_naming_their_new_name(
+    tmp_path: Path, toml: str, old: str, new: str
+) -> None:
+    loaded = load_all(file=write(tmp_path, toml))
+    assert loaded.config == Config()  # not applied: pict-rs 0.5 does not read them either
+    (message,) = loaded.ignored
     assert message.startswith(old)
-    assert f"moved to {new}" in message
+    assert message.endswith(f"its 0.5 name is {new}")
 
 
 def test_moved_key_in_env_names_the_new_variable() -> None:
-    message = error(env={"PICTRS__MEDIA__FORMAT": "webp"})
-    assert "PICTRS__MEDIA__FORMAT" in message
-    assert "PICTRS__MEDIA__IMAGE__FORMAT" in message
+    (message,) = ignored(env={"PICTRS__MEDIA__FORMAT": "webp"})
+    assert message.startswith("media.format (environment variable PICTRS__MEDIA__FORMAT)")
+    assert message.endswith("its 0.5 name is PICTRS__MEDIA__IMAGE__FORMAT")
 
 
-def test_removed_key() -> None:
-    assert "delete it" in error(overrides={"server": {"worker_id": "x"}})
+def test_removed_key_is_ignored() -> None:
+    assert ignored(overrides={"server": {"worker_id": "x"}}) == (
+        "server.worker_id (command line): removed in pict-rs 0.5; ignored",
+    )
 
 
 def test_quality_above_the_cap_is_clamped_negative_is_an_error() -> None:
