@@ -21,7 +21,16 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from pictrs_trio.http import download, health, image, internal, serve, upload, variants
+from pictrs_trio.http import (
+    access_log,
+    download,
+    health,
+    image,
+    internal,
+    serve,
+    upload,
+    variants,
+)
 from pictrs_trio.http.exchange import (
     ASGIApp,
     BodyRules,
@@ -76,6 +85,12 @@ class PictrsApp:
         self.read_rules = BodyRules(cap=None, watch=False, **timing)
         self.upload_rules = BodyRules(cap=upload.body_cap(state), watch=True, **timing)
         self.other_rules = BodyRules(cap=None, watch=True, **timing)
+        logs = state.config.tracing.logging
+        self._entry: ASGIApp = self._serve
+        if logs.log_requests or logs.log_spans:
+            self._entry = access_log.logged(
+                self._serve, requests=logs.log_requests, spans=logs.log_spans
+            )
         self.stopping = False  # answers say Connection: close from now on
         self._in_flight = 0
         self._quiet = trio.Event()
@@ -93,6 +108,9 @@ class PictrsApp:
         return self.stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._quart(scope, receive, send)
             return

@@ -1,13 +1,33 @@
-"""Log sinks, set once at start-up. Everything else just uses ``loguru.logger``."""
+"""Log sinks, set once at start-up (pict-rs's ``[tracing.logging]``). Everything else just
+uses ``loguru.logger``.
+
+Lines go to stdout, as pict-rs's do, and nothing else does. ``format``:
+
+    normal   2026-12-04T10:00:00.123456Z INFO  pictrs_trio.services.ingest: ingested … {…}
+    compact  10:00:00 INFO  ingested …
+    pretty   coloured, for a terminal
+    json     one flat object per line: timestamp, level, target, message, then the fields
+
+``targets`` is pict-rs's filter (``config/logfilter.py``). Nothing logs request headers or
+query strings, so the API key never reaches a line; the request log leaves delete tokens out
+(``http/access_log.py``).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import sys
+import traceback
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from pictrs_trio.config import Logging
+from pictrs_trio.config import Logging, logfilter
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
 
 _FORMATS = {
     "normal": "{time:YYYY-MM-DDTHH:mm:ss.SSSSSS!UTC}Z {level: <5} {name}: {message} {extra}",
@@ -15,34 +35,72 @@ _FORMATS = {
     "pretty": "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
     "<cyan>{name}</cyan> {message} <dim>{extra}</dim>",
 }
-
-
-def _level(targets: str) -> str:
-    """The default level of a RUST_LOG-style filter (``warn,pict_rs=debug`` -> WARNING)."""
-    for part in targets.split(","):
-        part = part.strip()
-        if part and "=" not in part:
-            return {"warn": "WARNING", "trace": "TRACE"}.get(part.lower(), part.upper())
-    return "INFO"
+_TRACING_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR", "SUCCESS": "INFO"}
 
 
 class _Intercept(logging.Handler):
-    """Route stdlib logging (hypercorn) into loguru."""
+    """Route stdlib logging (hypercorn) into loguru, under the stdlib logger's name."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        name = record.name
+
+        def rename(entry: Record) -> None:
+            entry["name"] = name
+
+        logger.patch(rename).opt(exception=record.exc_info).log(level, record.getMessage())
+
+
+def _json_line(record: Record) -> str:
+    """One flat JSON object: timestamp, level, target, message, then the record's fields."""
+    line: dict[str, Any] = {
+        "timestamp": record["time"]
+        .astimezone(dt.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z"),
+        "level": _TRACING_LEVELS.get(record["level"].name, record["level"].name),
+        "target": record["name"],
+        "message": record["message"],
+    }
+    for key, value in record["extra"].items():
+        line.setdefault(key, value)
+    if record["exception"] is not None:
+        kind, value, tb = record["exception"]
+        line["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
+    return json.dumps(line, default=str)
+
+
+def _json_sink(message: Message) -> None:
+    sys.stdout.write(_json_line(message.record) + "\n")
+    sys.stdout.flush()
 
 
 def setup(cfg: Logging) -> None:
+    """Replace every sink with the one ``cfg`` describes. Raises ValueError for a filter that
+    does not parse (the configuration's check catches that first, with the key named)."""
+    log_filter = logfilter.parse(cfg.targets)
+    floors: dict[str | None, int | None] = {}
+
+    def allow(record: Record) -> bool:
+        name = record["name"]
+        if name not in floors:
+            level = log_filter.level_of(name or "")
+            floors[name] = None if level is None else logger.level(level).no
+        floor = floors[name]
+        return floor is not None and record["level"].no >= floor
+
     logger.remove()
-    level = _level(cfg.targets)
     if cfg.format == "json":
-        logger.add(sys.stderr, level=level, serialize=True)
+        logger.add(_json_sink, level=0, filter=allow)
     else:
         colorize = False if cfg.no_ansi else None
-        logger.add(sys.stderr, level=level, format=_FORMATS[cfg.format], colorize=colorize)
-    logging.basicConfig(handlers=[_Intercept()], level=logging.INFO, force=True)
+        logger.add(
+            sys.stdout, level=0, filter=allow, format=_FORMATS[cfg.format], colorize=colorize
+        )
+    # stdlib loggers (hypercorn, httpx) build records only down to the lowest level let through.
+    levels = [log_filter.default, *log_filter.targets.values()]
+    lowest = min((logger.level(level).no for level in levels if level is not None), default=50)
+    logging.basicConfig(handlers=[_Intercept()], level=lowest, force=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -191,7 +192,10 @@ def hypercorn_config(config: Config, listen_fd: int) -> hypercorn.config.Config:
     hc.backlog = BACKLOG  # hypercorn listens again on the socket, with its own 100
     # A backstop only: serve() ends hypercorn itself once in-flight requests are done.
     hc.graceful_timeout = config.server.shutdown_timeout + 5
-    hc.accesslog = None
+    hc.accesslog = None  # the request log is ours (http/access_log.py)
+    # A Logger, not "-": hypercorn then adds no stderr handler of its own, and its lines reach
+    # our sinks through the root logger (runtime/logging.py).
+    hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = config.server.keep_alive_timeout
     if config.server.certificate and config.server.private_key:
         hc.certfile = config.server.certificate

@@ -42,6 +42,7 @@ class Server:
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
+        self.errors = root / "server.err"
 
     def start(self, timeout: float = 30.0) -> Server:
         """Start and wait until /healthz answers 200."""
@@ -69,15 +70,14 @@ class Server:
         ]
         env = {**os.environ, **self.env}
         env["PICTRS__SERVER__TEMPORARY_DIRECTORY"] = str(self.root / "tmp")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+        # Log lines go to stdout; stderr gets only what Python itself prints (a traceback).
+        with self.log.open("ab") as log, self.errors.open("ab") as errors:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=errors)
         STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
             try:
                 status = httpx.get(self.url + "/healthz", timeout=1).status_code
                 if status == 200 or not healthy:
@@ -85,7 +85,11 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"server did not become healthy:\n{self.log.read_text()}")
+        raise RuntimeError(f"server did not become healthy:\n{self.output()}")
+
+    def output(self) -> str:
+        """What the server wrote: its log (stdout), then anything on stderr."""
+        return self.log.read_text() + self.errors.read_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
