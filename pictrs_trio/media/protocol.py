@@ -18,6 +18,19 @@ MAX_FRAME = 16 * 1024 * 1024  # replies are small; a bigger length means a broke
 
 Frozen = {"frozen": True, "kw_only": True, "tag_field": "op"}
 
+LIMITS_ENV = "PICTRS_ENGINE_LIMITS"  # EngineLimits as JSON, in each worker's environment
+
+
+class EngineLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What bounds every engine worker, from ``[media.magick]`` (``media.tools.engine_limits``;
+    docs/processing.md). The worker applies them before it loads libvips."""
+
+    max_width: int = 10_000  # a frame wider than this is not decoded (magick.max_width)
+    max_height: int = 10_000  # ... nor one taller (magick.max_height)
+    address_space_mb: int = 1024  # RLIMIT_AS (magick.memory + magick.map + a base)
+    in_memory_mb: int = 256  # a full decode above this goes to a temporary file (magick.memory)
+    file_mb: int = 1024  # RLIMIT_FSIZE: the largest file the worker may write (magick.disk)
+
 
 class Probe(msgspec.Struct, tag="probe", **Frozen):
     """Header-only look at a file with the loader for its sniffed type (no pixel decode)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from pictrs_trio.config import Media
+from pictrs_trio.config import Magick, Media
 from pictrs_trio.media import discover as discovery
 from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.ffmpeg import (
@@ -27,10 +27,10 @@ from pictrs_trio.media.ffmpeg import (
     still_argv,
     video_argv,
 )
-from pictrs_trio.media.protocol import Render, RenderResult, Reply, Request
+from pictrs_trio.media.protocol import EngineLimits, Render, RenderResult, Reply, Request
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
-from pictrs_trio.media.vips import DEFAULT_MEMORY_MB, EnginePool
+from pictrs_trio.media.vips import EnginePool
 from pictrs_trio.rules.errors import MediaToolError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery, Plan
@@ -327,6 +327,24 @@ def _discovered(out: Fmt, reply: RenderResult) -> Discovery:
     )
 
 
+ENGINE_BASE_MB = 256  # the worker's own address space: Python, libvips and its codecs
+
+
+def engine_limits(magick: Magick) -> EngineLimits:
+    """``[media.magick]`` as limits of the libvips workers (docs/processing.md). pict-rs
+    writes the same keys into ImageMagick's resource policy (pict-rs ``src/magick.rs``):
+    width and height bound what is decoded at all, memory is the pixels kept in memory
+    before falling back to disk, map adds memory-mapped room, disk bounds what goes to disk.
+    ``max_area`` has no libvips counterpart beside ``memory`` (config.NOT_ACTING)."""
+    return EngineLimits(
+        max_width=magick.max_width,
+        max_height=magick.max_height,
+        address_space_mb=magick.memory + magick.map + ENGINE_BASE_MB,
+        in_memory_mb=magick.memory,
+        file_mb=magick.disk,
+    )
+
+
 @asynccontextmanager
 async def open_media_tools(
     config: Media,
@@ -334,7 +352,6 @@ async def open_media_tools(
     tmp_dir: Path,
     engine_workers: int,
     limiter: trio.CapacityLimiter | None = None,
-    engine_memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> AsyncIterator[MediaTools]:
     """Start exiftool and ``engine_workers`` engine processes (0 = one per core), yield the
     tools, and stop everything on exit. ``limiter`` caps short-lived tool processes
@@ -348,7 +365,8 @@ async def open_media_tools(
     engine = EnginePool(
         size=engine_workers if engine_workers > 0 else cores,
         job_timeout=config.process_timeout,
-        memory_mb=engine_memory_mb,
+        limits=engine_limits(config.magick),
+        tmp_dir=tmp_dir,
     )
     tools = MediaTools(
         config=config,

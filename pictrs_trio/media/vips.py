@@ -21,12 +21,20 @@ import trio
 from loguru import logger
 
 import pictrs_trio
-from pictrs_trio.media.protocol import HEADER, MAX_FRAME, Failed, Ready, Reply, Request, frame
+from pictrs_trio.media.protocol import (
+    HEADER,
+    LIMITS_ENV,
+    MAX_FRAME,
+    EngineLimits,
+    Failed,
+    Ready,
+    Reply,
+    Request,
+    frame,
+)
 from pictrs_trio.media.spawn import Child, spawn
-from pictrs_trio.media.vips_worker import MEMORY_ENV
 from pictrs_trio.rules.errors import EngineBusy, MediaToolError, ToolTimeout, UnsupportedMedia
 
-DEFAULT_MEMORY_MB = 1024
 RESTART_BACKOFF_S = 1.0
 REAP_S = 5.0
 STARTUP_S = 30.0
@@ -64,12 +72,14 @@ class EnginePool:
         *,
         size: int,
         job_timeout: float,
-        memory_mb: int = DEFAULT_MEMORY_MB,
+        limits: EngineLimits = EngineLimits(),  # noqa: B008 (frozen: one shared default is fine)
+        tmp_dir: Path | None = None,
         python: str = sys.executable,
     ) -> None:
         self.size = max(1, size)
         self._timeout = job_timeout
-        self._memory_mb = memory_mb
+        self._limits = limits
+        self._tmp_dir = tmp_dir
         self._python = python
         # Unbounded: it never holds more than the live workers plus a few dead ones, and
         # giving a worker back must not block.
@@ -117,7 +127,9 @@ class EnginePool:
         return {
             **os.environ,
             "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}",
-            MEMORY_ENV: str(self._memory_mb),
+            LIMITS_ENV: msgspec.json.encode(self._limits).decode(),
+            # libvips' temporary files (a full decode over the in-memory limit) go there
+            **({"TMPDIR": str(self._tmp_dir)} if self._tmp_dir is not None else {}),
             # One job per worker at a time: libvips threads would only fight the other workers.
             "VIPS_CONCURRENCY": "1",
             # glibc makes an arena per thread, which eats the address-space limit for nothing.

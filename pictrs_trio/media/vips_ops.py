@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pictrs_trio.media import apng, turbojpeg
-from pictrs_trio.media.protocol import Render, RenderResult
+from pictrs_trio.media.protocol import EngineLimits, Render, RenderResult
 from pictrs_trio.rules.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
 
 if TYPE_CHECKING:
@@ -76,8 +76,11 @@ def pages_of(image: pyvips.Image) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def _open(vips: type[pyvips.Image], job: Render) -> tuple[pyvips.Image, int, int, float]:
-    """(image, frame width, frame height, load reduction) with shrink-on-load applied."""
+def _open(
+    vips: type[pyvips.Image], job: Render, limits: EngineLimits
+) -> tuple[pyvips.Image, int, int, float]:
+    """(image, frame width, frame height, load reduction) with shrink-on-load applied.
+    Refuses a frame over the engine's width or height limit before any pixel is decoded."""
     animated = job.animated and job.sniffed in MULTI_PAGE
     # Rotating needs random access; without it, a sequential decode streams to the saver.
     access = "random" if job.autorot and not animated else "sequential"
@@ -88,6 +91,12 @@ def _open(vips: type[pyvips.Image], job: Render) -> tuple[pyvips.Image, int, int
     if animated:
         options["n"] = -1
     image = load(vips, job.src, job.sniffed, **options)  # header only: libvips is lazy
+    frame_height = image.height // pages_of(image) if animated else image.height
+    if image.width > limits.max_width or frame_height > limits.max_height:
+        raise MediaFault(
+            f"image too large for the engine: {image.width}x{frame_height} (limit "
+            f"{limits.max_width}x{limits.max_height}, media.magick.max_width/max_height)"
+        )
     if job.autorot and not animated:
         image = image.autorot()
         return image, image.width, image.height, 1.0
@@ -243,10 +252,14 @@ def _save_apng(frames: Sequence[pyvips.Image], source: pyvips.Image, dst: str) -
         out.write(data)
 
 
-def render(vips: type[pyvips.Image], job: Render) -> RenderResult:
+def render(
+    vips: type[pyvips.Image],
+    job: Render,
+    limits: EngineLimits = EngineLimits(),  # noqa: B008 (frozen: one shared default is fine)
+) -> RenderResult:
     """The one processing job: decode, apply the steps, save (``_save``, the one saver).
     A conversion is this with no operations."""
-    image, width, height, shrink = _open(vips, job)
+    image, width, height, shrink = _open(vips, job, limits)
     animated = job.animated and job.sniffed in MULTI_PAGE
     if animated and not job.ops and job.out_fmt != "apng":
         frames = [image]  # nothing to do per frame: the pages go to the saver as they are

@@ -5,7 +5,9 @@ Only this process loads libvips (here and in ``vips_ops``, which holds the loade
 the processing jobs). Started and supervised by ``media.vips``.
 
 Hardening, because the input is untrusted:
-* an address-space limit (``PICTRS_ENGINE_MEMORY_MB``, set before libvips loads);
+* the limits of ``protocol.EngineLimits`` (``PICTRS_ENGINE_LIMITS``), applied before libvips
+  loads: an address-space limit, a file-size limit, the in-memory decode threshold, and the
+  largest frame it decodes;
 * each sniffed type maps to exactly one loader; the generic ``new_from_file`` is never used
   (the wheel carries SVG/TIFF loaders), and the ``vips-loader`` of the result is checked again;
 * stdout is moved to a private descriptor, so a stray write by a library cannot corrupt the
@@ -18,6 +20,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +30,9 @@ import msgspec
 
 from pictrs_trio.media.protocol import (
     HEADER,
+    LIMITS_ENV,
     MAX_FRAME,
+    EngineLimits,
     Failed,
     Probe,
     ProbeResult,
@@ -51,7 +56,6 @@ from pictrs_trio.media.vips_ops import (
 if TYPE_CHECKING:
     import pyvips
 
-MEMORY_ENV = "PICTRS_ENGINE_MEMORY_MB"
 TRIM_ABOVE = 4 << 20  # free heap bytes worth handing back after a job
 
 
@@ -69,23 +73,37 @@ def probe(vips: type[pyvips.Image], job: Probe) -> ProbeResult:
     )
 
 
-def handle(vips: type[pyvips.Image], error: type[Exception], job: Request) -> Reply:
+def handle(
+    vips: type[pyvips.Image],
+    error: type[Exception],
+    job: Request,
+    limits: EngineLimits = EngineLimits(),  # noqa: B008 (frozen: one shared default is fine)
+) -> Reply:
     try:
         if isinstance(job, Probe):
             return probe(vips, job)
         if isinstance(job, Render):
-            return render(vips, job)
+            return render(vips, job, limits)
         time.sleep(job.seconds)
         return Slept()
     except MediaFault as exc:
         failed = Failed(message=str(exc), media=True)
     except error as exc:  # libvips refused the bytes: corrupt or truncated input
-        failed = Failed(message=str(exc).strip().splitlines()[0][:300], media=True)
+        failed = Failed(message=_vips_message(str(exc)), media=True)
     except (OSError, ValueError) as exc:
         failed = Failed(message=f"{type(exc).__name__}: {exc}", media=False)
     if isinstance(job, Render):
         remove_partial(job.dst)
     return failed
+
+
+def _vips_message(text: str) -> str:
+    """libvips' error log, short: its first line, and the first system error when there is
+    one (a write over the file-size limit says "File too large" only there)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["libvips error"]
+    system = next((line for line in lines if line.startswith("system error:")), None)
+    message = lines[0] if system is None else f"{lines[0]}: {system}"
+    return message[:300]
 
 
 def _warm_up(vips: type[pyvips.Image]) -> None:
@@ -144,10 +162,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def apply_limits(limits: EngineLimits) -> None:
+    """The process-wide limits, before libvips loads (it reads VIPS_DISC_THRESHOLD once)."""
+    memory, size = limits.address_space_mb << 20, limits.file_mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    # Over the file-size limit a write fails with EFBIG (libvips reports it) instead of the
+    # process dying of SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    os.environ["VIPS_DISC_THRESHOLD"] = f"{limits.in_memory_mb}m"
+
+
 def main() -> None:
-    limit_mb = int(os.environ.get(MEMORY_ENV, "0"))
-    if limit_mb > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    raw = os.environ.get(LIMITS_ENV)
+    limits = EngineLimits() if raw is None else msgspec.json.decode(raw, type=EngineLimits)
+    apply_limits(limits)
     out_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -172,7 +201,7 @@ def main() -> None:
         body = _read_exact(0, size)
         if body is None:
             return
-        reply = handle(pyvips.Image, pyvips.Error, decoder.decode(body))
+        reply = handle(pyvips.Image, pyvips.Error, decoder.decode(body), limits)
         _write_all(out_fd, frame(encoder.encode(reply)))
         release_memory()
 

@@ -92,3 +92,8 @@ def validate(d: Discovery, size: int, limits: UploadLimits, media: Media) -> Non
         max_mb = cfg_v.max_file_size
     if size > max_mb * MIB:
         raise FileTooLarge(f"File size {size} is larger than {max_mb} MB")
+    if kind is not Kind.VIDEO:
+        # The engine decodes nothing larger (media.tools.engine_limits); say so as a
+        # validation error rather than fail later in the engine.
+        _check(w, media.magick.max_width, ErrorCode.VALIDATE_WIDTH, "Width")
+        _check(h, media.magick.max_height, ErrorCode.VALIDATE_HEIGHT, "Height")

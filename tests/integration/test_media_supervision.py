@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pictrs_trio.config import Media
+from pictrs_trio.config import Magick, Media
 from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.protocol import Probe, ProbeResult, Render, RenderResult, Sleep
 from pictrs_trio.media.run import run_tool
@@ -210,9 +210,7 @@ async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
 
     big = tmp_path / "big.jpeg"
     pyvips.Image.jpegload(str(SAMPLE)).resize(4000 / 1200, vscale=3000 / 1387).jpegsave(str(big))
-    async with open_media_tools(
-        Media(), tmp_dir=tmp_path, engine_workers=1, engine_memory_mb=1024
-    ) as tools:
+    async with open_media_tools(Media(), tmp_dir=tmp_path, engine_workers=1) as tools:
         out = await tools.submit(
             Render(
                 src=str(big),
@@ -226,6 +224,52 @@ async def test_engine_converts_12mp_under_memory_limit(tmp_path: Path) -> None:
         )
         assert isinstance(out, RenderResult)
         assert (out.width, out.height) == (4000, 3000)
+
+
+def _limit(pid: int, name: str) -> str:
+    """The soft value of one line of /proc/<pid>/limits, like "Max file size"."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(name):
+            return line[len(name) :].split()[0]
+    raise AssertionError(f"{name} not in /proc/{pid}/limits")
+
+
+async def test_engine_applies_the_magick_limits(tmp_path: Path) -> None:
+    magick = Magick(max_width=1000, max_height=5000, memory=64, map=128, disk=1)
+    cfg = Media(magick=magick)
+    big = tmp_path / "big.png"
+    import pyvips  # test-side only: noise compresses badly, so its PNG is several MiB
+
+    noise = [pyvips.Image.gaussnoise(1000, 1400, sigma=60).cast("uchar") for _ in range(3)]
+    noise[0].bandjoin(noise[1:]).pngsave(str(big), compression=0)
+    assert big.stat().st_size > 3 << 20
+    async with open_media_tools(cfg, tmp_dir=tmp_path, engine_workers=1) as tools:
+        (pid,) = tools.engine.pids
+        assert int(_limit(pid, "Max address space")) == (64 + 128 + 256) << 20
+        assert int(_limit(pid, "Max file size")) == 1 << 20
+        # cat.jpg is 1200 wide: refused before any pixel is decoded
+        with pytest.raises(Exception, match="too large for the engine: 1200x1387") as info:
+            await tools.submit(
+                Render(src=str(SAMPLE), sniffed="jpeg", dst=str(tmp_path / "o.png"), ops=[],
+                       out_fmt="png")
+            )  # fmt: skip
+        assert status_of(info.value) == 400
+        assert not (tmp_path / "o.png").exists()
+        # a PNG of more than 1 MiB cannot be written, and nothing partial is left
+        with pytest.raises(Exception, match=r"engine: unable to call pngsave: .*File too large"):
+            await tools.submit(
+                Render(src=str(big), sniffed="png", dst=str(tmp_path / "o2.png"), ops=[],
+                       out_fmt="png")
+            )  # fmt: skip
+        assert not (tmp_path / "o2.png").exists()
+        # the worker lived through both; a small render still works
+        assert tools.engine.pids == {pid}
+        small = await tools.submit(
+            Render(src=str(big), sniffed="png", dst=str(tmp_path / "o3.jpeg"), ops=[],
+                   out_fmt="jpeg")
+        )  # fmt: skip
+        assert isinstance(small, RenderResult)
+        assert (small.width, small.height) == (1000, 1400)
 
 
 async def test_shutdown_leaves_no_children(tmp_path: Path, jpeg: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pictrs_trio.config import Animation, Image, ImageQuality, Media, Video, VideoQuality
+from pictrs_trio.config import Animation, Image, ImageQuality, Magick, Media, Video, VideoQuality
+from pictrs_trio.rules.errors import ErrorCode, ValidationError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery, crf_for, decide
+from pictrs_trio.rules.validate import UploadLimits, validate
 
 
 def image(fmt: Fmt, orientation: int | None = None) -> Discovery:
@@ -107,3 +109,21 @@ def test_video_transcode_table() -> None:
 )
 def test_crf_selection(size: tuple[int, int], quality: VideoQuality, expected: int) -> None:
     assert crf_for(*size, quality) == expected
+
+
+def test_the_engine_limits_bound_images_and_animations_not_videos() -> None:
+    # an 800x600 image under generous image limits; the engine's (magick) limits decide
+    roomy = Image(max_width=20_000, max_height=20_000, max_area=100_000_000)
+    low = media(image=roomy, magick=Magick(max_width=10_000, max_height=500))
+    with pytest.raises(ValidationError, match="Height 600 is larger than the limit 500") as info:
+        validate(image(Fmt.PNG), 10, UploadLimits(), low)
+    assert info.value.code is ErrorCode.VALIDATE_HEIGHT
+    narrow = media(image=roomy, magick=Magick(max_width=700, max_height=10_000))
+    with pytest.raises(ValidationError, match="Width 800 is larger than the limit 700") as info:
+        validate(image(Fmt.PNG), 10, UploadLimits(), narrow)
+    assert info.value.code is ErrorCode.VALIDATE_WIDTH
+    validate(
+        image(Fmt.PNG), 10, UploadLimits(), media(magick=Magick(max_width=800, max_height=600))
+    )
+    # ffmpeg decodes videos: the engine's limits do not apply to them
+    validate(video(Fmt.MP4, "h264", size=(800, 600)), 10, UploadLimits(), narrow)
