@@ -3,8 +3,8 @@ uses ``loguru.logger``.
 
 Lines go to stdout, as pict-rs's do, and nothing else does. ``format``:
 
-    normal   2026-12-04T10:00:00.123456Z INFO  pictrs_trio.services.ingest: ingested … {…}
-    compact  10:00:00 INFO  ingested …
+    normal   2026-12-04T10:00:00.123456Z  INFO pictrs_trio.services.ingest: ingested … alias=…
+    compact  10:00:00  INFO ingested … alias=…
     pretty   coloured, for a terminal
     json     one flat object per line: timestamp, level, target, message, then the fields
 
@@ -30,12 +30,23 @@ if TYPE_CHECKING:
     from loguru import Message, Record
 
 _FORMATS = {
-    "normal": "{time:YYYY-MM-DDTHH:mm:ss.SSSSSS!UTC}Z {level: <5} {name}: {message} {extra}",
-    "compact": "{time:HH:mm:ss} {level: <5} {message}",
-    "pretty": "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
-    "<cyan>{name}</cyan> {message} <dim>{extra}</dim>",
+    "normal": "{time:YYYY-MM-DDTHH:mm:ss.SSSSSS!UTC}Z {extra[_level]: >5} {name}: {message}"
+    "{extra[_fields]}",
+    "compact": "{time:HH:mm:ss} {extra[_level]: >5} {message}{extra[_fields]}",
+    "pretty": "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{extra[_level]: >5}</level> "
+    "<cyan>{name}</cyan> {message}<dim>{extra[_fields]}</dim>",
 }
+# tracing's level names, which pict-rs's lines carry
 _TRACING_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR", "SUCCESS": "INFO"}
+
+
+def _tracing_style(record: Record) -> None:
+    """Add what the text formats show: the tracing level name and the fields as ` k=v`
+    (keys starting with ``_`` are the formats' own, never fields)."""
+    extra = record["extra"]
+    fields = "".join(f" {k}={v}" for k, v in extra.items() if not k.startswith("_"))
+    level = record["level"].name
+    extra.update(_level=_TRACING_LEVELS.get(level, level), _fields=fields)
 
 
 class _Intercept(logging.Handler):
@@ -66,7 +77,8 @@ def _json_line(record: Record) -> str:
         "message": record["message"],
     }
     for key, value in record["extra"].items():
-        line.setdefault(key, value)
+        if not key.startswith("_"):
+            line.setdefault(key, value)
     if record["exception"] is not None:
         kind, value, tb = record["exception"]
         line["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
@@ -93,6 +105,7 @@ def setup(cfg: Logging) -> None:
         return floor is not None and record["level"].no >= floor
 
     logger.remove()
+    logger.configure(patcher=_tracing_style)
     if cfg.format == "json":
         logger.add(_json_sink, level=0, filter=allow)
     else:
