@@ -297,12 +297,37 @@ POSTGRES_MESSAGE = (
 )
 
 
+# Keys accepted because pict-rs has them, that pictrs-trio does not act on (yet): each one
+# set to something other than its default gives one start-up warning
+# (docs/configuration.md, "Keys that are accepted but not acting").
+NOT_ACTING = {
+    "metrics.prometheus_address": "no Prometheus endpoint yet",
+    "tracing.opentelemetry.url": "no OpenTelemetry export yet",
+    "tracing.opentelemetry.service_name": "no OpenTelemetry export yet",
+    "tracing.opentelemetry.targets": "no OpenTelemetry export yet",
+    "tracing.console.address": "no tokio-console equivalent yet",
+    "tracing.console.buffer_capacity": "no tokio-console equivalent yet",
+    "old_repo.path": "pict-rs 0.4 sled repos are not read (docs/migration.md)",
+    "upgrade.concurrency": "there is no pict-rs 0.4 repo upgrade to run",
+    "media.magick.max_area": (
+        "libvips has one threshold for keeping pixels in memory, set from media.magick.memory"
+    ),
+}
+
+
 class Loaded(msgspec.Struct, frozen=True, kw_only=True):
     """A loaded configuration and what was ignored on the way: one message per key that no
-    setting reads (an unknown key, or a pict-rs 0.4 name that 0.5 ignores)."""
+    setting reads (an unknown key, or a pict-rs 0.4 name that 0.5 ignores), and one per key
+    that is set but not acting (NOT_ACTING)."""
 
     config: Config
     ignored: tuple[str, ...] = ()
+    inactive: tuple[str, ...] = ()  # ``not_acting(config)``
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Everything to warn about at start-up: ignored keys, then keys not acting."""
+        return self.ignored + self.inactive
 
 
 def load(
@@ -351,7 +376,19 @@ def load_all(
     except msgspec.ValidationError as exc:
         raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX) from None
     _validate(config, layers)
-    return Loaded(config=config, ignored=tuple(ignored))
+    return Loaded(config=config, ignored=tuple(ignored), inactive=tuple(not_acting(config)))
+
+
+def not_acting(config: Config) -> list[str]:
+    """One message per NOT_ACTING key that is set to something other than its default."""
+    values, defaults = msgspec.to_builtins(config), msgspec.to_builtins(Config())
+    messages = []
+    for key, why in NOT_ACTING.items():
+        path = tuple(key.split("."))
+        value = layered.get(values, path)
+        if value != layered.get(defaults, path):
+            messages.append(f"{key} = {value!r} is accepted but not acting: {why}")
+    return messages
 
 
 def _old_names(layer: Layer) -> list[str]:

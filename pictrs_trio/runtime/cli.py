@@ -291,16 +291,17 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
     if runner is None:
         from pictrs_trio.runtime import launch  # imported late: the CLI must not pull in the server
 
-        runner = functools.partial(launch.run, ignored=loaded.ignored)
+        runner = functools.partial(launch.run, warnings=loaded.warnings)
     runner(config)
     return 0
 
 
 def _check_config(loaded: cfg.Loaded) -> int:
-    """``check-config``: the effective configuration on stdout, each ignored key on stderr;
-    status 1 when any key was ignored (a typo pict-rs would silently skip)."""
+    """``check-config``: the effective configuration on stdout, each ignored key and each key
+    not acting on stderr; status 1 when any key was ignored (a typo pict-rs would silently
+    skip)."""
     sys.stdout.write(cfg.dump(loaded.config, header="# Effective pictrs-trio configuration.\n\n"))
-    for message in loaded.ignored:
+    for message in loaded.warnings:
         print(f"warning: {message}", file=sys.stderr)
     return 1 if loaded.ignored else 0
 

@@ -21,15 +21,15 @@ from pictrs_trio.runtime import logging as pictrs_logging
 from pictrs_trio.runtime import startup
 
 
-def run(config: Config, ignored: Sequence[str] = ()) -> None:
+def run(config: Config, warnings: Sequence[str] = ()) -> None:
     """Serve until SIGTERM/SIGINT. Blocks. Raises ConfigError (a setting that cannot work:
-    exit status 2) and StartupError (exit status 1), each one line naming what. ``ignored``:
-    the configuration's ignored keys, one warning each once logging is set up."""
+    exit status 2) and StartupError (exit status 1), each one line naming what. ``warnings``:
+    the configuration's ignored and not-acting keys, logged once logging is set up."""
     startup.check_config(config)
     startup.check_files(config)
     startup.check_tools()
     pictrs_logging.setup(config.tracing.logging)
-    for message in ignored:
+    for message in warnings:
         logger.warning("configuration: {}", message)
     listener = startup.open_listener(config)
     try:

@@ -31,7 +31,11 @@ class Server:
     """A running ``pictrs-trio run`` process with its own data folder."""
 
     def __init__(
-        self, root: Path, args: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        root: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        global_args: list[str] | None = None,  # before ``run``: ``-c FILE``, ``--log-format``
     ) -> None:
         self.root = root
         self.port = free_port()
@@ -39,6 +43,7 @@ class Server:
         self.files = root / "files"
         self.db = root / "sqlite"
         self.args = args or []
+        self.global_args = global_args or []
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
@@ -57,6 +62,7 @@ class Server:
             sys.executable,
             "-m",
             "pictrs_trio",
+            *self.global_args,
             "run",
             "-a",
             f"127.0.0.1:{self.port}",

@@ -472,6 +472,25 @@ def test_every_key_is_in_the_configuration_docs(key: str) -> None:
     assert env in body
 
 
+def test_keys_not_acting_warn_only_when_set() -> None:
+    assert load_all().inactive == ()
+    env = {
+        "PICTRS__METRICS__PROMETHEUS_ADDRESS": "127.0.0.1:9000",
+        "PICTRS__TRACING__OPENTELEMETRY__URL": "http://127.0.0.1:4317",
+        "PICTRS__MEDIA__MAGICK__MAX_AREA": "20000",  # the default: no warning
+    }
+    loaded = load_all(env=env)
+    assert loaded.ignored == ()
+    assert loaded.inactive == (
+        "metrics.prometheus_address = '127.0.0.1:9000' is accepted but not acting: no "
+        "Prometheus endpoint yet",
+        "tracing.opentelemetry.url = 'http://127.0.0.1:4317' is accepted but not acting: no "
+        "OpenTelemetry export yet",
+    )
+    assert loaded.warnings == loaded.inactive
+    assert set(config.NOT_ACTING) <= set(config.leaf_keys())
+
+
 def test_sample_config_loads_to_the_quick_start_setup() -> None:
     c = load(file=REPO_ROOT / "pictrs.toml")
     expected = msgspec.structs.replace(
