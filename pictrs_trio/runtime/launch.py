@@ -27,10 +27,16 @@ def run(config: Config, warnings: Sequence[str] = ()) -> None:
     the configuration's ignored and not-acting keys, logged once logging is set up."""
     startup.check_config(config)
     startup.check_files(config)
-    startup.check_tools()
+    if not config.server.danger_dummy_mode:  # pict-rs: dummy mode runs without the tools
+        startup.check_tools()
     pictrs_logging.setup(config.tracing.logging)
     for message in warnings:
         logger.warning("configuration: {}", message)
+    if config.server.danger_dummy_mode:
+        logger.warning(
+            "server.danger_dummy_mode is on: uploads are stored as they come, unvalidated and "
+            "with made-up details, and every variant is the original; for tests only"
+        )
     listener = startup.open_listener(config)
     try:
         trio.run(startup.preflight, config)

@@ -35,8 +35,6 @@ class StartupError(Exception):
 
 def check_config(config: Config) -> None:
     """Settings that parse but cannot work. Raises ConfigError naming the key."""
-    if config.server.danger_dummy_mode:
-        raise ConfigError("server.danger_dummy_mode: not supported by pictrs-trio")
     if config.media.preprocess_steps:
         from pictrs_trio.rules import variants
         from pictrs_trio.rules.errors import PictrsError

@@ -25,7 +25,7 @@ from loguru import logger
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
 from pictrs_trio.rules.errors import AliasNotFound, EmptyFile, FileTooLarge
-from pictrs_trio.rules.formats import Kind
+from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
@@ -145,6 +145,8 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
     if details is not None:
         return details
     state.require_writable()
+    if state.config.server.danger_dummy_mode:
+        return details_now(DUMMY)  # pict-rs src/lib.rs ensure_details_identifier
     path = await state.store.local_path(identifier)
     if path is None:
         raise AliasNotFound("Details are missing and the file cannot be read locally")
@@ -207,31 +209,27 @@ def _hash_file(path: Path) -> tuple[bytes, int]:
     return h.digest(), size
 
 
-async def ingest(
+# What ``server.danger_dummy_mode`` records for any upload (pict-rs ``Details::danger_dummy``).
+DUMMY = Discovery(format=MediaFormat(kind=Kind.IMAGE, fmt=Fmt.PNG), width=0, height=0, frames=None)
+
+
+async def _prepare(
     state: AppState,
     session: IngestSession,
-    chunks: AsyncIterable[bytes],
-    *,
+    raw: Path,
+    size: int,
     limits: UploadLimits,
-    operations: Sequence[Op] = (),
-    alias: str | None = None,
-    upload_id: str | None = None,
-) -> Ingested:
-    """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
-    applied to images and animations, never to videos. Raises the PictrsError of the first
-    step that refuses it."""
+    operations: Sequence[Op],
+) -> tuple[Path, Discovery, tuple[bytes, int] | None]:
+    """Discover, validate, strip or convert, apply ``operations``: the file to store, what
+    it is, and its (sha256, size) when already known."""
     media_cfg = state.config.media
-    raw = session.temp_path()
-    size = await spool(chunks, raw, limits.byte_cap(media_cfg))
-    if size == 0:
-        raise EmptyFile("Uploaded file is empty")
-
     source = await state.media.discover(raw)
     validate(source, size, limits, media_cfg)
     plan = policy.decide(source, media_cfg)
 
     final: Discovery
-    hashed: tuple[bytes, int] | None = None  # (sha256, size) of ``out`` when already known
+    hashed: tuple[bytes, int] | None = None
     if plan.action == "strip":
         # No suffix: exiftool's -o treats a suffix unlike the source's as "create a new file".
         out = session.temp_path()
@@ -256,6 +254,32 @@ async def ingest(
         )
         out = processed
         hashed = None
+    return out, final, hashed
+
+
+async def ingest(
+    state: AppState,
+    session: IngestSession,
+    chunks: AsyncIterable[bytes],
+    *,
+    limits: UploadLimits,
+    operations: Sequence[Op] = (),
+    alias: str | None = None,
+    upload_id: str | None = None,
+) -> Ingested:
+    """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
+    applied to images and animations, never to videos. Raises the PictrsError of the first
+    step that refuses it."""
+    media_cfg = state.config.media
+    raw = session.temp_path()
+    size = await spool(chunks, raw, limits.byte_cap(media_cfg))
+    if size == 0:
+        raise EmptyFile("Uploaded file is empty")
+    if state.config.server.danger_dummy_mode:
+        # pict-rs src/ingest.rs dummy_ingest: the bytes as they came, called a PNG of 0x0
+        out, final, hashed = raw, DUMMY, None
+    else:
+        out, final, hashed = await _prepare(state, session, raw, size, limits, operations)
 
     if hashed is None:
         hashed = await trio.to_thread.run_sync(_hash_file, out)
