@@ -217,6 +217,9 @@ class Media(msgspec.Struct, **Frozen):
 
 class SqliteRepo(msgspec.Struct, tag="sqlite", tag_field="type", **Frozen):
     path: str = "/mnt/sqlite-repo"  # directory; the database is <path>/pictrs.sqlite3
+    # POST /internal/export writes <export_path>/<RFC 3339 time>/pictrs.sqlite3 (pict-rs's
+    # sled export_path, same default)
+    export_path: str = "/mnt/exports"
 
 
 class FilesystemStore(msgspec.Struct, tag="filesystem", tag_field="type", **Frozen):

@@ -3,9 +3,10 @@
     every HTTP request -> run_exchange (http/exchange.py: body rules, deadline, connection)
       GET/HEAD of stored media  -> http/serve.py   (raw ASGI, the hot path)
       POST /image[/backgrounded] -> http/upload.py (raw ASGI, the body streams from receive)
+      POST /internal/import, /internal/set_not_found -> http/internal_raw.py (raw ASGI)
       anything else             -> the quart-trio app: details, deletes, claims, downloads,
-                                   process_backgrounded, /internal/*, /healthz, and the
-                                   empty 404/405 of unknown routes
+                                   process_backgrounded, /internal/*, /healthz, the JSON
+                                   404 of unknown routes and the 405 of wrong methods
     lifespan                    -> the quart-trio app
 
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
@@ -27,6 +28,7 @@ from pictrs_trio.http import (
     health,
     image,
     internal,
+    internal_raw,
     serve,
     upload,
     variants,
@@ -43,6 +45,7 @@ from pictrs_trio.http.exchange import (
 )
 from pictrs_trio.http.failure import answer_for, innermost
 from pictrs_trio.http.state import EXTENSION_KEY
+from pictrs_trio.rules.errors import RouteNotFound
 from pictrs_trio.services.state import AppState
 
 EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
@@ -51,12 +54,17 @@ EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
 async def handle_error(exc: Exception) -> Response:
     """Quart's half of the one error map (the exchange answers raw routes' errors)."""
     inner = innermost(exc)
-    if isinstance(inner, HTTPException):
-        # Routing misses: pict-rs answers unknown paths with an empty 404, wrong methods 405
-        # (with Allow, RFC 9110 section 15.5.6).
-        allow = inner.valid_methods if isinstance(inner, MethodNotAllowed) else None
+    if isinstance(inner, MethodNotAllowed):
+        # A known path, another method: 405 with Allow (RFC 9110 section 15.5.6).
+        allow = inner.valid_methods
         headers = {"Allow": ", ".join(allow)} if allow else None
-        return Response(b"", status=inner.code or 500, headers=headers)
+        return Response(b"", status=405, headers=headers)
+    if isinstance(inner, HTTPException):
+        if inner.code != 404:
+            return Response(b"", status=inner.code or 500)
+        # An unknown path: pict-rs (actix's default) sends an empty 404; a JSON error tells
+        # a client what happened the way every other error does.
+        inner = RouteNotFound("Not found")
     status, body = answer_for(inner)
     return Response(body, status=status, content_type="application/json")
 
@@ -84,6 +92,21 @@ class PictrsApp:
         }
         self.read_rules = BodyRules(cap=None, watch=False, **timing)
         self.upload_rules = BodyRules(cap=upload.body_cap(state), watch=True, **timing)
+        json_rules = BodyRules(cap=internal_raw.JSON_CAP, watch=True, **timing)
+        # Raw routes that read a body: path -> (handler, its body rules, its wrong method).
+        self.raw_routes = {
+            **{p: (h, self.upload_rules, upload.wrong_method) for p, h in upload.ROUTES.items()},
+            internal_raw.IMPORT: (
+                internal_raw.import_files,
+                self.upload_rules,
+                internal_raw.wrong_method,
+            ),
+            internal_raw.SET_NOT_FOUND: (
+                internal_raw.set_not_found,
+                json_rules,
+                internal_raw.wrong_method,
+            ),
+        }
         self.other_rules = BodyRules(cap=None, watch=True, **timing)
         logs = state.config.tracing.logging
         self._entry: ASGIApp = self._serve
@@ -133,15 +156,16 @@ class PictrsApp:
 
             await run_exchange(scope, receive, send, read, self.read_rules, self._closing)
             return
-        handler = upload.ROUTES.get(path)
-        if handler is not None:
+        raw = self.raw_routes.get(path)
+        if raw is not None:
+            handler, rules, wrong = raw
             if method != "POST":
-                handler = upload.wrong_method
+                handler = wrong
 
             async def take(exchange: Exchange) -> None:
                 await handler(state, exchange)
 
-            await run_exchange(scope, receive, send, take, self.upload_rules, self._closing)
+            await run_exchange(scope, receive, send, take, rules, self._closing)
             return
         await run_exchange(scope, receive, send, self._to_quart, self.other_rules, self._closing)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import trio
 from quart import Blueprint, Response, request
 
@@ -19,7 +20,7 @@ from pictrs_trio.rules.errors import (
     InvalidDeleteToken,
     InvalidQuery,
 )
-from pictrs_trio.services import handlers, proxy
+from pictrs_trio.services import blurhash, handlers, proxy
 from pictrs_trio.services.fetch import parse_url
 from pictrs_trio.services.ingest import ensure_details
 
@@ -64,6 +65,30 @@ async def details_path(alias: str) -> Response:
 @bp.get("/image/details/original")
 async def details_query() -> Response:
     return await _details(await _query_alias())
+
+
+class Blurhash(msgspec.Struct, frozen=True, kw_only=True):
+    blurhash: str
+    msg: str = "ok"
+
+
+@bp.get("/image/blurhash")
+async def blurhash_query() -> Response:
+    """pict-rs ``blurhash``: ``?proxy=`` first (downloaded when new, as GET
+    /image/original does), then ``?alias=``."""
+    state = app_state()
+    raw_url = request.args.get("proxy")
+    if raw_url is not None:
+        alias: str | None = await proxy.fetch(state, parse_url(raw_url, "proxy"))
+    else:
+        raw = request.args.get("alias")
+        if raw is None:
+            raise InvalidQuery("Invalid query: expected alias or proxy")
+        alias = _alias_from(raw)
+    if alias is None:
+        raise AliasNotFound("Alias not found")
+    value = await blurhash.blurhash_of(state, alias)
+    return json_response(encode(Blurhash(blurhash=value)))
 
 
 @bp.route("/image/delete/<token>/<alias>", methods=["GET", "DELETE"])

@@ -9,12 +9,17 @@
 Most traffic of a media server is these reads of things already stored, so they are raw ASGI
 (no Quart): one indexed SQLite read on the event loop thread, one read of a small
 page-cached file, and a head and body that go out back to back. pict-rs answers a missing
-file with an empty 404.
+file with an empty 404, or, once ``POST /internal/set_not_found`` named one, a GET with the
+not-found image (its original, or the asked variant of it) and status 404; a ranged GET of
+it answers 206/416 as any file's does, and HEAD never uses it (pict-rs ``src/lib.rs``
+``do_serve``, ``process``, ``ranged_file_resp``).
 """
 
 from __future__ import annotations
 
 from contextlib import aclosing
+
+import msgspec
 
 from pictrs_trio.http.exchange import Exchange
 from pictrs_trio.http.read import ReadRequest, Stored, decide
@@ -81,16 +86,27 @@ def _request(exchange: Exchange) -> ReadRequest:
 
 
 async def serve_stored(
-    state: AppState, exchange: Exchange, identifier: str, details: Details
+    state: AppState,
+    exchange: Exchange,
+    identifier: str,
+    details: Details,
+    *,
+    not_found: bool = False,
 ) -> None:
-    """Answer the request with the stored file. Raises StoreNotFound (before anything is
-    sent) when the file is gone, RangeNotSatisfiable for a multi-range request."""
+    """Answer the request with the stored file; ``not_found``: it is the not-found image,
+    served in place of an unknown alias with 404 where a file gets 200, and conditional
+    headers are ignored (they name the unknown alias's file, not this one). Raises
+    StoreNotFound (before anything is sent) when the file is gone, RangeNotSatisfiable
+    for a multi-range request."""
     store = state.store
     data = store.read_now(identifier, SMALL_FILE)
     length = len(data) if data is not None else await store.length(identifier)
-    answer = decide(
-        Stored(identifier=identifier, details=details, length=length), _request(exchange)
-    )
+    request = _request(exchange)
+    if not_found:
+        request = ReadRequest(method=request.method, range=request.range)
+    answer = decide(Stored(identifier=identifier, details=details, length=length), request)
+    if not_found and answer.status == 200:
+        answer = msgspec.structs.replace(answer, status=404)
     if answer.span is None:
         await exchange.answer(answer.status, answer.headers)
         return
@@ -121,6 +137,9 @@ async def _query_alias(state: AppState, exchange: Exchange) -> str | None:
 async def _original(state: AppState, exchange: Exchange, alias: str | None) -> None:
     # A point read on the loop thread: microseconds in WAL, where a thread hop is ~100 µs.
     found = state.repo.find_original_now(alias) if alias is not None else None
+    if found is None and exchange.method == "GET":
+        await _not_found_original(state, exchange)
+        return
     if found is None or found.identifier is None:
         await exchange.answer_empty(404)
         return
@@ -129,6 +148,38 @@ async def _original(state: AppState, exchange: Exchange, alias: str | None) -> N
         await serve_stored(state, exchange, found.identifier, details)
     except StoreNotFound:
         await exchange.answer_empty(404)  # the row outlived its file (a lost disk, say)
+
+
+async def _not_found_original(state: AppState, exchange: Exchange) -> None:
+    """The not-found image with 404, or an empty 404 when none is set (or its file is
+    gone)."""
+    fallback = state.repo.not_found_now()
+    if fallback is None or fallback[1].identifier is None:
+        await exchange.answer_empty(404)
+        return
+    found = fallback[1]
+    assert found.identifier is not None
+    details = found.details or await ensure_details(state, found.identifier)
+    try:
+        await serve_stored(state, exchange, found.identifier, details, not_found=True)
+    except StoreNotFound:
+        await exchange.answer_empty(404)
+
+
+async def _not_found_variant(
+    state: AppState, exchange: Exchange, variant: render.VariantRequest
+) -> None:
+    """The asked variant of the not-found image (rendered on demand) with 404, or an
+    empty 404 when none is set."""
+    fallback = state.repo.not_found_now()
+    if fallback is None:
+        await exchange.answer_empty(404)
+        return
+    try:
+        rendered = await render.find_or_render(state, fallback[0], variant)
+        await serve_stored(state, exchange, rendered.identifier, rendered.details, not_found=True)
+    except (AliasNotFound, StoreNotFound):
+        await exchange.answer_empty(404)  # removed meanwhile; or its file is gone
 
 
 def _variant_source(exchange: Exchange) -> tuple[str | None, str | None]:
@@ -153,7 +204,10 @@ async def _variant(state: AppState, exchange: Exchange, ext: str) -> None:
         get = exchange.method == "GET"
         alias = await (proxy.fetch(state, url) if get else proxy.lookup(state, url))
     if alias is None:
-        await exchange.answer_empty(404)
+        if exchange.method == "GET":
+            await _not_found_variant(state, exchange, variant)
+        else:
+            await exchange.answer_empty(404)
         return
     if exchange.method == "HEAD":
         # HEAD never renders: only an existing variant is described.
@@ -187,4 +241,4 @@ async def _variant(state: AppState, exchange: Exchange, ext: str) -> None:
         rendered = await render.find_or_render(state, alias, variant)
         await serve_stored(state, exchange, rendered.identifier, rendered.details)
     except AliasNotFound:
-        await exchange.answer_empty(404)
+        await _not_found_variant(state, exchange, variant)

@@ -63,13 +63,21 @@ class Render(msgspec.Struct, tag="render", **Frozen):
     max_pixels: int = 200_000_000
 
 
+class Blurhash(msgspec.Struct, tag="blurhash", **Frozen):
+    """The BlurHash of ``src``'s first frame (``rules.blurhash``), computed from the image
+    shrunk to at most ``rules.blurhash.SIDE`` pixels a side (libvips has no BlurHash)."""
+
+    src: str
+    sniffed: str
+
+
 class Sleep(msgspec.Struct, tag="sleep", **Frozen):
     """Test aid: a job that takes ``seconds`` (proves time limits and kill-on-timeout)."""
 
     seconds: float
 
 
-Request = Probe | Render | Sleep
+Request = Probe | Render | Blurhash | Sleep
 
 
 class ProbeResult(msgspec.Struct, tag="probe_result", **Frozen):
@@ -91,6 +99,10 @@ class RenderResult(msgspec.Struct, tag="render_result", **Frozen):
     shrink: float  # reduction the decoder applied at load (JPEG 1/2/4/8, WebP any; 1 = none)
 
 
+class BlurhashResult(msgspec.Struct, tag="blurhash_result", **Frozen):
+    blurhash: str
+
+
 class Slept(msgspec.Struct, tag="slept", **Frozen):
     pass
 
@@ -106,7 +118,7 @@ class Failed(msgspec.Struct, tag="failed", **Frozen):
     media: bool
 
 
-Reply = ProbeResult | RenderResult | Slept | Ready | Failed
+Reply = ProbeResult | RenderResult | BlurhashResult | Slept | Ready | Failed
 
 
 def frame(payload: bytes) -> bytes:

@@ -27,7 +27,15 @@ from pictrs_trio.media.ffmpeg import (
     still_argv,
     video_argv,
 )
-from pictrs_trio.media.protocol import EngineLimits, Render, RenderResult, Reply, Request
+from pictrs_trio.media.protocol import (
+    Blurhash,
+    BlurhashResult,
+    EngineLimits,
+    Render,
+    RenderResult,
+    Reply,
+    Request,
+)
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import EnginePool
@@ -219,31 +227,14 @@ class MediaTools:
         quality: int | None,
         scratch: list[Path],
     ) -> Discovery:
-        src_fmt = source.format.fmt
         animated = source.format.kind is Kind.ANIMATION and output.kind is Kind.ANIMATION
-        sniffed = src_fmt.value
 
         def temp(suffix: str) -> Path:
             scratch.append(self.temp_path(suffix))
             return scratch[-1]
 
         # 1. Input the engine can read.
-        if source.format.kind is Kind.VIDEO or (
-            src_fmt is Fmt.AVIF and source.format.kind is Kind.ANIMATION and not animated
-        ):
-            still = temp(".png")  # ffmpeg reads AVIF sequences that libheif may not
-            await self.run(still_argv(src, still, out=Fmt.PNG), capture_stdout=False)
-            src, sniffed = still, "png"
-        elif src_fmt is Fmt.JXL:
-            decoded = temp(".png")
-            await self.run(djxl_argv(src, decoded), capture_stdout=False)
-            src, sniffed = decoded, "png"
-        elif animated and src_fmt in (Fmt.APNG, Fmt.AVIF):
-            webp = temp(".webp")
-            await self.run(lossless_webp_argv(src, webp, src_fmt=src_fmt), capture_stdout=False)
-            src, sniffed = webp, "webp"
-        elif src_fmt is Fmt.APNG:
-            sniffed = "png"  # the engine reads the default image: the first frame
+        src, sniffed = await self._engine_input(src, source, animated=animated, scratch=scratch)
 
         # 2. Output the engine writes, then the tool that finishes it, if any.
         out = output.fmt
@@ -276,6 +267,51 @@ class MediaTools:
             await self.run(finish, capture_stdout=False)
             return await self.discover(dst)
         return _discovered(out, reply)
+
+    async def _engine_input(
+        self, src: Path, source: Discovery, *, animated: bool, scratch: list[Path]
+    ) -> tuple[Path, str]:
+        """(path, sniffed type) of ``src`` as the engine can read it: a video's or a still
+        AVIF sequence's first frame and a JPEG XL as PNG, an animation the engine cannot
+        read animated as lossless WebP, an APNG's default image as PNG. New files are
+        added to ``scratch``."""
+        src_fmt = source.format.fmt
+
+        def temp(suffix: str) -> Path:
+            scratch.append(self.temp_path(suffix))
+            return scratch[-1]
+
+        if source.format.kind is Kind.VIDEO or (
+            src_fmt is Fmt.AVIF and source.format.kind is Kind.ANIMATION and not animated
+        ):
+            still = temp(".png")  # ffmpeg reads AVIF sequences that libheif may not
+            await self.run(still_argv(src, still, out=Fmt.PNG), capture_stdout=False)
+            return still, "png"
+        if src_fmt is Fmt.JXL:
+            decoded = temp(".png")
+            await self.run(djxl_argv(src, decoded), capture_stdout=False)
+            return decoded, "png"
+        if animated and src_fmt in (Fmt.APNG, Fmt.AVIF):
+            webp = temp(".webp")
+            await self.run(lossless_webp_argv(src, webp, src_fmt=src_fmt), capture_stdout=False)
+            return webp, "webp"
+        if src_fmt is Fmt.APNG:
+            return src, "png"  # the engine reads the default image: the first frame
+        return src, src_fmt.value
+
+    async def blurhash(self, src: Path, *, source: Discovery) -> str:
+        """The BlurHash of ``src``'s first frame (pict-rs ``src/blurhash.rs``; a video's
+        first frame too, though callers pass its motion still, which is kept). Raises
+        UnsupportedMedia when the input does not decode, MediaToolError when a tool fails."""
+        scratch: list[Path] = []
+        try:
+            path, sniffed = await self._engine_input(src, source, animated=False, scratch=scratch)
+            reply = await self.engine.submit(Blurhash(src=os.fspath(path), sniffed=sniffed))
+        finally:
+            for each in scratch:
+                each.unlink(missing_ok=True)
+        assert isinstance(reply, BlurhashResult)
+        return reply.blurhash
 
     async def motion_still(
         self, src: Path, dst: Path, *, source: Discovery, media: Media

@@ -19,8 +19,24 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pictrs_trio.media import apng, turbojpeg
-from pictrs_trio.media.protocol import EngineLimits, Render, RenderResult
-from pictrs_trio.rules.variants import NEAREST, BlurBy, CropBox, ScaleTo, Step, load_reduction, plan
+from pictrs_trio.media.protocol import (
+    Blurhash,
+    BlurhashResult,
+    EngineLimits,
+    Render,
+    RenderResult,
+)
+from pictrs_trio.rules import blurhash as bh
+from pictrs_trio.rules.variants import (
+    NEAREST,
+    BlurBy,
+    CropBox,
+    Resize,
+    ScaleTo,
+    Step,
+    load_reduction,
+    plan,
+)
 
 if TYPE_CHECKING:
     import pyvips
@@ -282,6 +298,29 @@ def render(
         has_alpha=bool(check.hasalpha()),
         shrink=shrink,
     )
+
+
+def blurhash(
+    vips: type[pyvips.Image],
+    job: Blurhash,
+    limits: EngineLimits = EngineLimits(),  # noqa: B008 (frozen: one shared default is fine)
+) -> BlurhashResult:
+    """The BlurHash of the first frame, from the image shrunk (on load where the decoder
+    can) to fit ``bh.SIDE`` pixels a side: a few cosine components need no more. The
+    engine's limits apply as for a render."""
+    shrink = Render(src=job.src, sniffed=job.sniffed, dst="", ops=[Resize(size=bh.SIDE)],
+                    out_fmt="png")  # fmt: skip
+    image, width, height, _ = _open(vips, shrink, limits)
+    small = apply(image, plan(width, height, shrink.ops), (width, height))
+    if small.interpretation != "srgb":
+        small = small.colourspace("srgb")  # grey, 16-bit, CMYK: 8-bit sRGB
+    if small.bands > 3:
+        small = small.extract_band(0, n=3)  # alpha is no part of a BlurHash
+    if small.format != "uchar":
+        small = small.cast("uchar")
+    x, y = bh.components_for(small.width, small.height)
+    pixels = bytes(small.write_to_memory())
+    return BlurhashResult(blurhash=bh.encode(pixels, small.width, small.height, 3, x, y))
 
 
 def remove_partial(path: str) -> None:

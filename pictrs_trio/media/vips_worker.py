@@ -32,6 +32,7 @@ from pictrs_trio.media.protocol import (
     HEADER,
     LIMITS_ENV,
     MAX_FRAME,
+    Blurhash,
     EngineLimits,
     Failed,
     Probe,
@@ -46,6 +47,7 @@ from pictrs_trio.media.protocol import (
 from pictrs_trio.media.vips_ops import LOADERS as LOADERS  # re-export: it lived here
 from pictrs_trio.media.vips_ops import (
     MediaFault,
+    blurhash,
     field,
     load,
     pages_of,
@@ -84,6 +86,8 @@ def handle(
             return probe(vips, job)
         if isinstance(job, Render):
             return render(vips, job, limits)
+        if isinstance(job, Blurhash):
+            return blurhash(vips, job, limits)
         time.sleep(job.seconds)
         return Slept()
     except MediaFault as exc:

@@ -5,6 +5,10 @@
     VariantRepo   variants and motion stills, their access times and expiry
     UploadRepo    backgrounded uploads and their outcomes
     ProxyRepo     proxied URLs and their access times
+    HashRepo      every stored file at once: pages newest first, counts, blurhashes, and
+                  pruning the records of files gone from the store
+    SettingsRepo  server-wide settings: the not-found image, job progress
+    BackupRepo    a consistent copy of the whole database (``/internal/export``)
     Repo          all of them, plus the journal's view of the database
 
 Backends: ``sqlite.SqliteRepo`` (APSW, the embedded default); a postgres one implements the
@@ -20,6 +24,7 @@ transaction; they raise ``journal.IntentLost`` (nothing written) if that intent 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import apsw
@@ -28,17 +33,24 @@ from pictrs_trio.repo.records import (
     Details,
     Found,
     Hash,
+    HashEntry,
+    HashPage,
     PendingUpload,
     Proxied,
     RemovedAlias,
+    StoredHash,
     UploadCommit,
     UploadOutcome,
 )
 
 __all__ = [
+    "BackupRepo",
     "Details",
     "Found",
     "Hash",
+    "HashEntry",
+    "HashPage",
+    "HashRepo",
     "HealthRepo",
     "JournalDb",
     "MediaRepo",
@@ -47,6 +59,8 @@ __all__ = [
     "ProxyRepo",
     "RemovedAlias",
     "Repo",
+    "SettingsRepo",
+    "StoredHash",
     "UploadCommit",
     "UploadOutcome",
     "UploadRepo",
@@ -219,6 +233,73 @@ class ProxyRepo(Protocol):
         ...
 
 
+class HashRepo(Protocol):
+    async def hash_page(
+        self, *, start: Hash | None = None, before_ns: int | None = None, limit: int
+    ) -> HashPage:
+        """Up to ``limit`` files newest first, each with its aliases and details, from the
+        file ``start`` (unknown: from the newest), else from the newest created strictly
+        before ``before_ns`` (unix ns), else from the newest; one snapshot. Raises
+        RepoError."""
+        ...
+
+    async def hashes_after(
+        self, position: tuple[int, bytes] | None, limit: int
+    ) -> list[StoredHash]:
+        """The next ``limit`` files in page order after ``position`` (a file's
+        ``StoredHash.position``; None: from the newest): a walk over every file, batch by
+        batch, that files added or removed meanwhile cannot upset."""
+        ...
+
+    async def count_hashes(self) -> int: ...
+
+    async def prune_hash(
+        self, hash: Hash, identifier: str, *, counter: str | None = None
+    ) -> list[str] | None:
+        """Remove every record of a file whose original ``identifier`` is gone from the
+        store (aliases, variants, motion still, details, the hash), queue the removal of
+        every file they named, and add one to the setting ``counter``, in one transaction.
+        Returns the identifiers queued for removal, or None when the hash is gone or now
+        names another identifier (nothing changed). Raises RepoError."""
+        ...
+
+    async def blurhash(self, hash: Hash) -> str | None: ...
+
+    async def relate_blurhash(self, hash: Hash, blurhash: str) -> None:
+        """Record the file's blurhash (pict-rs keeps it with the hash: computed once)."""
+        ...
+
+
+class SettingsRepo(Protocol):
+    async def setting(self, key: str) -> bytes | None: ...
+
+    async def counter(self, key: str) -> int:
+        """A setting kept as a count (0 when absent)."""
+        ...
+
+    async def set_settings(self, values: dict[str, bytes | None]) -> None:
+        """Set the values (None: remove the key) in one transaction."""
+        ...
+
+    def not_found_now(self) -> tuple[str, Found] | None:
+        """(alias, its file) of the image served in place of unknown aliases, or None when
+        none is set or its alias is gone; on the event loop thread (the read path's misses
+        ask, never its hits)."""
+        ...
+
+    async def set_not_found(self, alias: str) -> bool:
+        """Make ``alias`` the not-found image; False (nothing set) when it does not exist."""
+        ...
+
+
+class BackupRepo(Protocol):
+    async def export(self, folder: Path) -> Path:
+        """Write a consistent copy of the database into a new folder inside ``folder``,
+        atomically (complete or absent), while the repo stays in use; returns the new
+        folder. Raises RepoError."""
+        ...
+
+
 class JournalDb(Protocol):
     """The journal's ``Database``: its SQL on the repo's connections."""
 
@@ -227,7 +308,17 @@ class JournalDb(Protocol):
     async def read(self, fn: Callable[[apsw.Connection], T]) -> T: ...
 
 
-class Repo(HealthRepo, MediaRepo, VariantRepo, UploadRepo, ProxyRepo, Protocol):
+class Repo(
+    HealthRepo,
+    MediaRepo,
+    VariantRepo,
+    UploadRepo,
+    ProxyRepo,
+    HashRepo,
+    SettingsRepo,
+    BackupRepo,
+    Protocol,
+):
     def journal_db(self) -> JournalDb:
         """The journal's view of this database: its writes queue with the repo's own."""
         ...

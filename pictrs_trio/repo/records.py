@@ -99,3 +99,36 @@ class Proxied(msgspec.Struct, frozen=True, kw_only=True):
 
     alias: str
     accessed_ns: int
+
+
+class HashEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored file on a page of ``GET /internal/hashes``: its aliases (sorted) and the
+    original's details (None when none are recorded)."""
+
+    hash: Hash
+    aliases: list[str]
+    details: Details | None
+
+
+class HashPage(msgspec.Struct, frozen=True, kw_only=True):
+    """Up to ``limit`` files, newest first (pict-rs ``src/repo.rs`` ``HashPage``). ``prev``
+    is the first file of the page before (newer; None on the first page), ``next`` the first
+    of the page after (older; None on the last)."""
+
+    limit: int
+    hashes: list[HashEntry]
+    prev: Hash | None = None
+    next: Hash | None = None
+
+
+class StoredHash(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored file in the order pages list them: (``created_ns``, hash key) descending."""
+
+    hash: Hash
+    identifier: str
+    created_ns: int
+
+    @property
+    def position(self) -> tuple[int, bytes]:
+        """Where a walk resumes after this file (``HashRepo.hashes_after``)."""
+        return self.created_ns, self.hash.key()

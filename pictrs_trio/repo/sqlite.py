@@ -33,14 +33,25 @@ import trio
 from journal import fulfil_in
 from journal import schema as journal_schema
 from journal.schema import set_wal, transaction
-from pictrs_trio.repo import JournalDb, media_sql, migrations, proxy_sql
+from pictrs_trio.repo import (
+    JournalDb,
+    backup,
+    hash_sql,
+    media_sql,
+    migrations,
+    proxy_sql,
+    settings_sql,
+)
 from pictrs_trio.repo.records import (
     Details,
     Found,
     Hash,
+    HashEntry,
+    HashPage,
     PendingUpload,
     Proxied,
     RemovedAlias,
+    StoredHash,
     UploadCommit,
     UploadOutcome,
 )
@@ -497,6 +508,86 @@ class SqliteRepo:
 
     async def expire_proxies(self, accessed_before_ns: int, limit: int) -> int:
         return await self._write(proxy_sql.w_expire_proxies, accessed_before_ns, limit, time.time())
+
+    # -- HashRepo --
+
+    async def hash_page(
+        self, *, start: Hash | None = None, before_ns: int | None = None, limit: int
+    ) -> HashPage:
+        rows, prev, nxt = await self._read(
+            hash_sql.q_hash_page, None if start is None else start.key(), before_ns, limit
+        )
+        return HashPage(
+            limit=limit,
+            hashes=[
+                HashEntry(
+                    hash=Hash.from_key(key),
+                    aliases=aliases,
+                    details=None if details is None else _DETAILS_DECODER.decode(details),
+                )
+                for key, details, aliases in rows
+            ],
+            prev=None if prev is None else Hash.from_key(prev),
+            next=None if nxt is None else Hash.from_key(nxt),
+        )
+
+    async def hashes_after(
+        self, position: tuple[int, bytes] | None, limit: int
+    ) -> list[StoredHash]:
+        rows = await self._read(hash_sql.q_hashes_after, position, limit)
+        return [
+            StoredHash(hash=Hash.from_key(key), identifier=identifier, created_ns=created)
+            for key, identifier, created in rows
+        ]
+
+    async def count_hashes(self) -> int:
+        return await self._read(hash_sql.q_count_hashes)
+
+    async def prune_hash(
+        self, hash: Hash, identifier: str, *, counter: str | None = None
+    ) -> list[str] | None:
+        return await self._write(
+            hash_sql.w_prune_hash, hash.key(), identifier, counter, time.time()
+        )
+
+    async def blurhash(self, hash: Hash) -> str | None:
+        return await self._read(hash_sql.q_blurhash, hash.key())
+
+    async def relate_blurhash(self, hash: Hash, blurhash: str) -> None:
+        await self._write(hash_sql.w_relate_blurhash, hash.key(), blurhash)
+
+    # -- SettingsRepo --
+
+    async def setting(self, key: str) -> bytes | None:
+        return await self._read(settings_sql.q_setting, key)
+
+    async def counter(self, key: str) -> int:
+        return settings_sql.as_count(await self._read(settings_sql.q_setting, key))
+
+    async def set_settings(self, values: dict[str, bytes | None]) -> None:
+        await self._write(settings_sql.w_set_settings, values)
+
+    def not_found_now(self) -> tuple[str, Found] | None:
+        """The not-found image on the calling thread: only misses of the read path ask,
+        so a hit costs what it did before (see ``find_original_now``)."""
+        if self._closed:
+            raise RepoError("Repo is closed")
+        found = _call(settings_sql.q_not_found, self._loop_reader)
+        if found is None:
+            return None
+        alias, row = found
+        located = self._found(row)
+        assert located is not None
+        return alias, located
+
+    async def set_not_found(self, alias: str) -> bool:
+        return await self._write(settings_sql.w_set_not_found, alias)
+
+    # -- BackupRepo --
+
+    async def export(self, folder: Path) -> Path:
+        name = backup.export_name(time.time_ns())
+        return await self._read(backup.export_from, folder, name, DB_FILE_NAME)
 
     # -- the journal's view, and closing --
 

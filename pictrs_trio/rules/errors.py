@@ -22,6 +22,7 @@
     ├── RepoError                    the repo failed               sqlite-error         500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
     ├── AliasNotFound, ProxyNotFound                                                    404
+    ├── RouteNotFound                no route has this path        not-found            404
     ├── InvalidDeleteToken                                                              403
     ├── InvalidApiToken                                                                 401
     ├── RangeNotSatisfiable                                                             416
@@ -303,6 +304,13 @@ class ProxyNotAllowed(PictrsError):
     code = ErrorCode.PROXY_NOT_ALLOWED
 
 
+class RouteNotFound(PictrsError):
+    """No route has this path: JSON, where pict-rs (actix's default service) sends an
+    empty 404, so a client always gets ``{"msg","code"}`` to show."""
+
+    code = ErrorCode.NOT_FOUND
+
+
 class Unhealthy(PictrsError):
     """A part a request needs is down (``/healthz``); the message names the part, the code
     is the part's own error code."""
@@ -347,6 +355,7 @@ STATUS: dict[type[BaseException], int] = {
     AlreadyClaimed: 400,
     FailedExternalValidation: 400,
     ProxyNotAllowed: 400,
+    RouteNotFound: 404,
     Unhealthy: 503,
 }
 

@@ -61,6 +61,25 @@ class AuditStore(msgspec.Struct, tag="audit_store", **_JOB):
     belong to another program (docs/migration.md)."""
 
 
+class PruneMissing(msgspec.Struct, tag="prune_missing", **_JOB):
+    """``POST /internal/prune_missing``: one batch of the walk over every file that removes
+    the records of those whose original is gone from the store (pict-rs
+    ``src/queue/cleanup.rs`` ``prune``); it queues the next batch (services/prune.py).
+    ``run`` names the walk (a forced restart begins another and this one stops);
+    ``after_*`` is where the batch starts (after that file, in page order; None: the
+    newest)."""
+
+    run: str
+    after_ns: int | None = None
+    after_key: bytes | None = None
+
+
 CleanupJob = (
-    RemoveFiles | ExpireVariants | ExpireProxies | RemoveAllVariants | SweepOrphans | AuditStore
+    RemoveFiles
+    | ExpireVariants
+    | ExpireProxies
+    | RemoveAllVariants
+    | SweepOrphans
+    | AuditStore
+    | PruneMissing
 )

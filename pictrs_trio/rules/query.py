@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Iterable
 
 from pictrs_trio.rules.errors import InvalidProcessPath, InvalidQuery
@@ -32,6 +34,38 @@ def parse_uint(key: str, value: str, maximum: int = 0xFFFF_FFFF) -> int:
     if n > maximum:
         raise InvalidQuery(f"Invalid query: {key} is out of range")
     return n
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def parse_rfc3339_ns(key: str, value: str) -> int:
+    """An RFC 3339 date-time (offset required) as unix nanoseconds; digits past the
+    nanosecond are dropped. Raises InvalidQuery."""
+    m = _RFC3339.fullmatch(value)
+    if m is None or not value.isascii():
+        raise InvalidQuery(f"Invalid query: {key} must be an RFC 3339 date-time")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    fraction, zulu, sign, off_h, off_m = m.group(7, 8, 9, 10, 11)
+    valid = (
+        1 <= month <= 12
+        and 1 <= day <= calendar.monthrange(year, month)[1]
+        and hour <= 23
+        and minute <= 59
+        and second <= 60  # a leap second counts as the next one's start
+        and (zulu is not None or (int(off_h) <= 23 and int(off_m) <= 59))
+    )
+    if not valid:
+        raise InvalidQuery(f"Invalid query: {key} must be an RFC 3339 date-time")
+    seconds = calendar.timegm((year, month, day, hour, minute, second))
+    if zulu is None:
+        offset = (int(off_h) * 60 + int(off_m)) * 60
+        seconds -= offset if sign == "+" else -offset
+    nanos = int((fraction or "0")[:9].ljust(9, "0"))
+    return seconds * 1_000_000_000 + nanos
 
 
 def parse_upload_query(

@@ -2,7 +2,8 @@
 
     cleanup  RemoveFiles (files of removed rows; of unfinished writes of dead processes),
              ExpireVariants, ExpireProxies (retention), RemoveAllVariants (DELETE
-             /internal/variants), AuditStore (count files this repo does not know)
+             /internal/variants), AuditStore (count files this repo does not know),
+             PruneMissing (POST /internal/prune_missing, services/prune.py)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
 
@@ -28,7 +29,7 @@ from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.errors import PictrsError
 from pictrs_trio.rules.query import parse_upload_query
-from pictrs_trio.services import render
+from pictrs_trio.services import prune, render
 from pictrs_trio.services.ingest import IngestSession, file_chunks, ingest, upload_operations
 from pictrs_trio.services.state import AppState
 
@@ -68,6 +69,8 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     elif isinstance(payload, jobs.AuditStore):
         await audit_store(state)
+    elif isinstance(payload, jobs.PruneMissing):
+        await prune.run_batch(state, payload)
     else:
         # SweepOrphans rows queued by earlier versions: nothing is deleted because no row
         # mentions it any more (a store may hold files of another program); crashes are

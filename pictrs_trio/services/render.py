@@ -71,7 +71,8 @@ def record_access(state: AppState, hash: Hash, key: str) -> None:
         state.accesses.record(hash.key(), key)
 
 
-def _discovery(details: Details) -> Discovery:
+def discovery_of(details: Details) -> Discovery:
+    """What the media tools know of a stored file, from its recorded details."""
     return Discovery(
         format=details.format, width=details.width, height=details.height, frames=details.frames
     )
@@ -151,7 +152,7 @@ class _MotionRender(_Render):
         src = await _input_path(state, self.original)
         try:
             result = await state.media.motion_still(
-                src, out, source=_discovery(self.details), media=state.config.media
+                src, out, source=discovery_of(self.details), media=state.config.media
             )
             identifier, details = await _save_rendered(state, out, result)
         finally:
@@ -213,7 +214,7 @@ class _VariantRender(_Render):
             result = await state.media.render(
                 src,
                 out,
-                source=_discovery(source_details),
+                source=discovery_of(source_details),
                 ops=request.operations,
                 output=output,
                 quality=variants.quality_for(state.config.media, output),

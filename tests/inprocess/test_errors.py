@@ -72,6 +72,7 @@ SECOND_STATUS = [
     (e.BodyTooLarge("request body"), "validate-file-size", 413),
     (e.BodyTimeout("trickle"), "stream-too-slow", 408),
     (e.EngineBusy("no worker free"), "command-timeout", 500),
+    (e.RouteNotFound("no such route"), "not-found", 404),
     (e.ToolFailed("exit 1"), "command-failure", 400),
     (e.Unhealthy("store: not writable", code=C.FILE_IO_ERROR), "file-io-error", 503),
     (JournalError("database is locked"), "sqlite-error", 500),
