@@ -21,6 +21,7 @@
     ├── StoreError, StoreNotFound    a store backend failed        file-io-error, ...   500
     ├── RepoError                    the repo failed               sqlite-error         500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
+    ├── UrlNotAllowed                a URL the SSRF guard refuses  url-not-allowed      400
     ├── AliasNotFound, ProxyNotFound                                                    404
     ├── RouteNotFound                no route has this path        not-found            404
     ├── InvalidDeleteToken                                                              403
@@ -94,6 +95,7 @@ class ErrorCode(enum.StrEnum):
     PARSE_DEADLINE = "parse-deadline"
     REQUEST_TIMEOUT = "request-timeout"
     PROXY_NOT_ALLOWED = "proxy-not-allowed"
+    URL_NOT_ALLOWED = "url-not-allowed"
 
 
 class PictrsError(Exception):
@@ -298,6 +300,15 @@ class FailedExternalValidation(PictrsError):
     code = ErrorCode.FAILED_EXTERNAL_VALIDATION
 
 
+class UrlNotAllowed(PictrsError):
+    """A download or proxy URL this server will not fetch: not http(s), or it leads (at
+    first or after a redirect) to an address outside the public internet that
+    ``client.allowed_networks`` does not list (``rules/egress.py``). pict-rs has no such
+    guard, hence a code of our own."""
+
+    code = ErrorCode.URL_NOT_ALLOWED
+
+
 class ProxyNotAllowed(PictrsError):
     """A route that takes only an alias was given a proxy URL (``set_not_found``)."""
 
@@ -356,6 +367,7 @@ STATUS: dict[type[BaseException], int] = {
     FailedExternalValidation: 400,
     ProxyNotAllowed: 400,
     RouteNotFound: 404,
+    UrlNotAllowed: 400,
     Unhealthy: 503,
 }
 

@@ -63,6 +63,7 @@ EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.PARSE_DEADLINE: (e.ParseDeadline("not a number"), 400),
     C.REQUEST_TIMEOUT: (e.RequestTimeout("deadline"), 408),
     C.PROXY_NOT_ALLOWED: (e.ProxyNotAllowed("alias only"), 400),
+    C.URL_NOT_ALLOWED: (e.UrlNotAllowed("loopback"), 400),
 }  # fmt: skip
 
 # The same code, another kind, another status (pict-rs picks it by kind).
