@@ -136,8 +136,10 @@ async def test_codes_a_client_provokes(client: httpx.AsyncClient, samples: dict[
         (dict(method="DELETE", url=f"/image/delete/wrong/{alias}"), 403, "invalid-delete-token"),
         (dict(method="GET", url=f"/image/original/{alias}", headers={"Range": "bytes=0-1,4-5"}),
          416, "range-not-satisfiable"),
-        (dict(method="GET", url="/image/download?url=http://127.0.0.1:9/x.png"), 500,
-         "http-client-error"),
+        (dict(method="GET", url="/image/download?url=http://127.0.0.1:9/x.png"), 400,
+         "url-not-allowed"),
+        (dict(method="GET", url="/image/original?proxy=ftp://example.com/x.png"), 400,
+         "url-not-allowed"),
     ]  # fmt: skip
     for request, status, code in cases:
         r = await client.request(**request)  # type: ignore[arg-type]
