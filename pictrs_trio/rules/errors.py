@@ -22,6 +22,8 @@
     ├── RepoError                    the repo failed               sqlite-error         500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
     ├── UrlNotAllowed                a URL the SSRF guard refuses  url-not-allowed      400
+    ├── FailedExternalValidation     the validator refused    failed-external-validation 400
+    │   └── ExternalValidationUnavailable  it timed out or was unreachable              500
     ├── AliasNotFound, ProxyNotFound                                                    404
     ├── RouteNotFound                no route has this path        not-found            404
     ├── InvalidDeleteToken                                                              403
@@ -295,9 +297,15 @@ class AlreadyClaimed(PictrsError):
 
 
 class FailedExternalValidation(PictrsError):
-    """``media.external_validation`` refused the upload."""
+    """``media.external_validation`` refused the upload (answered other than 2xx)."""
 
     code = ErrorCode.FAILED_EXTERNAL_VALIDATION
+
+
+class ExternalValidationUnavailable(FailedExternalValidation):
+    """``media.external_validation`` did not answer in time or could not be reached: the
+    upload is refused all the same, with the server's status (pict-rs answers 500, with
+    ``http-client-error``, for these)."""
 
 
 class UrlNotAllowed(PictrsError):
@@ -365,6 +373,7 @@ STATUS: dict[type[BaseException], int] = {
     InvalidProcessPath: 400,
     AlreadyClaimed: 400,
     FailedExternalValidation: 400,
+    ExternalValidationUnavailable: 500,
     ProxyNotAllowed: 400,
     RouteNotFound: 404,
     UrlNotAllowed: 400,

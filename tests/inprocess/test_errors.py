@@ -77,6 +77,7 @@ SECOND_STATUS = [
     (e.ToolFailed("exit 1"), "command-failure", 400),
     (e.Unhealthy("store: not writable", code=C.FILE_IO_ERROR), "file-io-error", 503),
     (JournalError("database is locked"), "sqlite-error", 500),
+    (e.ExternalValidationUnavailable("no answer"), "failed-external-validation", 500),
 ]
 
 
