@@ -72,6 +72,9 @@ class Server(msgspec.Struct, **Frozen):
 
 class Client(msgspec.Struct, **Frozen):
     timeout: Seconds = 30.0
+    # pictrs-trio addition: networks (CIDRs) that downloads and proxies may reach although
+    # they are not public (loopback, private, ...); none by default (rules/egress.py)
+    allowed_networks: list[str] = msgspec.field(default_factory=list)
 
 
 class Upgrade(msgspec.Struct, **Frozen):
@@ -257,7 +260,7 @@ class Config(msgspec.Struct, **Frozen):
 ENV_PREFIX = "PICTRS__"
 # The environment has no list syntax (pict-rs ``src/config.rs``), so list keys take a
 # comma-separated string.
-ENV_LIST_KEYS = frozenset({("media", "filters")})
+ENV_LIST_KEYS = frozenset({("media", "filters"), ("client", "allowed_networks")})
 # Tagged sections: `type` picks the Struct. section -> (default type, supported types)
 TAGGED = {
     "store": ("filesystem", ("filesystem", "object_storage")),
@@ -447,13 +450,17 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         ("tracing.logging.targets", config.tracing.logging.targets, logfilter.parse),
         ("tracing.opentelemetry.targets", config.tracing.opentelemetry.targets, logfilter.parse),
     ]
+    checks += [
+        (f"client.allowed_networks[{index}]", value, parse_network)
+        for index, value in enumerate(config.client.allowed_networks)
+    ]
     for key, value, parse in checks:
         if value is None:
             continue
         try:
             parse(value)
         except ValueError as exc:
-            path = tuple(key.split("."))
+            path = tuple(key.split("[")[0].split("."))
             where = layered.source(layers, path)
             raise ConfigError(f"{key} = {value!r} ({where}): {exc}") from None
     # pict-rs silently serves plain HTTP when only one of the pair is set; refuse instead.
@@ -484,6 +491,17 @@ def parse_retention(text: str) -> datetime.timedelta:
             "minute/hour/day/year)"
         )
     return datetime.timedelta(seconds=int(match[1]) * _RETENTION_UNITS[match[2][0]])
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR like ``10.0.0.0/8`` or ``fd00::/8``; a bare address is a network of one.
+    Host bits may be set (``10.1.2.3/8`` is ``10.0.0.0/8``). Raises ValueError."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            "expected a network in CIDR form, like 10.0.0.0/8, 127.0.0.1/32 or fd00::/8"
+        ) from None
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -21,6 +21,9 @@
     ├── StoreError, StoreNotFound    a store backend failed        file-io-error, ...   500
     ├── RepoError                    the repo failed               sqlite-error         500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
+    ├── UrlNotAllowed                a URL the SSRF guard refuses  url-not-allowed      400
+    ├── FailedExternalValidation     the validator refused    failed-external-validation 400
+    │   └── ExternalValidationUnavailable  it timed out or was unreachable              500
     ├── AliasNotFound, ProxyNotFound                                                    404
     ├── RouteNotFound                no route has this path        not-found            404
     ├── InvalidDeleteToken                                                              403
@@ -94,6 +97,7 @@ class ErrorCode(enum.StrEnum):
     PARSE_DEADLINE = "parse-deadline"
     REQUEST_TIMEOUT = "request-timeout"
     PROXY_NOT_ALLOWED = "proxy-not-allowed"
+    URL_NOT_ALLOWED = "url-not-allowed"
 
 
 class PictrsError(Exception):
@@ -293,9 +297,24 @@ class AlreadyClaimed(PictrsError):
 
 
 class FailedExternalValidation(PictrsError):
-    """``media.external_validation`` refused the upload."""
+    """``media.external_validation`` refused the upload (answered other than 2xx)."""
 
     code = ErrorCode.FAILED_EXTERNAL_VALIDATION
+
+
+class ExternalValidationUnavailable(FailedExternalValidation):
+    """``media.external_validation`` did not answer in time or could not be reached: the
+    upload is refused all the same, with the server's status (pict-rs answers 500, with
+    ``http-client-error``, for these)."""
+
+
+class UrlNotAllowed(PictrsError):
+    """A download or proxy URL this server will not fetch: not http(s), or it leads (at
+    first or after a redirect) to an address outside the public internet that
+    ``client.allowed_networks`` does not list (``rules/egress.py``). pict-rs has no such
+    guard, hence a code of our own."""
+
+    code = ErrorCode.URL_NOT_ALLOWED
 
 
 class ProxyNotAllowed(PictrsError):
@@ -354,8 +373,10 @@ STATUS: dict[type[BaseException], int] = {
     InvalidProcessPath: 400,
     AlreadyClaimed: 400,
     FailedExternalValidation: 400,
+    ExternalValidationUnavailable: 500,
     ProxyNotAllowed: 400,
     RouteNotFound: 404,
+    UrlNotAllowed: 400,
     Unhealthy: 503,
 }
 

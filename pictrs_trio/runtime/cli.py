@@ -92,6 +92,8 @@ RUN_FLAGS = (
     Flag(("--certificate",), "server.certificate", "PEM certificate chain (HTTPS)."),
     Flag(("--private-key",), "server.private_key", "PEM private key (HTTPS)."),
     Flag(("--client-timeout",), "client.timeout", "Outbound HTTP timeout, seconds."),
+    Flag(("--client-allowed-networks",), "client.allowed_networks",
+         "Network (CIDR) downloads and proxies may reach though not public (repeat the flag)."),
     Flag(("--upgrade-concurrency",), "upgrade.concurrency", "Parallelism of upgrades."),
     Flag(("--metrics-prometheus-address",), "metrics.prometheus_address",
          "Prometheus scrape listener IP:PORT."),

@@ -28,7 +28,7 @@ from loguru import logger
 
 import pictrs_trio
 from journal import Journal, run_workers
-from pictrs_trio.config import Config, FilesystemStore
+from pictrs_trio.config import Config, FilesystemStore, parse_network
 from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.repo.sqlite import open_sqlite_repo
@@ -139,8 +139,13 @@ def user_agent() -> str:
 
 
 def open_http_client(config: Config) -> Outbound:
-    """The one outbound client (downloads, proxies); httpx loads with the first request."""
-    return Outbound(timeout=config.client.timeout, user_agent=user_agent)
+    """The outbound clients (downloads, proxies, external validation); httpx loads with
+    the first request that needs it."""
+    return Outbound(
+        timeout=config.client.timeout,
+        user_agent=user_agent,
+        allowed_networks=[parse_network(n) for n in config.client.allowed_networks],
+    )
 
 
 @asynccontextmanager

@@ -1,6 +1,9 @@
 """Fetching remote media: ``GET /image/download`` and first-time ``?proxy=`` requests.
 
-    url -> parse_url (absolute http/https) -> state.http client GET, redirects followed
+    url -> parse_url (absolute; http/https, else UrlNotAllowed) -> state.http client GET,
+           redirects followed (at most 10)
+      -> a scheme or address the SSRF guard refuses, at first or after a redirect:
+         UrlNotAllowed (400 url-not-allowed), before connecting (services/egress.py)
       -> non-2xx: DownloadFailed (500 download-file-error)
       -> body streamed in chunks, capped: over the limit is FileTooLarge with status 400
          (pict-rs answers 400 for a download body, 413 for multipart)
@@ -10,9 +13,8 @@ The body is never held in memory: the chunks go straight to ingest's spool file.
 transport failure, before or during the body, becomes HttpClientError (500
 http-client-error).
 
-Like pict-rs, any URL is fetched, including loopback and private addresses; deployments
-that expose /image/download or ``?proxy=`` to untrusted clients should filter egress (see
-docs/api.md).
+Unlike pict-rs, which fetches any URL, only public addresses are reached unless
+``client.allowed_networks`` lists more (docs/api.md).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from pictrs_trio.rules import egress
 from pictrs_trio.rules.errors import (
     DownloadFailed,
     DownloadTooLarge,
     HttpClientError,
     InvalidQuery,
     StreamTooSlow,
+    UrlNotAllowed,
 )
 from pictrs_trio.rules.validate import MIB, UploadLimits
 from pictrs_trio.rules.variants import Op
@@ -43,8 +47,9 @@ BODY_SECONDS = 60.0  # a remote body must arrive within this (pict-rs: stream-to
 
 def parse_url(raw: str | None, key: str = "url") -> str:
     """The normalised form of an absolute http(s) URL from the query (also the key proxies
-    are stored under). Raises InvalidQuery (400) for a missing, relative, non-http(s) or
-    unparseable URL, as pict-rs's typed ``Url`` query field does."""
+    are stored under). Raises InvalidQuery (400) for a missing, relative or unparseable URL,
+    as pict-rs's typed ``Url`` query field does, and UrlNotAllowed (400) for another scheme
+    (``file:``, ``ftp:``, ...), which the SSRF guard would refuse anyway."""
     if raw is None:
         raise InvalidQuery(f"Invalid query: {key} is required")
     import httpx  # here, not at import time: see outbound.py
@@ -53,7 +58,9 @@ def parse_url(raw: str | None, key: str = "url") -> str:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, ValueError, TypeError):
         raise InvalidQuery(f"Invalid query: {key} is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme and url.scheme not in egress.SCHEMES:
+        raise UrlNotAllowed(f"URL not allowed: only http and https URLs are fetched ({key})")
+    if not url.scheme or not url.host:
         raise InvalidQuery(f"Invalid query: {key} must be an absolute http or https URL")
     return str(url)
 
@@ -88,9 +95,10 @@ async def open_remote(
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """GET ``url`` and yield its body as chunks of at most ``cap`` bytes in all.
 
-    Raises DownloadFailed (remote status not 2xx), HttpClientError (network failure, also
-    mid-body), DownloadTooLarge (body, or its declared length, over ``cap``), StreamTooSlow
-    (the body took more than ``BODY_SECONDS``: pict-rs's 60 s).
+    Raises UrlNotAllowed (the SSRF guard refused the URL or a redirect), DownloadFailed
+    (remote status not 2xx), HttpClientError (network failure, also mid-body, or more
+    than ten redirects), DownloadTooLarge (body, or its declared length, over ``cap``),
+    StreamTooSlow (the body took more than ``BODY_SECONDS``: pict-rs's 60 s).
     """
     client = await state.http.client()
     import httpx  # loaded by then (outbound.py)

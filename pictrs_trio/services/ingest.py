@@ -1,7 +1,8 @@
 """Ingest: turn an uploaded byte stream into a stored file, a hash, details and an alias.
 
     spool (size cap) -> discover (sniff + header probe) -> validate -> decide
-      -> strip / convert / video -> hash -> store.save_file -> repo.commit_upload
+      -> strip / convert / video -> hash -> external validation (media.external_validation)
+      -> store.save_file -> repo.commit_upload
 
 Everything an attempt creates is recorded on an ``IngestSession``; unless the caller
 disarms it after success, leaving the session removes it all again, so a failed or
@@ -29,6 +30,7 @@ from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
+from pictrs_trio.services.external_validation import validate_externally
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
@@ -269,7 +271,8 @@ async def ingest(
 ) -> Ingested:
     """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
     applied to images and animations, never to videos. Raises the PictrsError of the first
-    step that refuses it."""
+    step that refuses it (FailedExternalValidation from ``media.external_validation``,
+    asked before anything is stored, in dummy mode too, as in pict-rs)."""
     media_cfg = state.config.media
     raw = session.temp_path()
     size = await spool(chunks, raw, limits.byte_cap(media_cfg))
@@ -285,6 +288,7 @@ async def ingest(
         hashed = await trio.to_thread.run_sync(_hash_file, out)
     sha, stored_size = hashed
     fmt = final.format
+    await validate_externally(state, out, size=stored_size, content_type=fmt.content_type)
     details = details_now(final)
     identifier = await session.save(out, extension=fmt.extension, content_type=fmt.content_type)
 

@@ -17,6 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Downloads from the tests' own servers on loopback, which the SSRF guard refuses by default.
+ALLOW_LOOPBACK = {"PICTRS__CLIENT__ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,11 +7,13 @@ import contextlib
 import http.server
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import ALLOW_LOOPBACK, Server, free_port
 
 
 def rss_mb(pid: int) -> float:
@@ -19,6 +21,14 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server that may download from the slow upstream on loopback."""
+    srv = Server(tmp_path, env=ALLOW_LOOPBACK).start()
+    yield srv
+    srv.stop()
 
 
 def test_unread_body_does_not_fill_memory(fresh_server: Server) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import ALLOW_LOOPBACK, Server, free_port
 from tests.e2e.procfs import fd_count, tcp_sockets, tcp_states
 from tests.e2e.rawhttp import RawConnection, chunks_of, multipart
 
@@ -30,7 +30,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Server:
     """max_file_size 1 MB: an upload request's cap is 1 MB of file + 2 MB of framing."""
     server = Server(
         tmp_path_factory.mktemp("connections"),
-        env={"PICTRS__SERVER__API_KEY": KEY, "PICTRS__MEDIA__MAX_FILE_SIZE": "1"},
+        env={"PICTRS__SERVER__API_KEY": KEY, "PICTRS__MEDIA__MAX_FILE_SIZE": "1", **ALLOW_LOOPBACK},
     ).start()
     yield server
     server.stop()

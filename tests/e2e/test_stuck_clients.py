@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyvips
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import ALLOW_LOOPBACK, Server
 from tests.e2e.procfs import tcp_sockets
 from tests.e2e.rawhttp import RawConnection, multipart
 
@@ -69,7 +69,7 @@ def test_a_reset_over_an_unread_body_does_not_pin_the_shutdown(
     answer's write fails, and hypercorn's disconnect needs room in that full queue: the
     server must still let the request go, and SIGTERM must end it promptly."""
     remote = SlowRemote(samples["test.png"].read_bytes(), delay=1.5)
-    srv = Server(tmp_path).start()
+    srv = Server(tmp_path, env=ALLOW_LOOPBACK).start()
     try:
         for n, deadline in enumerate((None, str(time.time_ns() + 3600 * 10**9))):
             conn = RawConnection(srv.port)

@@ -63,6 +63,7 @@ EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.PARSE_DEADLINE: (e.ParseDeadline("not a number"), 400),
     C.REQUEST_TIMEOUT: (e.RequestTimeout("deadline"), 408),
     C.PROXY_NOT_ALLOWED: (e.ProxyNotAllowed("alias only"), 400),
+    C.URL_NOT_ALLOWED: (e.UrlNotAllowed("loopback"), 400),
 }  # fmt: skip
 
 # The same code, another kind, another status (pict-rs picks it by kind).
@@ -76,6 +77,7 @@ SECOND_STATUS = [
     (e.ToolFailed("exit 1"), "command-failure", 400),
     (e.Unhealthy("store: not writable", code=C.FILE_IO_ERROR), "file-io-error", 503),
     (JournalError("database is locked"), "sqlite-error", 500),
+    (e.ExternalValidationUnavailable("no answer"), "failed-external-validation", 500),
 ]
 
 
@@ -135,8 +137,10 @@ async def test_codes_a_client_provokes(client: httpx.AsyncClient, samples: dict[
         (dict(method="DELETE", url=f"/image/delete/wrong/{alias}"), 403, "invalid-delete-token"),
         (dict(method="GET", url=f"/image/original/{alias}", headers={"Range": "bytes=0-1,4-5"}),
          416, "range-not-satisfiable"),
-        (dict(method="GET", url="/image/download?url=http://127.0.0.1:9/x.png"), 500,
-         "http-client-error"),
+        (dict(method="GET", url="/image/download?url=http://127.0.0.1:9/x.png"), 400,
+         "url-not-allowed"),
+        (dict(method="GET", url="/image/original?proxy=ftp://example.com/x.png"), 400,
+         "url-not-allowed"),
     ]  # fmt: skip
     for request, status, code in cases:
         r = await client.request(**request)  # type: ignore[arg-type]

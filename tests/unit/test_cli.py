@@ -344,6 +344,16 @@ def _written(folder: Path, text: str) -> Path:
     return path
 
 
+def test_client_allowed_networks_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[Config] = []
+    argv = ["run", "--client-allowed-networks", "127.0.0.0/8", "--client-allowed-networks", "::1"]
+    assert cli.main(argv, runner=seen.append, env={}) == 0
+    assert seen[0].client.allowed_networks == ["127.0.0.0/8", "::1"]
+    assert cli.main(["run", "--client-allowed-networks", "10/33"], runner=seen.append, env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: client.allowed_networks[0] = '10/33' (command line)")
+
+
 def test_save_to_a_folder_that_does_not_exist_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

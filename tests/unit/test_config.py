@@ -374,6 +374,42 @@ def test_addresses_are_checked_at_load() -> None:
     assert message.startswith("metrics.prometheus_address = 'localhost:9000' (command line)")
 
 
+def test_allowed_networks_from_each_layer(tmp_path: Path) -> None:
+    assert load().client.allowed_networks == []
+    file = write(tmp_path, '[client]\nallowed_networks = ["10.0.0.0/8", "fd00::/8"]\n')
+    assert load(file=file).client.allowed_networks == ["10.0.0.0/8", "fd00::/8"]
+    env = {"PICTRS__CLIENT__ALLOWED_NETWORKS": "127.0.0.0/8, ::1/128,,192.168.1.5"}
+    assert load(env=env).client.allowed_networks == ["127.0.0.0/8", "::1/128", "192.168.1.5"]
+
+
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [("10.0.0.0/8", "10.0.0.0/8"), ("10.1.2.3/8", "10.0.0.0/8"), ("192.168.1.5", "192.168.1.5/32"),
+     (" fd00::/8 ", "fd00::/8"), ("::1", "::1/128")],
+)  # fmt: skip
+def test_parse_network(text: str, network: str) -> None:
+    assert str(config.parse_network(text)) == network
+
+
+@pytest.mark.parametrize(
+    "text", ["", "bogus", "10.0.0.0/33", "10.0.0.0/8/8", "localhost", "::1/129"]
+)
+def test_parse_network_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="CIDR"):
+        config.parse_network(text)
+
+
+def test_allowed_networks_are_checked_at_load(tmp_path: Path) -> None:
+    message = error(env={"PICTRS__CLIENT__ALLOWED_NETWORKS": "10.0.0.0/8,bogus"})
+    assert message.startswith("client.allowed_networks[1] = 'bogus'")
+    assert "PICTRS__CLIENT__ALLOWED_NETWORKS" in message
+    file = write(tmp_path, '[client]\nallowed_networks = ["300.0.0.0/8"]\n')
+    message = error(file=file)
+    assert message.startswith("client.allowed_networks[0] = '300.0.0.0/8'")
+    assert str(file) in message
+    assert "client.allowed_networks" in error(overrides={"client": {"allowed_networks": "10/8"}})
+
+
 def test_certificate_without_key_is_refused() -> None:
     assert "private_key" in error(env={"PICTRS__SERVER__CERTIFICATE": "/c.pem"})
 
