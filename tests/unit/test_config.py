@@ -508,6 +508,43 @@ def test_every_key_is_in_the_configuration_docs(key: str) -> None:
     assert env in body
 
 
+# --- guard test: every key acts, or is on the list that warns it does not ---
+
+PACKAGE = REPO_ROOT / "pictrs_trio"
+# Read by name through getattr (rules/policy.py: the quality of the output format).
+READ_BY_FORMAT = ("media.image.quality.", "media.animation.quality.")
+# object_storage is refused at start-up (runtime/startup.py) until the object store lands.
+REFUSED_STORE_KEYS = {
+    key for key in config.leaf_keys()
+    if key.startswith("store.") and key not in ("store.type", "store.path")
+}  # fmt: skip
+
+
+def _code_outside_config() -> dict[Path, str]:
+    """The package's code that uses settings: not config/ itself, not the CLI flag table."""
+    files = [p for p in PACKAGE.rglob("*.py") if "config" not in p.relative_to(PACKAGE).parts]
+    return {p: p.read_text() for p in files if p != PACKAGE / "runtime" / "cli.py"}
+
+
+@pytest.mark.parametrize("key", config.leaf_keys())
+def test_every_key_is_read_by_the_code_or_warns_that_it_is_not(key: str) -> None:
+    """A key passes when some module outside config/ reads ``.<leaf>`` and names its section,
+    or it is on config.NOT_ACTING (one start-up warning when set), or it is read by name."""
+    if key in config.NOT_ACTING or key in REFUSED_STORE_KEYS:
+        return
+    *sections, leaf = key.split(".")
+    code = _code_outside_config().values()
+    if key.startswith(READ_BY_FORMAT):
+        section = key.rsplit(".", 1)[0]
+        assert any(f"getattr({section}, " in text for text in code), key
+        return
+    readers = [
+        text for text in code
+        if re.search(rf"\.{leaf}\b", text) and re.search(rf"\b{sections[-1]}\b", text)
+    ]  # fmt: skip
+    assert readers, f"{key} is read by nothing outside config/ and is not on NOT_ACTING"
+
+
 def test_keys_not_acting_warn_only_when_set() -> None:
     assert load_all().inactive == ()
     env = {
