@@ -10,6 +10,7 @@ from pathlib import Path
 import pyvips
 
 from tests.e2e.conftest import Server
+from tests.e2e.test_external_validation import Validator
 
 API_KEY = "API_KEY"
 
@@ -74,8 +75,8 @@ def test_lemmys_stock_pict_rs_environment(tmp_path: Path, samples: dict[str, Pat
 
 
 # Every section and key of pict-rs 0.5's sample pict-rs.toml with the values it shows (our
-# own writing of them), except: repo is sqlite, paths and the address are this test's, and
-# the TLS pair and the external validator are left out (they name things that do not exist).
+# own writing of them), except: repo is sqlite, the paths, the address and the validator
+# are this test's, and the TLS pair is left out (it names files that do not exist).
 SAMPLE = """
 [server]
 address = '127.0.0.1:{port}'
@@ -115,6 +116,7 @@ prometheus_address = "0.0.0.0:9000"
 path = '/mnt/sled-repo'
 
 [media]
+external_validation = 'http://user:validator-secret@127.0.0.1:{validator_port}/check?token=validator-secret'
 max_file_size = 40
 process_timeout = 30
 preprocess_steps = 'crop=16x9&resize=1200&blur=0.2'
@@ -194,9 +196,11 @@ path = '{root}/files'
 def test_pict_rs_sample_configuration_with_a_sqlite_repo(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
+    validator = Validator({})
     srv = Server(tmp_path)
     config = tmp_path / "pict-rs.toml"
-    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path))
+    port = validator.httpd.server_address[1]
+    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path, validator_port=port))
     srv.global_args = ["-c", str(config)]
     srv.start()
     try:
@@ -205,8 +209,13 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
         assert alias.endswith(".webp")
         assert (original.width, original.height) == (1200, 675)
         assert original.get("vips-loader") == "webpload_buffer"
+        # the operator's validator on loopback saw exactly that file (no SSRF guard on it)
+        with srv.client() as c:
+            kept = c.get(f"/image/original/{alias}").content
+        assert validator.take() == [("image/webp", kept)]
     finally:
         assert srv.stop() == 0
+        validator.close()
     warned = _warnings(srv)
     keys = {m[1] for w in warned if (m := re.search(r"configuration: ([\w.]+)", w))}
     assert keys == {
@@ -218,3 +227,4 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
     }, warned
     assert len(warned) == len(keys)
     assert srv.errors.read_text() == ""
+    assert "validator-secret" not in srv.log.read_text()
