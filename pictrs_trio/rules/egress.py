@@ -22,6 +22,7 @@ import enum
 import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from urllib.parse import urlsplit
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -215,3 +216,17 @@ def url_refusal(scheme: str, host: str, allowed: Sequence[Network] = ()) -> str 
     if scheme.lower() not in SCHEMES:
         return f"only http and https URLs are fetched, not {scheme or 'no scheme'}"
     return host_refusal(host, allowed)
+
+
+def url_for_log(url: str) -> str:
+    """``url`` as a log line may show it: scheme, host, port and path, without the userinfo
+    and the query, which may carry credentials or a signature."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -111,7 +111,15 @@ def setup(cfg: Logging) -> None:
     else:
         colorize = False if cfg.no_ansi else None
         logger.add(
-            sys.stdout, level=0, filter=allow, format=_FORMATS[cfg.format], colorize=colorize
+            sys.stdout,
+            level=0,
+            filter=allow,
+            format=_FORMATS[cfg.format],
+            colorize=colorize,
+            # loguru's defaults print every frame's variables with a traceback: a request's
+            # headers (the API key), its query, a delete token. A plain traceback only.
+            backtrace=False,
+            diagnose=False,
         )
     # stdlib loggers (hypercorn, httpx) build records only down to the lowest level let through.
     levels = [log_filter.default, *log_filter.targets.values()]

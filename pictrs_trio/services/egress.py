@@ -47,7 +47,7 @@ def request_guard(allowed: Sequence[Network]) -> Callable[[httpx.Request], Await
         url = request.url
         why = egress.url_refusal(url.scheme, url.raw_host.decode("ascii"), allowed)
         if why is not None:
-            raise _refused(str(url), why)
+            raise _refused(egress.url_for_log(str(url)), why)
 
     return guard
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
 
+from pictrs_trio.rules import egress
 from pictrs_trio.rules.errors import ExternalValidationUnavailable, FailedExternalValidation
 from pictrs_trio.services.state import AppState
 
@@ -63,12 +63,12 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
             response = await client.send(request, stream=True)
             await response.aclose()  # only the status counts; the body is not read
     except trio.TooSlowError:
-        logger.warning("external validation at {} did not answer in time", _where(url))
+        logger.warning("external validation at {} did not answer in time", egress.url_for_log(url))
         raise ExternalValidationUnavailable(
             f"External validation did not answer within {media.external_validation_timeout:g} s"
         ) from None
-    except httpx.HTTPError as exc:
-        logger.warning("external validation at {} failed: {!r}", _where(url), exc)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        logger.warning("external validation at {} failed: {!r}", egress.url_for_log(url), exc)
         raise ExternalValidationUnavailable(
             f"External validation could not be reached: {type(exc).__name__}"
         ) from exc
@@ -77,11 +77,3 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
         raise FailedExternalValidation(
             f"Failed external validation: the validator answered {response.status_code}"
         )
-
-
-def _where(url: str) -> str:
-    """The validator's URL for a log line: without credentials or query, which may hold a
-    token."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"

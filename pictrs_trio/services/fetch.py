@@ -116,7 +116,9 @@ async def open_remote(
             async with aclosing(_capped(response, cap, deadline)) as chunks:
                 yield chunks
     except httpx.HTTPError as exc:
-        raise HttpClientError(f"Failed to fetch {url}: {exc!r}") from exc
+        # logged with the answer: the URL without its userinfo and query (a signature)
+        where = egress.url_for_log(url)
+        raise HttpClientError(f"Failed to fetch {where}: {type(exc).__name__}: {exc}") from exc
 
 
 async def download_and_ingest(

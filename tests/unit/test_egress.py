@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from pictrs_trio.rules import egress
 from pictrs_trio.rules.egress import (
     IPV4_REFUSED,
     IPV6_REFUSED,
@@ -376,3 +377,20 @@ def test_url_refusal_names_the_address() -> None:
     assert url_refusal("http", "2130706433") == "127.0.0.1 is a loopback address"
     assert url_refusal("HTTPS", "8.8.8.8") is None
     assert url_refusal("http", "127.1", [ip_network("127.0.0.0/8")]) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://u:secret@example.com/a/b.png?X-Amz-Signature=secret",
+            "https://example.com/a/b.png",
+        ),
+        ("http://[::1]:8080/check?token=secret", "http://[::1]:8080/check"),
+        ("http://127.0.0.1:99999/x", "http://127.0.0.1/x"),
+        ("https://example.com", "https://example.com"),
+    ],
+)
+def test_url_for_log_leaves_out_credentials_and_query(url: str, shown: str) -> None:
+    assert egress.url_for_log(url) == shown
+    assert "secret" not in egress.url_for_log(url)
