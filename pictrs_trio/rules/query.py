@@ -42,6 +42,9 @@ _RFC3339 = re.compile(
 )
 
 
+NS_MIN, NS_MAX = -(2**63), 2**63 - 1
+
+
 def parse_rfc3339_ns(key: str, value: str) -> int:
     """An RFC 3339 date-time (offset required) as unix nanoseconds; digits past the
     nanosecond are dropped. Raises InvalidQuery."""
@@ -51,7 +54,8 @@ def parse_rfc3339_ns(key: str, value: str) -> int:
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     fraction, zulu, sign, off_h, off_m = m.group(7, 8, 9, 10, 11)
     valid = (
-        1 <= month <= 12
+        year >= 1
+        and 1 <= month <= 12
         and 1 <= day <= calendar.monthrange(year, month)[1]
         and hour <= 23
         and minute <= 59
@@ -65,7 +69,9 @@ def parse_rfc3339_ns(key: str, value: str) -> int:
         offset = (int(off_h) * 60 + int(off_m)) * 60
         seconds -= offset if sign == "+" else -offset
     nanos = int((fraction or "0")[:9].ljust(9, "0"))
-    return seconds * 1_000_000_000 + nanos
+    # Stored times are signed 64-bit nanoseconds (years 1677 to 2262): a time beyond them
+    # pages as the nearest one does.
+    return max(NS_MIN, min(NS_MAX, seconds * 1_000_000_000 + nanos))
 
 
 def parse_upload_query(

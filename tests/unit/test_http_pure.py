@@ -15,6 +15,7 @@ from pictrs_trio.http.deadline import parse_deadline
 from pictrs_trio.http.multipart import iter_file_parts
 from pictrs_trio.http.ranges import Unsatisfiable, parse_range
 from pictrs_trio.http.wire import rfc3339
+from pictrs_trio.rules import query
 from pictrs_trio.rules.errors import (
     InvalidProcessPath,
     InvalidQuery,
@@ -188,3 +189,24 @@ async def test_multipart_reads_the_body_to_its_end_before_the_last_part_ends() -
     flood = _form(("images[]", "a", b"1")) + b"x" * (2 * 1024 * 1024)
     with pytest.raises(UploadError):
         await _collect(flood, step=65536)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-04T10:00:00Z", 1_796_378_400 * 10**9),
+        ("2026-12-04T11:00:00.5+01:00", 1_796_378_400 * 10**9 + 500_000_000),
+        ("3000-01-01T00:00:00Z", 2**63 - 1),  # past what a stored time can be: the newest
+        ("1000-01-01T00:00:00Z", -(2**63)),
+    ],
+)
+def test_rfc3339_timestamps_as_stored_nanoseconds(text: str, expected: int) -> None:
+    assert query.parse_rfc3339_ns("timestamp", text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["0000-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-12-04T10:00:00", "yesterday"]
+)
+def test_rfc3339_timestamps_that_are_not(text: str) -> None:
+    with pytest.raises(InvalidQuery):
+        query.parse_rfc3339_ns("timestamp", text)
