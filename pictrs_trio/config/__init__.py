@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -120,8 +121,8 @@ class Retention(msgspec.Struct, **Frozen):
 
 
 class Magick(msgspec.Struct, **Frozen):
-    """Accepted for compatibility with pict-rs configs; our engine is libvips, so these only
-    cap the engine (max_width/max_height/max_area) and are otherwise unused."""
+    """pict-rs's ImageMagick limits, bounding the libvips engine workers instead
+    (``media.tools.engine_limits``); ``max_area`` is on NOT_ACTING."""
 
     max_width: U16 = 10000
     max_height: U16 = 10000
@@ -393,7 +394,7 @@ def not_acting(config: Config) -> list[str]:
         path = tuple(key.split("."))
         value = layered.get(values, path)
         if value != layered.get(defaults, path):
-            messages.append(f"{key} = {value!r} is accepted but not acting: {why}")
+            messages.append(f"{key} is set but not acting: {why}")
     return messages
 
 
@@ -445,6 +446,7 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         ("server.address", config.server.address, parse_address),
         ("metrics.prometheus_address", config.metrics.prometheus_address, parse_address),
         ("tracing.console.address", config.tracing.console.address, parse_address),
+        ("media.external_validation", config.media.external_validation, parse_http_url),
         ("media.retention.variants", config.media.retention.variants, parse_retention),
         ("media.retention.proxy", config.media.retention.proxy, parse_retention),
         ("tracing.logging.targets", config.tracing.logging.targets, logfilter.parse),
@@ -504,6 +506,19 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         ) from None
 
 
+def parse_http_url(text: str) -> str:
+    """An absolute http(s) URL with a host (pict-rs reads such keys as a ``Url``); returns
+    it unchanged. Raises ValueError."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an absolute http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 (a property that checks the port)
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    return text
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` with an IP literal host (like a Rust SocketAddr).
 
@@ -534,16 +549,51 @@ def parse_address(text: str) -> tuple[str, int]:
 # Writing (--save-to) and introspection (CLI flag types, the docs guard test).
 
 
+SECRET_KEYS = ("server.api_key", "store.access_key", "store.secret_key", "store.session_token")
+URL_KEYS = ("media.external_validation", "tracing.opentelemetry.url", "store.endpoint")
+REDACTED = "<redacted>"
+
+
 def dump(
-    config: Config, header: str = "# Effective pictrs-trio configuration, written by --save-to.\n\n"
+    config: Config,
+    header: str = "# Effective pictrs-trio configuration, written by --save-to.\n\n",
+    *,
+    redact: bool = False,
 ) -> str:
-    """The whole effective configuration as TOML; loading it alone gives ``config`` back.
+    """The whole effective configuration as TOML; loading it alone gives ``config`` back
+    (unless ``redact``: then secrets, and the userinfo and query of URLs, read REDACTED).
 
     Unset optional keys are left out, as TOML has no null.
     """
     tree = _drop_none(msgspec.to_builtins(config))
     assert isinstance(tree, dict)
+    if redact:
+        for key in SECRET_KEYS:
+            _replace(tree, key, lambda _: REDACTED)
+        for key in URL_KEYS:
+            _replace(tree, key, _redact_url)
     return header + tomli_w.dumps(tree)
+
+
+def _replace(tree: dict[str, object], key: str, change: Callable[[str], str]) -> None:
+    *sections, leaf = key.split(".")
+    for section in sections:
+        inner = tree.get(section)
+        if not isinstance(inner, dict):
+            return
+        tree = inner
+    value = tree.get(leaf)
+    if isinstance(value, str):
+        tree[leaf] = change(value)
+
+
+def _redact_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = REDACTED if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def save_to(path: Path, config: Config) -> None:

@@ -287,6 +287,9 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
         except OSError as exc:
             raise StartupError(f"--save-to {save_path}: {exc.strerror or exc}") from None
     if command == "check-config":
+        from pictrs_trio.runtime import startup  # settings that parse but cannot work, as run
+
+        startup.check_config(config)
         return _check_config(loaded)
     if runner is None and command == "jobs":
         from pictrs_trio.runtime import jobs_command
@@ -301,10 +304,14 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
 
 
 def _check_config(loaded: cfg.Loaded) -> int:
-    """``check-config``: the effective configuration on stdout, each ignored key and each key
-    not acting on stderr; status 1 when any key was ignored (a typo pict-rs would silently
-    skip)."""
-    sys.stdout.write(cfg.dump(loaded.config, header="# Effective pictrs-trio configuration.\n\n"))
+    """``check-config``: the effective configuration on stdout (secrets redacted: it ends up
+    in deployment logs), each ignored key and each key not acting on stderr; status 1 when
+    any key was ignored (a typo pict-rs would silently skip)."""
+    header = (
+        "# Effective pictrs-trio configuration; secrets read <redacted> (--save-to writes "
+        "them).\n\n"
+    )
+    sys.stdout.write(cfg.dump(loaded.config, header=header, redact=True))
     for message in loaded.warnings:
         print(f"warning: {message}", file=sys.stderr)
     return 1 if loaded.ignored else 0

@@ -322,7 +322,8 @@ def test_check_config_prints_the_effective_config_and_fails_on_ignored_keys(
     )  # fmt: skip
     assert result.returncode == 1
     effective = config.load(file=_written(tmp_path, result.stdout))
-    assert (effective.media.image.max_height, effective.server.api_key) == (300, "k")
+    # the API key is redacted: the output goes to deployment logs
+    assert (effective.media.image.max_height, effective.server.api_key) == (300, "<redacted>")
     assert result.stderr.splitlines() == [
         "warning: media.video_codec (environment variable PICTRS__MEDIA__VIDEO_CODEC): a "
         "pict-rs 0.4 name, ignored as pict-rs 0.5 ignores it; its 0.5 name is "
@@ -336,6 +337,27 @@ def test_check_config_prints_the_effective_config_and_fails_on_ignored_keys(
         capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
     )  # fmt: skip
     assert (clean.returncode, clean.stderr) == (0, "")
+    # what run refuses, check-config refuses the same way
+    file.write_text('[media]\npreprocess_steps = "resize=abc"\n')
+    bad = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "-c", str(file), "check-config"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: media.preprocess_steps")
+
+
+def test_check_config_redacts_secrets() -> None:
+    cfg = config.load(
+        env={
+            "PICTRS__SERVER__API_KEY": "key-secret",
+            "PICTRS__MEDIA__EXTERNAL_VALIDATION": "https://u:pw-secret@scan.example/v?t=q-secret",
+        }
+    )
+    shown = config.dump(cfg, redact=True)
+    assert "secret" not in shown
+    assert 'external_validation = "https://<redacted>@scan.example/v?<redacted>"' in shown
+    assert "key-secret" in config.dump(cfg)  # --save-to keeps them
 
 
 def _written(folder: Path, text: str) -> Path:

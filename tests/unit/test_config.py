@@ -374,6 +374,19 @@ def test_addresses_are_checked_at_load() -> None:
     assert message.startswith("metrics.prometheus_address = 'localhost:9000' (command line)")
 
 
+@pytest.mark.parametrize(
+    "url", ["http://scanner:abc/", "scanner:8076", "ftp://scanner/", "http:///check", "/check"]
+)
+def test_external_validation_must_be_an_http_url(url: str) -> None:
+    message = error(env={"PICTRS__MEDIA__EXTERNAL_VALIDATION": url})
+    assert message.startswith(
+        f"media.external_validation = {url!r} (environment variable "
+        "PICTRS__MEDIA__EXTERNAL_VALIDATION)"
+    )
+    ok = "http://127.0.0.1:8076/check?token=t"
+    assert load(env={"PICTRS__MEDIA__EXTERNAL_VALIDATION": ok}).media.external_validation == ok
+
+
 def test_allowed_networks_from_each_layer(tmp_path: Path) -> None:
     assert load().client.allowed_networks == []
     file = write(tmp_path, '[client]\nallowed_networks = ["10.0.0.0/8", "fd00::/8"]\n')
@@ -555,10 +568,8 @@ def test_keys_not_acting_warn_only_when_set() -> None:
     loaded = load_all(env=env)
     assert loaded.ignored == ()
     assert loaded.inactive == (
-        "metrics.prometheus_address = '127.0.0.1:9000' is accepted but not acting: no "
-        "Prometheus endpoint yet",
-        "tracing.opentelemetry.url = 'http://127.0.0.1:4317' is accepted but not acting: no "
-        "OpenTelemetry export yet",
+        "metrics.prometheus_address is set but not acting: no Prometheus endpoint yet",
+        "tracing.opentelemetry.url is set but not acting: no OpenTelemetry export yet",
     )
     assert loaded.warnings == loaded.inactive
     assert set(config.NOT_ACTING) <= set(config.leaf_keys())
