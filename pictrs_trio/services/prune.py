@@ -12,6 +12,8 @@ records go and the removal of every file they named is queued, in one transactio
     prune-missing-complete  set once a walk has reached the end
 
 A forced start begins a new run; the batches of the old one see the run id change and stop.
+A batch of which no file at all is in the store stops the walk without pruning: that is a
+store that is not mounted, not a hundred lost files (pict-rs would forget them all).
 """
 
 from __future__ import annotations
@@ -75,16 +77,26 @@ async def run_batch(state: AppState, job: jobs.PruneMissing) -> None:
         return
     position = None if job.after_key is None else (job.after_ns or 0, job.after_key)
     batch = await repo.hashes_after(position, BATCH)
-    pruned = 0
+    missing = []
     for stored in batch:
         try:
             await state.store.length(stored.identifier)
             continue
         except StoreNotFound:
-            pass
+            missing.append(stored)
         except StoreError as exc:  # pict-rs: a file that cannot be checked is skipped
             logger.warning("prune-missing: could not check {}: {}", stored.identifier, exc.msg)
-            continue
+    if len(batch) == BATCH and len(missing) == BATCH:
+        # Not one of a hundred files: a store that is not mounted (an empty mount point),
+        # not lost files. pict-rs would forget them all; stop the walk instead.
+        logger.error(
+            "prune-missing: none of {} files in a row is in the store; is the store mounted? "
+            "The walk stopped and nothing was pruned",
+            BATCH,
+        )
+        return
+    pruned = 0
+    for stored in missing:
         if await repo.prune_hash(stored.hash, stored.identifier, counter=QUEUED) is not None:
             pruned += 1
             logger.warning(

@@ -90,3 +90,43 @@ async def test_a_long_walk_goes_in_batches_and_a_forced_one_replaces_it(
             last = runs[-1][0]
             assert isinstance(last, bytes) and started in last
         nursery.cancel_scope.cancel()
+
+
+def unmount(files: Path, elsewhere: Path) -> None:
+    """The volume is not mounted: an empty folder where its files were."""
+    files.rename(elsewhere)
+    files.mkdir()
+
+
+async def test_a_store_that_is_not_mounted_is_not_pruned(
+    tmp_path: Path, samples: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file of a whole batch missing is an empty mount point, not lost media: the walk
+    stops and every record stays (pict-rs would forget them all)."""
+    monkeypatch.setattr(prune, "BATCH", 2)
+    config = inprocess_config(tmp_path)
+    async with open_state(config) as state, trio.open_nursery() as nursery:
+        await start_background(state, nursery)
+        async with asgi_client(create_app(state)) as client:
+            aliases = [
+                (await upload(client, samples[name])).json()["files"][0]["file"]
+                for name in ("test.png", "cat.jpg", "earth.gif")
+            ]
+            unmount(Path(config.store.path), tmp_path / "elsewhere")  # type: ignore[union-attr]
+            r = await client.post("/internal/prune_missing", headers=KEY)
+            assert r.json() == {"complete": False, "progress": 0, "total": 3}
+            unfinished = (
+                "SELECT count(*) FROM journal_jobs WHERE kind = 'prune_missing'"
+                " AND status != 'done'"
+            )
+            with trio.fail_after(20):
+                while True:
+                    if rows(state, unfinished) == [(0,)]:
+                        break
+                    await trio.sleep(0.02)
+            assert await prune.progress(state) == prune.Progress(
+                complete=False, progress=0, total=3
+            )
+            for alias in aliases:
+                assert await state.repo.find_original(alias) is not None
+        nursery.cancel_scope.cancel()
