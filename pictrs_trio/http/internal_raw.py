@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 import msgspec
 
+from pictrs_trio.http import upload
 from pictrs_trio.http.exchange import Exchange
 from pictrs_trio.http.internal import require_api_key
-from pictrs_trio.http.multipart import iter_file_parts
-from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
+from pictrs_trio.http.wire import encode
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import (
     AliasNotFound,
@@ -22,8 +20,6 @@ from pictrs_trio.rules.errors import (
     ProxyNotAllowed,
     UploadError,
 )
-from pictrs_trio.rules.query import parse_upload_query
-from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
 
 JSON_CAP = 64 * 1024  # a set_not_found body is one alias
@@ -64,30 +60,7 @@ def import_alias(filename: str | None) -> str:
 async def import_files(state: AppState, exchange: Exchange) -> None:
     """pict-rs ``import``: POST /image's rules and answer, with the given aliases."""
     _check_key(state, exchange)
-    limits, pairs = parse_upload_query(exchange.query)
-    operations = upload_operations(state, pairs)
-    files: list[UploadedFile] = []
-    parts = iter_file_parts(
-        exchange.header_text(b"content-type"),
-        exchange.body(),
-        max_files=state.config.server.max_file_count,
-    )
-    async with IngestSession(state) as session, aclosing(parts):
-        async for part in parts:
-            state.require_writable()
-            alias = import_alias(part.filename)
-            done = await ingest(
-                state, session, part.chunks(), limits=limits, operations=operations, alias=alias
-            )
-            files.append(
-                UploadedFile(
-                    delete_token=done.delete_token,
-                    details=wire_details(done.details),
-                    file=done.alias,
-                )
-            )
-        session.disarm()
-    await exchange.answer_json(201, encode(UploadResponse(files=files)))
+    await upload.ingest_parts(state, exchange, import_alias)
 
 
 class Ok(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,6 +9,7 @@ file and no row (``IngestSession``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import aclosing
 
 from pictrs_trio.http.exchange import Exchange
@@ -37,6 +38,21 @@ def body_cap(state: AppState) -> int:
 
 
 async def upload(state: AppState, exchange: Exchange) -> None:
+    await ingest_parts(state, exchange)
+
+
+def _new_alias(_filename: str | None) -> str | None:
+    return None
+
+
+async def ingest_parts(
+    state: AppState,
+    exchange: Exchange,
+    alias_for: Callable[[str | None], str | None] = _new_alias,
+) -> None:
+    """Ingest every file part and answer 201 with them all (POST /image, and
+    /internal/import with ``alias_for`` taking a part's file name as its alias; None: a new
+    alias). One refused file undoes the others."""
     limits, pairs = parse_upload_query(exchange.query)
     operations = upload_operations(state, pairs)
     files: list[UploadedFile] = []
@@ -48,7 +64,10 @@ async def upload(state: AppState, exchange: Exchange) -> None:
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
             state.require_writable()
-            done = await ingest(state, session, part.chunks(), limits=limits, operations=operations)
+            alias = alias_for(part.filename)
+            done = await ingest(
+                state, session, part.chunks(), limits=limits, operations=operations, alias=alias
+            )
             files.append(
                 UploadedFile(
                     delete_token=done.delete_token,

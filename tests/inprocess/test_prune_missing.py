@@ -26,6 +26,17 @@ async def wait_complete(state: AppState) -> prune.Progress:
             await trio.sleep(0.02)
 
 
+async def all_batches_done(state: AppState) -> None:
+    unfinished = (
+        "SELECT count(*) FROM journal_jobs WHERE kind = 'prune_missing' AND status != 'done'"
+    )
+    with trio.fail_after(20):
+        while True:
+            if rows(state, unfinished) == [(0,)]:
+                return
+            await trio.sleep(0.02)
+
+
 async def test_a_queued_walk_survives_a_restart(tmp_path: Path, samples: dict[str, Path]) -> None:
     config = inprocess_config(tmp_path)
     async with open_state(config) as first:
@@ -73,15 +84,7 @@ async def test_a_long_walk_goes_in_batches_and_a_forced_one_replaces_it(
             assert batches == [(3,)]
             forced = await client.post("/internal/prune_missing?force=true", headers=KEY)
             assert forced.status_code == 200
-            unfinished = (
-                "SELECT count(*) FROM journal_jobs WHERE kind = 'prune_missing'"
-                " AND status != 'done'"
-            )
-            with trio.fail_after(20):
-                while True:
-                    if rows(state, unfinished) == [(0,)]:
-                        break
-                    await trio.sleep(0.02)
+            await all_batches_done(state)
             started = await state.repo.setting(prune.STARTED)
             assert started is not None
             # The forced walk is a new run: three batches more, the last of them its own.
@@ -115,15 +118,7 @@ async def test_a_store_that_is_not_mounted_is_not_pruned(
             unmount(Path(config.store.path), tmp_path / "elsewhere")  # type: ignore[union-attr]
             r = await client.post("/internal/prune_missing", headers=KEY)
             assert r.json() == {"complete": False, "progress": 0, "total": 3}
-            unfinished = (
-                "SELECT count(*) FROM journal_jobs WHERE kind = 'prune_missing'"
-                " AND status != 'done'"
-            )
-            with trio.fail_after(20):
-                while True:
-                    if rows(state, unfinished) == [(0,)]:
-                        break
-                    await trio.sleep(0.02)
+            await all_batches_done(state)
             assert await prune.progress(state) == prune.Progress(
                 complete=False, progress=0, total=3
             )
