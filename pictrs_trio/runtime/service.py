@@ -28,7 +28,8 @@ from loguru import logger
 
 import pictrs_trio
 from journal import Journal, run_workers
-from pictrs_trio.config import Config, FilesystemStore, parse_network
+from pictrs_trio import store as stores
+from pictrs_trio.config import Config, parse_network
 from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.repo.sqlite import open_sqlite_repo
@@ -38,7 +39,6 @@ from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
 from pictrs_trio.store import Store
-from pictrs_trio.store.file import open_file_store
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -100,9 +100,7 @@ JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0}
 
 @asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
-    if not isinstance(config.store, FilesystemStore):
-        raise StartupError("store.type = object_storage: not supported yet")
-    async with open_file_store(Path(config.store.path)) as store:
+    async with stores.open_store(config.store) as store:
         yield store
 
 

@@ -7,13 +7,15 @@ either fully visible under its identifier or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
+from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 
-__all__ = ["Store", "StoreError", "StoreNotFound"]
+__all__ = ["Store", "StoreError", "StoreNotFound", "open_store"]
 
 
 class Store(Protocol):
@@ -69,3 +71,15 @@ class Store(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@asynccontextmanager
+async def open_store(config: FilesystemStore | ObjectStorageStore) -> AsyncIterator[Store]:
+    """The store a ``[store]`` section describes, open for the block (``run`` uses the
+    configured one; ``migrate-store`` opens two). Raises StoreError when it cannot be used."""
+    if not isinstance(config, FilesystemStore):
+        raise StoreError("store.type = object_storage: not supported yet")
+    from pictrs_trio.store.file import open_file_store
+
+    async with open_file_store(Path(config.path)) as store:
+        yield store
