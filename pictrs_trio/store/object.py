@@ -29,7 +29,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from xml.sax.saxutils import escape
 
 import msgspec
@@ -367,7 +367,9 @@ class ObjectStore:
             try:
                 # A server that ignored Range sends it all: skip what is before ``offset``.
                 skip = offset if response.status_code == 200 else 0
-                async with aclosing(response.aiter_raw(CHUNK)) as body:
+                # aiter_raw is an async generator (typed as an iterator): close it, too.
+                raw = cast(AsyncGenerator[bytes, None], response.aiter_raw(CHUNK))
+                async with aclosing(raw) as body:
                     async for data in body:
                         if skip:
                             cut = min(skip, len(data))
