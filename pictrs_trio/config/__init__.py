@@ -316,6 +316,9 @@ NOT_ACTING = {
     "tracing.console.buffer_capacity": "no tokio-console equivalent yet",
     "old_repo.path": "pict-rs 0.4 sled repos are not read (docs/migration.md)",
     "upgrade.concurrency": "there is no pict-rs 0.4 repo upgrade to run",
+    "store.signature_duration": (
+        "requests are signed one by one, never presigned (pict-rs 0.5.17 dropped it too)"
+    ),
     "media.magick.max_area": (
         "libvips has one threshold for keeping pixels in memory, set from media.magick.memory"
     ),
