@@ -272,14 +272,14 @@ def describe_failure(failure: S3Failure, *, where: str, region: str, bucket: str
             "region was set improperly, or a path-style endpoint is used without "
             "store.use_path_style = true"
         )
-    if failure.code == "AccessDenied" or failure.status == 403:
-        return (
-            f"object storage {where} denied access ({code}): check that the access key may "
-            "read, write, list and delete in the bucket"
-        )
     if failure.code == "RequestTimeTooSkewed":
         return (
             f"object storage {where} refused the request time (RequestTimeTooSkewed): "
             "check this machine's clock"
+        )
+    if failure.code == "AccessDenied" or failure.status == 403:
+        return (
+            f"object storage {where} denied access ({code}): check that the access key may "
+            "read, write, list and delete in the bucket"
         )
     return f"object storage {where} failed ({code}){_short(failure.message)}"
