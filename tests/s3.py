@@ -88,6 +88,14 @@ class MotoServer:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def ensure_bucket(self, name: str) -> None:
+        """Make ``name`` unless it exists."""
+        client = self.client()
+        try:
+            client.head_bucket(Bucket=name)
+        except client.exceptions.ClientError:
+            client.create_bucket(Bucket=name)
+
     def keys(self, bucket: str) -> list[str]:
         """Every key in ``bucket`` but the health probe."""
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
