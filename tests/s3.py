@@ -123,10 +123,11 @@ class MotoServer:
         }
         return ObjectStorageStore(**values)  # type: ignore[arg-type]
 
-    def run_args(self, bucket: str) -> list[str]:
-        """``run`` arguments selecting this bucket (path style)."""
+    def run_args(self, bucket: str, endpoint: str | None = None) -> list[str]:
+        """``run`` arguments selecting this bucket (path style), through ``endpoint`` if
+        given (a proxy to this server)."""
         return [
-            "object-storage", "-e", self.endpoint, "-u", "-b", bucket, "-r", REGION,
+            "object-storage", "-e", endpoint or self.endpoint, "-u", "-b", bucket, "-r", REGION,
             "-a", ACCESS_KEY, "-s", SECRET_KEY,
         ]  # fmt: skip
 

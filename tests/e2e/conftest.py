@@ -86,6 +86,7 @@ class Server:
         self.store_kind = store or CURRENT.kind
         self.moto = moto or CURRENT.moto
         self.bucket = ""
+        self.store_endpoint: str | None = None  # object storage: another way to moto
         if self.store_kind == "object":
             assert self.moto is not None, "object storage needs the moto fixture"
             # One bucket per data folder, as one files/ folder: servers started on the same
@@ -149,7 +150,7 @@ class Server:
         """The store subcommand of ``run`` (``migrate-store`` and ``jobs`` take it too)."""
         if self.store_kind == "object":
             assert self.moto is not None
-            return self.moto.run_args(self.bucket)
+            return self.moto.run_args(self.bucket, self.store_endpoint)
         return ["filesystem", "-p", str(self.files)]
 
     def output(self) -> str:

@@ -581,3 +581,21 @@ def test_sample_config_loads_to_the_quick_start_setup() -> None:
         store=config.FilesystemStore(path="./data/files"),
     )
     assert c == expected  # everything else in the sample is at its default
+
+
+def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
+    """pict-rs has no --public-endpoint under ``run object-storage``: the environment (or
+    file) gives it, and the command line's store section must not drop it; keys of the other
+    variant (``path``) do not come along."""
+    cli = {
+        "store": {
+            "type": "object_storage", "endpoint": "http://127.0.0.1:9000", "bucket_name": "b",
+            "region": "r", "access_key": "a", "secret_key": "s",
+        }
+    }  # fmt: skip
+    env = {"PICTRS__STORE__PUBLIC_ENDPOINT": "https://cdn.example.com", "PICTRS__STORE__PATH": "/x"}
+    loaded = config.load_all(env=env, overrides=cli)
+    store = loaded.config.store
+    assert isinstance(store, ObjectStorageStore)
+    assert store.public_endpoint == "https://cdn.example.com"
+    assert not any("public_endpoint" in message for message in loaded.ignored)
