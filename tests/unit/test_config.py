@@ -599,3 +599,38 @@ def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
     assert isinstance(store, ObjectStorageStore)
     assert store.public_endpoint == "https://cdn.example.com"
     assert not any("public_endpoint" in message for message in loaded.ignored)
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"endpoint": "ftp://x"}, "store.endpoint 'ftp://x' is not an http(s) URL"),
+        ({"endpoint": "https://key:hunter2@s3.example"}, "store.endpoint must not carry a user"),
+        ({"region": ""}, "store.region is empty"),
+        ({"bucket_name": "a/b"}, "store.bucket_name 'a/b' is not a bucket name"),
+        ({"public_endpoint": "cdn.example.com"}, "store.public_endpoint 'cdn.example.com'"),
+        ({"client_timeout": 0.0}, "store.client_timeout must be more than 0"),
+    ],
+)
+def test_object_storage_settings_that_cannot_work(changes: dict[str, object], says: str) -> None:
+    from pictrs_trio.runtime.startup import check_config
+
+    values: dict[str, object] = {
+        "endpoint": "https://s3.example", "bucket_name": "b", "region": "r",
+        "access_key": "a", "secret_key": "s", **changes,
+    }  # fmt: skip
+    store = ObjectStorageStore(**values)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        check_config(Config(store=store))
+    assert str(info.value).startswith(says)
+    assert "hunter2" not in str(info.value)
+
+
+def test_object_storage_settings_that_work() -> None:
+    from pictrs_trio.runtime.startup import check_config
+
+    store = ObjectStorageStore(
+        endpoint="https://s3.example/prefix/", bucket_name="b", region="auto", access_key="a",
+        secret_key="s", public_endpoint="https://cdn.example.com/media",
+    )  # fmt: skip
+    check_config(Config(store=store))
