@@ -183,6 +183,13 @@ class Server:
                 return found
             time.sleep(0.05)
 
+    def stored_identifiers(self) -> set[str]:
+        """The store's identifiers: paths under files/, or the bucket's keys."""
+        return {
+            p.key if isinstance(p, StoredObject) else str(p.relative_to(self.files))
+            for p in self.stored_files()
+        }
+
     def _walk(self) -> list[Path] | list[StoredObject]:
         if self.store_kind == "object":
             assert self.moto is not None
