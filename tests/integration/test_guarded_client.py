@@ -183,6 +183,33 @@ async def test_an_unknown_name_is_a_connect_error() -> None:
             await c.get("http://nowhere.test/ok")
 
 
+@contextlib.contextmanager
+def blackhole(host: str) -> Iterator[int]:
+    """A port on ``host`` whose connects hang: its one-slot accept queue is full, so the
+    kernel drops every further SYN and the client keeps retrying."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((host, 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # takes the queue's one slot, never accepted
+        yield int(listener.getsockname()[1])
+
+
+async def test_an_address_that_drops_packets_falls_through_to_the_next() -> None:
+    """Two checked addresses, the first silent: the second is tried a quarter second later
+    and answers, instead of the first eating the whole connect timeout (5 s here)."""
+    with blackhole("127.0.0.2") as port:
+        origin = Origin(host="127.0.0.1", port=port)
+        try:
+            resolver = Resolver({"slow.test": [["127.0.0.2", "127.0.0.1"]]})
+            trio.socket.set_custom_hostname_resolver(resolver)
+            async with client([ip_network("127.0.0.0/8")]) as c:
+                r = await c.get(f"http://slow.test:{port}/ok")
+            assert (r.status_code, r.content) == (200, b"hello")
+            assert origin.requests == [("/ok", f"slow.test:{port}")]
+        finally:
+            origin.close()
+
+
 def causes(exc: BaseException | None) -> str:
     """The reprs of an exception and of everything it was raised from."""
     seen = []
