@@ -165,7 +165,9 @@ async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
 async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:
     limits, pairs = parse_upload_query(payload.query)
     operations = upload_operations(state, pairs)
-    path = await state.store.local_path(payload.raw_identifier)
+    # The row knows where the bytes are now: migrate-store repoints it, not this payload.
+    raw = await state.repo.upload_raw_identifier(payload.upload_id) or payload.raw_identifier
+    path = await state.store.local_path(raw)
     if path is None:
         raise Abort("store cannot read the raw upload locally")
     async with IngestSession(state) as session:
