@@ -95,9 +95,10 @@ def progress_bar(progress: Progress, elapsed: float, width: int = BAR_WIDTH) -> 
 def summary(progress: Progress, elapsed: float, source: str, destination: str) -> list[str]:
     """What the run did and what to do next, as lines for stdout."""
     skipped = progress.done_before + progress.skipped
+    took = f"{elapsed:.1f} s" if elapsed < 60 else _duration(elapsed)
     lines = [
-        f"migrate-store: moved {progress.moved} files ({_size(progress.bytes)}) in "
-        f"{_duration(elapsed)}; skipped {skipped} (moved before); missing {progress.missing}; "
+        f"migrate-store: moved {progress.moved} files ({_size(progress.bytes)}) in {took}; "
+        f"skipped {skipped} (moved before); missing {progress.missing}; "
         f"failed {progress.failed}"
     ]
     if progress.finished:

@@ -167,6 +167,37 @@ def test_a_run_killed_halfway_resumes_without_copying_twice(tmp_path: Path) -> N
     server.stop()
 
 
+def test_sigterm_stops_between_files_and_says_how_far_it_got(tmp_path: Path) -> None:
+    a, b, db = tmp_path / "a", tmp_path / "b", tmp_path / "db"
+
+    async def fill_a() -> Filled:
+        async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
+            return await fill(repo, store, 300, variant_every=0, motion_every=0)
+
+    filled = trio.run(fill_a)
+    argv = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency", "1",
+            "filesystem", "-p", str(a), "filesystem", "-p", str(b), "sqlite", "-p",
+            str(db)]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while _moved(db) < 30 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    moved = _moved(db)
+    assert 30 <= moved < 300
+    assert f"moved {moved} files".encode() in out and b"Interrupted" in out
+    # Stopped cleanly between files: the new store holds exactly what was moved.
+    assert len(files_on_disk(b)) == moved
+    assert db_rows(db, "SELECT count(*) FROM journal_intents") == [(0,)]
+    done = migrate_store(tmp_path, a, b, db)
+    assert f"moved {300 - moved} files" in done.stdout, done.stdout
+    assert_all_in(b, db, filled)
+
+
 def _moved(db: Path) -> int:
     try:
         return int(db_rows(db, "SELECT count(*) FROM store_migrations")[0][0])  # type: ignore[arg-type]

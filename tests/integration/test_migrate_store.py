@@ -6,13 +6,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
+from loguru import logger
 
 from journal import Journal
-from pictrs_trio.config import FilesystemStore
+from pictrs_trio.config import Config, FilesystemStore
+from pictrs_trio.config import SqliteRepo as SqliteRepoConfig
+from pictrs_trio.repo.records import StoreMigration
 from pictrs_trio.repo.sqlite import SqliteRepo, open_sqlite_repo
 from pictrs_trio.rules import jobs
+from pictrs_trio.runtime import startup
+from pictrs_trio.runtime.startup import StartupError
 from pictrs_trio.services import migrate
 from pictrs_trio.services.migrate import MigrateOptions, MigrationRefused, Progress
 from pictrs_trio.store.file import FileStore, open_file_store
@@ -276,3 +282,38 @@ def test_describe_and_check_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "a" / "new")))
     monkeypatch.chdir(tmp_path)
     assert migrate.describe(FilesystemStore(path="a")) == migrate.describe(a)
+
+
+def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    config = Config(
+        repo=SqliteRepoConfig(path=str(tmp_path / "db")), store=FilesystemStore(path=str(b))
+    )
+    unfinished = StoreMigration(
+        id=3, from_store="filesystem -p /a", to_store=f"filesystem -p {b}", started_ns=1, moved=7
+    )
+    with pytest.raises(StartupError) as refused:
+        startup.check_store_migration(config, unfinished)
+    assert str(refused.value) == (
+        f"repo.path {tmp_path / 'db'}: a migrate-store from filesystem -p /a to filesystem -p "
+        f"{b} is unfinished (7 files moved); finish it by running the same command again: "
+        f"pictrs-trio migrate-store filesystem -p /a filesystem -p {b} sqlite -p {tmp_path / 'db'}"
+    )
+    to_bucket = msgspec.structs.replace(unfinished, to_store="object-storage -e http://s3 -b m")
+    with pytest.raises(StartupError, match=r"again \(with its keys\): pictrs-trio migrate-store"):
+        startup.check_store_migration(config, to_bucket)
+    with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
+        startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
+
+    logged: list[str] = []
+    sink = logger.add(logged.append, format="{message}")
+    try:
+        finished = msgspec.structs.replace(unfinished, finished_ns=2, moved=0)
+        startup.check_store_migration(config, finished)  # went to the configured store
+        assert logged == []
+        startup.check_store_migration(
+            config, msgspec.structs.replace(finished, to_store="filesystem -p /elsewhere")
+        )
+    finally:
+        logger.remove(sink)
+    assert len(logged) == 1 and "moved the media to filesystem -p /elsewhere" in logged[0]
