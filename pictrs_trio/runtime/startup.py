@@ -135,7 +135,8 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
                 f"repo.path {config.repo.path}: the repo records {migration.moved} files moved "
                 "by an unfinished migrate-store; finish it with migrate-store before serving"
             )
-        keys = " (with its keys)" if migration.to_store.startswith("object-storage") else ""
+        buckets = "object-storage" in (migration.from_store + migration.to_store)
+        keys = " (with the region and keys of each bucket)" if buckets else ""
         raise StartupError(
             f"repo.path {config.repo.path}: a migrate-store from {migration.from_store} to "
             f"{migration.to_store} is unfinished ({migration.moved} files moved); finish it by "

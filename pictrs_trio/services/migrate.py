@@ -109,12 +109,12 @@ class Progress:
 
 
 def describe(config: FilesystemStore | ObjectStorageStore) -> str:
-    """A store as the command line names it (no secrets): recorded with the run, compared
-    when it is resumed, shown in messages."""
+    """Which store this is, as the command line names it: a folder, or an endpoint and
+    bucket (region, addressing and keys are how to reach it, not which it is; no secrets).
+    Recorded with the run, compared when it is resumed, shown in messages."""
     if isinstance(config, FilesystemStore):
         return f"filesystem -p {Path(config.path).resolve()}"
-    style = " -u" if config.use_path_style else ""
-    return f"object-storage -e {config.endpoint}{style} -b {config.bucket_name} -r {config.region}"
+    return f"object-storage -e {config.endpoint} -b {config.bucket_name}"
 
 
 def check_stores(

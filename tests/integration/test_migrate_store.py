@@ -12,7 +12,7 @@ import trio
 from loguru import logger
 
 from journal import Journal
-from pictrs_trio.config import Config, FilesystemStore
+from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore
 from pictrs_trio.config import SqliteRepo as SqliteRepoConfig
 from pictrs_trio.repo.records import StoreMigration
 from pictrs_trio.repo.sqlite import SqliteRepo, open_sqlite_repo
@@ -280,6 +280,13 @@ def test_describe_and_check_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "x" / ".." / "a")))
     with pytest.raises(MigrationRefused, match="inside the other"):
         migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "a" / "new")))
+    bucket = ObjectStorageStore(
+        endpoint="http://s3", bucket_name="m", region="r", access_key="k", secret_key="s"
+    )
+    assert migrate.describe(bucket) == "object-storage -e http://s3 -b m"
+    migrate.check_stores(a, bucket)
+    with pytest.raises(MigrationRefused, match="same store"):  # however it is reached
+        migrate.check_stores(bucket, msgspec.structs.replace(bucket, use_path_style=True))
     monkeypatch.chdir(tmp_path)
     assert migrate.describe(FilesystemStore(path="a")) == migrate.describe(a)
 
@@ -300,7 +307,7 @@ def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
         f"pictrs-trio migrate-store filesystem -p /a filesystem -p {b} sqlite -p {tmp_path / 'db'}"
     )
     to_bucket = msgspec.structs.replace(unfinished, to_store="object-storage -e http://s3 -b m")
-    with pytest.raises(StartupError, match=r"again \(with its keys\): pictrs-trio migrate-store"):
+    with pytest.raises(StartupError, match=r"again \(with the region and keys of each bucket\)"):
         startup.check_store_migration(config, to_bucket)
     with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
         startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
