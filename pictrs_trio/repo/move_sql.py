@@ -5,8 +5,9 @@ the rows name, and repointing them file by file. Plain sync functions on an
 Progress is per file, in pict-rs's ``store_migrations`` table (old identifier, new
 identifier; postgres V0007): a file is moved once its rows name the new identifier, which
 happens in the same transaction that records the pair. A file counts as moved when its
-current identifier appears in either column (pict-rs's sled repo looks up the new one, its
-postgres repo the old one; docs spec: recommended to accept both).
+current identifier appears in either column: pict-rs's sled repo looks up the new one, its
+postgres repo the old one (``src/repo/postgres.rs`` ``is_migrated``), which misses files
+already moved on resume; accepting both covers either.
 """
 
 from __future__ import annotations
