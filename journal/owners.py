@@ -151,6 +151,11 @@ def _alive(conn: apsw.Connection, now: float, me: str, state: LocalState) -> set
     return alive
 
 
+def others_alive(conn: apsw.Connection, me: str, now: float, state: LocalState) -> list[str]:
+    """The live owners besides ``me``: other processes using the file right now."""
+    return sorted(_alive(conn, now, me, state) - {me})
+
+
 def owner_alive(conn: apsw.Connection, owner: str, now: float, state: LocalState) -> bool:
     """A registered owner whose process runs on this host, or (elsewhere) heartbeats."""
     rows = conn.execute("SELECT heartbeat FROM journal_owners WHERE owner = ?", (owner,)).fetchall()

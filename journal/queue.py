@@ -166,6 +166,14 @@ class Journal:
             )
         return reaped
 
+    async def others_alive(self) -> list[str]:
+        """Owners other than this one that are alive: other processes using the journal
+        now (a command that must run alone refuses to start beside them)."""
+        now = self.clock()
+        return await self._read(
+            lambda conn: owners.others_alive(conn, self.owner, now, self._local_state)
+        )
+
     async def lease(self, key: str, stale_after: float | None = None) -> bool:
         """Take the lease on ``key`` unless a live owner holds it (a dead one's is taken
         over at once, and any taken more than ``stale_after`` seconds ago). True when this

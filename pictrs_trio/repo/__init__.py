@@ -8,6 +8,7 @@
     HashRepo      every stored file at once: pages newest first, counts, blurhashes, and
                   pruning the records of files gone from the store
     SettingsRepo  server-wide settings: the not-found image, job progress
+    StoreMigrationRepo  ``migrate-store``: its runs, the files to move, repointing rows
     BackupRepo    a consistent copy of the whole database (``/internal/export``)
     Repo          all of them, plus the journal's view of the database
 
@@ -31,14 +32,18 @@ import apsw
 
 from pictrs_trio.repo.records import (
     Details,
+    FileToMove,
     Found,
     Hash,
     HashEntry,
     HashPage,
+    MovePage,
+    MovePosition,
     PendingUpload,
     Proxied,
     RemovedAlias,
     StoredHash,
+    StoreMigration,
     UploadCommit,
     UploadOutcome,
 )
@@ -46,6 +51,7 @@ from pictrs_trio.repo.records import (
 __all__ = [
     "BackupRepo",
     "Details",
+    "FileToMove",
     "Found",
     "Hash",
     "HashEntry",
@@ -54,12 +60,16 @@ __all__ = [
     "HealthRepo",
     "JournalDb",
     "MediaRepo",
+    "MovePage",
+    "MovePosition",
     "PendingUpload",
     "Proxied",
     "ProxyRepo",
     "RemovedAlias",
     "Repo",
     "SettingsRepo",
+    "StoreMigration",
+    "StoreMigrationRepo",
     "StoredHash",
     "UploadCommit",
     "UploadOutcome",
@@ -206,6 +216,12 @@ class UploadRepo(Protocol):
         bytes it still held). claimed is False when it was gone already."""
         ...
 
+    async def upload_raw_identifier(self, upload_id: str) -> str | None:
+        """Where the upload's raw bytes are now (``migrate-store`` moves them: the row is
+        repointed, its queued ingest job still names the old identifier); None once let
+        go of, or for an unknown upload."""
+        ...
+
     async def release_upload_raw(self, upload_id: str) -> bool:
         """The upload's raw bytes are done with: the row lets go of them and their
         RemoveFiles job is queued, in one transaction. False when there was nothing."""
@@ -292,6 +308,42 @@ class SettingsRepo(Protocol):
         ...
 
 
+class StoreMigrationRepo(Protocol):
+    """What ``migrate-store`` keeps in the repo (services/migrate.py): one run at a time,
+    and per file, once its copy is in the new store, the rows repointed to it."""
+
+    async def store_migration(self) -> StoreMigration | None:
+        """The unfinished run if any (the server refuses to start then), else the last
+        finished one, else None."""
+        ...
+
+    async def begin_store_migration(self, from_store: str, to_store: str) -> StoreMigration:
+        """A new run, or the unfinished one as it is (its stores may differ: the caller
+        checks)."""
+        ...
+
+    async def files_to_move(self, position: MovePosition, limit: int) -> MovePage:
+        """The files not moved yet that the next ``limit`` hashes name (motion still,
+        variants, original), then the raw bytes of pending uploads; ``next`` None at the
+        end. Files moved meanwhile drop out, so a resumed walk skips what is done."""
+        ...
+
+    async def move_counts(self) -> tuple[int, int]:
+        """(files the rows name, files recorded as moved by the unfinished run)."""
+        ...
+
+    async def commit_moved_file(self, old: str, new: str, *, owner: str) -> int:
+        """Repoint every row naming ``old`` (and its details) to ``new``, record the move,
+        and fulfil ``owner``'s intent on ``new``, in one transaction. Returns how many rows
+        were repointed; 0 (nothing written, the intent stays) when none named ``old``.
+        Raises IntentLost, RepoError."""
+        ...
+
+    async def finish_store_migration(self) -> None:
+        """Record the run as finished and forget the per-file progress, together."""
+        ...
+
+
 class BackupRepo(Protocol):
     async def export(self, folder: Path) -> Path:
         """Write a consistent copy of the database into a new folder inside ``folder``,
@@ -316,6 +368,7 @@ class Repo(
     ProxyRepo,
     HashRepo,
     SettingsRepo,
+    StoreMigrationRepo,
     BackupRepo,
     Protocol,
 ):

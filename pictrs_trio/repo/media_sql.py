@@ -184,6 +184,11 @@ def q_upload(conn: apsw.Connection, upload_id: str) -> tuple[bool, bytes | None]
     return True, None if value is None else bytes(value)  # type: ignore[arg-type]
 
 
+def q_upload_raw(conn: apsw.Connection, upload_id: str) -> str | None:
+    row = first(conn, "SELECT raw_identifier FROM uploads WHERE id = ?", (upload_id,))
+    return None if row is None or row[0] is None else as_str(row[0])
+
+
 UPLOAD_FINISHED = "upload already finished"  # the message _translate maps to AlreadyClaimed
 
 

@@ -122,12 +122,34 @@ def _v5_claims_move_to_the_journal(conn: apsw.Connection) -> None:
     conn.execute("DROP TABLE generation_claims")
 
 
+def _v6_store_migration_runs(conn: apsw.Connection) -> None:
+    """``migrate-store`` runs (services/migrate.py): which stores one moves media between,
+    and whether it finished; a run without ``finished`` keeps the server from starting.
+    Per-file progress stays in ``store_migrations`` (postgres V0007). Rows are repointed by
+    identifier, so variants and the raw bytes of pending uploads get an index on it."""
+    conn.execute(
+        """
+        CREATE TABLE store_migration_runs (
+            id INTEGER PRIMARY KEY,
+            from_store TEXT NOT NULL,
+            to_store TEXT NOT NULL,
+            started INTEGER NOT NULL,
+            finished INTEGER
+        );
+        CREATE INDEX variants_identifier ON variants (identifier);
+        CREATE INDEX uploads_raw_identifier ON uploads (raw_identifier)
+            WHERE raw_identifier IS NOT NULL;
+        """
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_base,
     _v2_blurhash_and_access,
     _v3_generation_claims,
     _v4_upload_raw_identifier,
     _v5_claims_move_to_the_journal,
+    _v6_store_migration_runs,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -132,3 +132,48 @@ class StoredHash(msgspec.Struct, frozen=True, kw_only=True):
     def position(self) -> tuple[int, bytes]:
         """Where a walk resumes after this file (``HashRepo.hashes_after``)."""
         return self.created_ns, self.hash.key()
+
+
+class StoreMigration(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``migrate-store`` run as the repo records it (services/migrate.py). ``from_store``
+    and ``to_store`` describe the stores as the command line names them; ``moved`` counts
+    the files recorded as moved while the run is unfinished (0 once it finished). A run
+    with id 0 stands for progress rows no run names (a repo whose migration another program
+    began)."""
+
+    id: int
+    from_store: str
+    to_store: str
+    started_ns: int
+    finished_ns: int | None = None
+    moved: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_ns is not None
+
+
+class FileToMove(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored file some row names, not moved yet: its identifier, what names it
+    (``original``, ``motion``, ``variant`` or ``upload``: the raw bytes of a pending
+    backgrounded upload) and its details when recorded."""
+
+    identifier: str
+    what: str
+    details: Details | None = None
+
+
+class MovePosition(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a walk over the files to move resumes: after the hash ``hash_key`` (None: from
+    the first), then, with ``uploads``, after the upload ``upload_id``."""
+
+    hash_key: bytes | None = None
+    uploads: bool = False
+    upload_id: str | None = None
+
+
+class MovePage(msgspec.Struct, frozen=True, kw_only=True):
+    """Files to move from one batch of the walk; ``next`` None once the walk is over."""
+
+    files: list[FileToMove]
+    next: MovePosition | None

@@ -39,19 +39,24 @@ from pictrs_trio.repo import (
     hash_sql,
     media_sql,
     migrations,
+    move_sql,
     proxy_sql,
     settings_sql,
 )
 from pictrs_trio.repo.records import (
     Details,
+    FileToMove,
     Found,
     Hash,
     HashEntry,
     HashPage,
+    MovePage,
+    MovePosition,
     PendingUpload,
     Proxied,
     RemovedAlias,
     StoredHash,
+    StoreMigration,
     UploadCommit,
     UploadOutcome,
 )
@@ -491,6 +496,9 @@ class SqliteRepo:
     async def claim_upload(self, upload_id: str) -> tuple[bool, bool]:
         return await self._write(media_sql.w_claim_upload, upload_id, time.time())
 
+    async def upload_raw_identifier(self, upload_id: str) -> str | None:
+        return await self._read(media_sql.q_upload_raw, upload_id)
+
     async def release_upload_raw(self, upload_id: str) -> bool:
         return await self._write(media_sql.release_raw_in, upload_id, time.time())
 
@@ -583,6 +591,47 @@ class SqliteRepo:
     async def set_not_found(self, alias: str) -> bool:
         return await self._write(settings_sql.w_set_not_found, alias)
 
+    # -- StoreMigrationRepo (SQL in move_sql.py) --
+
+    async def store_migration(self) -> StoreMigration | None:
+        row = await self._read(move_sql.q_latest_run)
+        return None if row is None else _store_migration(row)
+
+    async def begin_store_migration(self, from_store: str, to_store: str) -> StoreMigration:
+        row = await self._write(move_sql.w_begin_run, from_store, to_store, _now_ns())
+        return _store_migration(row)
+
+    async def files_to_move(self, position: MovePosition, limit: int) -> MovePage:
+        rows, following = await self._read(
+            move_sql.q_files_to_move,
+            position.hash_key,
+            position.uploads,
+            position.upload_id,
+            limit,
+        )
+        files = [
+            FileToMove(
+                identifier=identifier,
+                what=what,
+                details=None if details is None else _DETAILS_DECODER.decode(details),
+            )
+            for identifier, what, details in rows
+        ]
+        nxt = None
+        if following is not None:
+            key, uploads, upload_id = following
+            nxt = MovePosition(hash_key=key, uploads=uploads, upload_id=upload_id)
+        return MovePage(files=files, next=nxt)
+
+    async def move_counts(self) -> tuple[int, int]:
+        return await self._read(move_sql.q_counts)
+
+    async def commit_moved_file(self, old: str, new: str, *, owner: str) -> int:
+        return await self._write(move_sql.w_commit_moved, old, new, owner)
+
+    async def finish_store_migration(self) -> None:
+        await self._write(move_sql.w_finish_run, _now_ns())
+
     # -- BackupRepo --
 
     async def export(self, folder: Path) -> Path:
@@ -605,6 +654,18 @@ class SqliteRepo:
                 conn.close()
             self._loop_reader.close()
             self._writer.close()
+
+
+def _store_migration(row: move_sql.RunRow) -> StoreMigration:
+    run_id, from_store, to_store, started, finished, moved = row
+    return StoreMigration(
+        id=run_id,
+        from_store=from_store,
+        to_store=to_store,
+        started_ns=started,
+        finished_ns=finished,
+        moved=moved,
+    )
 
 
 class _JournalDb:

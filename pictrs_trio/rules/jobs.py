@@ -11,6 +11,9 @@ import msgspec
 CLEANUP = "cleanup"
 INGEST = "ingest"
 PROCESS = "process"
+# Undo jobs of migrate-store's writes into the store it moves media to (services/migrate.py):
+# a queue apart from CLEANUP, whose workers act on the server's store.
+MIGRATE = "migrate"
 
 _JOB = {"frozen": True, "kw_only": True, "tag_field": "type"}
 

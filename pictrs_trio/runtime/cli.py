@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,19 @@ from pictrs_trio.config import Config, ConfigError
 from pictrs_trio.runtime.startup import StartupError
 
 Runner = Callable[[Config], None]
+
+
+class MigrateStoreArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``migrate-store`` was asked: its FROM and TO stores come only from the command
+    line (as in pict-rs), everything else from the configuration."""
+
+    source: cfg.FilesystemStore | cfg.ObjectStorageStore
+    destination: cfg.FilesystemStore | cfg.ObjectStorageStore
+    skip_missing_files: bool = False
+    concurrency: int = 32  # pict-rs's default
+
+
+MigrateRunner = Callable[[Config, MigrateStoreArgs], int]
 
 
 class UsageError(Exception):
@@ -201,15 +215,17 @@ def main(
     *,
     runner: Runner | None = None,
     env: Mapping[str, str] | None = None,
+    migrate_runner: MigrateRunner | None = None,
 ) -> int:
-    """Parse ``argv``, build the Config, then hand it to ``runner`` (``service.run``).
+    """Parse ``argv``, build the Config, then hand it to ``runner`` (``service.run``), or,
+    for ``migrate-store``, to ``migrate_runner`` with its arguments (its status is ours).
 
     Returns the exit status: 0, 2 after printing ``error: ...`` for a usage or
     configuration error, 1 after printing it for anything else that stops start-up (a port
     in use, a folder that cannot be written, a missing tool or TLS file).
     """
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv), runner, env)
+        return _main(list(sys.argv[1:] if argv is None else argv), runner, env, migrate_runner)
     except (ConfigError, CycloptsError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -226,7 +242,12 @@ def main(
         return 130
 
 
-def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None) -> int:
+def _main(
+    argv: list[str],
+    runner: Runner | None,
+    env: Mapping[str, str] | None,
+    migrate_runner: MigrateRunner | None = None,
+) -> int:
     app = build_app()
     head, command, rest = _split_command(argv)
     if command == "help":  # `pictrs-trio help run` is `pictrs-trio run --help`
@@ -248,12 +269,12 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
         if result is None:
             return 0
         parsed.append((segment[0], result))
+    migrate_args = None
     if command == "migrate-store":
         if len(segments) < 3 or segments[2][0] not in STORES:
             raise UsageError("migrate-store needs a FROM and a TO store: filesystem|object-storage")
-        raise UsageError(
-            "migrate-store is not implemented yet in pictrs-trio (it arrives with object storage)"
-        )
+        migrate_args = _migrate_store_args(parsed)
+        parsed = [parsed[0], *parsed[3:]]  # the stores are not the configured `store`
     if command == "migrate-repo":
         raise UsageError(
             "migrate-repo is not available: pictrs-trio has one embedded SQLite repo and reads "
@@ -273,6 +294,8 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
                 special[flag.param] = value
             else:
                 flat[flag.key] = flag.switch if flag.switch is not None else value
+    if migrate_args is not None:  # pict-rs: the migrate commands never clean it
+        flat["server.cleanup_temporary_directory"] = False
     config_file = special.get("config_file")
     loaded = cfg.load_all(
         file=config_file if isinstance(config_file, Path) else None,
@@ -286,6 +309,12 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
             cfg.save_to(save_path, config)
         except OSError as exc:
             raise StartupError(f"--save-to {save_path}: {exc.strerror or exc}") from None
+    if migrate_args is not None:
+        if migrate_runner is None:
+            from pictrs_trio.runtime import migrate_command
+
+            migrate_runner = functools.partial(migrate_command.run, warnings=loaded.warnings)
+        return migrate_runner(config, migrate_args)
     if command == "check-config":
         from pictrs_trio.runtime import startup  # settings that parse but cannot work, as run
 
@@ -301,6 +330,38 @@ def _main(argv: list[str], runner: Runner | None, env: Mapping[str, str] | None)
         runner = functools.partial(launch.run, warnings=loaded.warnings)
     runner(config)
     return 0
+
+
+def _migrate_store_args(parsed: list[tuple[str, Parsed]]) -> MigrateStoreArgs:
+    """FROM and TO (the second and third segments) and the command's own flags."""
+    stores = [_store_from(word, result) for word, result in parsed[1:3]]
+    given = {flag.param: value for flag, value in parsed[0][1]}
+    concurrency = given.get("concurrency", 32)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, not {concurrency}")
+    return MigrateStoreArgs(
+        source=stores[0],
+        destination=stores[1],
+        skip_missing_files=bool(given.get("skip_missing_files", False)),
+        concurrency=concurrency,
+    )
+
+
+def _store_from(word: str, result: Parsed) -> cfg.FilesystemStore | cfg.ObjectStorageStore:
+    """A store given entirely by its subcommand and flags (pict-rs: the defaults, not the
+    configured store, fill in the rest; object storage needs its bucket, region and keys)."""
+    values: dict[str, object] = {"type": SUBCOMMANDS[word][1]}
+    for flag, value in result:
+        assert flag.key is not None
+        values[flag.key.split(".", 1)[1]] = flag.switch if flag.switch is not None else value
+    try:
+        return msgspec.convert(values, cfg.FilesystemStore | cfg.ObjectStorageStore)
+    except msgspec.ValidationError as exc:
+        missing = re.search(r"missing required field `(\w+)`", str(exc))
+        if missing:
+            name = "--" + missing.group(1).replace("_", "-")
+            raise UsageError(f"migrate-store {word}: {name} is required") from None
+        raise UsageError(f"migrate-store {word}: {exc}") from None
 
 
 def _check_config(loaded: cfg.Loaded) -> int:
@@ -386,7 +447,9 @@ def build_app() -> App:
     run.default(_command("run", "Run the pictrs-trio server.", RUN_FLAGS))
     migrate_store = App(
         name="migrate-store",
-        help="Copy all media from one store to another (not implemented yet).",
+        help="Move all media from one store to another and repoint the repo, while the server "
+        "is stopped; run it again to finish an interrupted migration. Then point `store` at "
+        "TO-STORE.",
         usage="Usage: pictrs-trio migrate-store [FLAGS] FROM-STORE TO-STORE [REPO [FLAGS]]",
     )
     migrate_store.default(_command("migrate-store", "Copy media.", MIGRATE_STORE_FLAGS))

@@ -95,7 +95,7 @@ def temp_root(config: Config) -> Path:
 
 
 # Per queue: an ingest or render is bounded by its tools' own limits well before this.
-JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0}
+JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0, "migrate": 600.0}
 
 
 @asynccontextmanager

@@ -5,9 +5,9 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
     check_files    TLS certificate and key                        StartupError (1)
     check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
     open_listener  the one listening socket, bound by this process StartupError (1)
-    preflight      the repo opens (and migrates), the store (a     StartupError (1)
-                   folder, or a bucket) and the temporary folder
-                   are writable
+    preflight      the repo opens (and migrates), no migrate-store StartupError (1)
+                   run is unfinished, the store (a folder, or a
+                   bucket) and the temporary folder are writable
 
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
 line, and so that several server processes share exactly one socket: the supervisor's,
@@ -31,6 +31,8 @@ from pictrs_trio.config import (
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from pictrs_trio.repo.records import StoreMigration
 
 BACKLOG = 1024
 
@@ -123,8 +125,11 @@ async def preflight(config: Config) -> None:
     try:
         async with open_sqlite_repo(Path(config.repo.path)) as repo:
             await repo.health()
+            migration = await repo.store_migration()
     except PictrsError as exc:
         raise StartupError(f"repo.path {config.repo.path}: {exc.msg}") from None
+    if migration is not None:
+        check_store_migration(config, migration)
     try:
         async with open_store(config.store) as store:
             await store.health(write=not config.server.read_only)
@@ -139,6 +144,38 @@ async def preflight(config: Config) -> None:
         raise StartupError(
             f"server.temporary_directory {scratch}: cannot write there: {exc.strerror or exc}"
         ) from None
+
+
+def check_store_migration(config: Config, migration: StoreMigration) -> None:
+    """Refuse to serve while a ``migrate-store`` run is unfinished: some rows name files in
+    the old store, some in the new one, so either store would answer 404 for part of the
+    media (pict-rs starts anyway; docs/operations.md). After a finished run, warn when the
+    configured store is not the one the media went to. Raises StartupError."""
+    from loguru import logger
+
+    from pictrs_trio.services.migrate import describe
+
+    if not migration.finished:
+        if not migration.id:
+            raise StartupError(
+                f"repo.path {config.repo.path}: the repo records {migration.moved} files moved "
+                "by an unfinished migrate-store; finish it with migrate-store before serving"
+            )
+        buckets = "object-storage" in (migration.from_store + migration.to_store)
+        keys = " (with the region and keys of each bucket)" if buckets else ""
+        raise StartupError(
+            f"repo.path {config.repo.path}: a migrate-store from {migration.from_store} to "
+            f"{migration.to_store} is unfinished ({migration.moved} files moved); finish it by "
+            f"running the same command again{keys}: pictrs-trio migrate-store "
+            f"{migration.from_store} {migration.to_store} sqlite -p {config.repo.path}"
+        )
+    if migration.to_store != describe(config.store):
+        logger.warning(
+            "the last migrate-store moved the media to {}, but the configured store is {}: "
+            "point store at the new one unless it was moved there since",
+            migration.to_store,
+            describe(config.store),
+        )
 
 
 def _probe_folder(folder: Path) -> None:

@@ -6,6 +6,9 @@
              PruneMissing (POST /internal/prune_missing, services/prune.py)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
+    migrate  RemoveFiles: half-written copies of a migrate-store run that was killed; that
+             run's next start removes them, these workers only what is left after it
+             finished (the server's store is the one it moved media to by then)
 
 Delivery is at least once, so every handler is idempotent: removing a missing file is fine,
 an upload whose outcome is recorded is not ingested again, a rendered variant is found.
@@ -34,7 +37,7 @@ from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
 
 BATCH = 500
-CONCURRENCY = {jobs.CLEANUP: 1, jobs.INGEST: 2, jobs.PROCESS: 2}
+CONCURRENCY = {jobs.CLEANUP: 1, jobs.INGEST: 2, jobs.PROCESS: 2, jobs.MIGRATE: 1}
 RETENTION_CHECK_MAX_SECONDS = 300.0
 
 _cleanup_decoder = msgspec.json.Decoder(jobs.CleanupJob)
@@ -47,6 +50,7 @@ def by_queue(state: AppState) -> dict[str, Handler]:
         jobs.CLEANUP: partial(handle_cleanup, state),
         jobs.INGEST: partial(handle_ingest, state),
         jobs.PROCESS: partial(handle_generate, state),
+        jobs.MIGRATE: partial(handle_cleanup, state),
     }
 
 
@@ -173,9 +177,13 @@ async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
 async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:
     limits, pairs = parse_upload_query(payload.query)
     operations = upload_operations(state, pairs)
+    # The row knows where the bytes are now: migrate-store repoints it, not this payload.
+    raw_identifier = (
+        await state.repo.upload_raw_identifier(payload.upload_id) or payload.raw_identifier
+    )
     # Streamed from the store (ingest spools it to its own scratch file anyway).
     async with (
-        aclosing(state.store.read(payload.raw_identifier)) as raw,
+        aclosing(state.store.read(raw_identifier)) as raw,
         IngestSession(state) as session,
     ):
         await ingest(

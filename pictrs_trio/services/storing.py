@@ -18,9 +18,11 @@ from pathlib import Path
 import trio
 from loguru import logger
 
+from journal import Journal
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.errors import ErrorCode, StoreError
 from pictrs_trio.services.state import AppState
+from pictrs_trio.store import Store
 
 CLEANUP_SECONDS = 10.0
 
@@ -31,33 +33,61 @@ async def save_new(
     """Save ``src`` under a fresh identifier, with its intent recorded first. Returns the
     identifier; the caller's commit fulfils the intent, or ``discard`` undoes both. Raises
     StoreError, JournalError (nothing is left then)."""
-    identifier = state.store.new_identifier(extension)
-    undo = jobs.RemoveFiles(identifiers=[identifier], partial=True)
-    await state.journal.intend([identifier], jobs.CLEANUP, undo)
-    try:
-        await state.store.save_file(
-            src, identifier=identifier, content_type=content_type, durable=durable
-        )
-    except StoreError as exc:
-        if exc.code is ErrorCode.FILE_EXISTS:  # not ours: leave it, drop only the intent
-            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-                await state.journal.abandon([identifier])
-        else:
-            await discard(state, identifier)
-        raise
-    except BaseException:
-        await discard(state, identifier)
-        raise
-    return identifier
+    return await save_into(
+        state.store,
+        state.journal,
+        src,
+        extension=extension,
+        content_type=content_type,
+        durable=durable,
+    )
 
 
 async def discard(state: AppState, identifier: str) -> None:
     """Remove a file this process saved and did not commit (or that lost a race to an
     identical one), then its intent. Bounded, and done even when cancelled; if it cannot be
     done now, the intent stays and the file goes when this process stops."""
+    await discard_from(state.store, state.journal, identifier)
+
+
+async def save_into(
+    store: Store,
+    journal: Journal,
+    src: Path,
+    *,
+    extension: str,
+    content_type: str,
+    durable: bool = True,
+    queue: str = jobs.CLEANUP,
+) -> str:
+    """``save_new`` into any store: the undo job of the intent goes to ``queue``, whose
+    workers must act on that store (``migrate-store`` writes to a store the server's
+    cleanup workers do not use, so its undo jobs have a queue of their own)."""
+    identifier = store.new_identifier(extension)
+    undo = jobs.RemoveFiles(identifiers=[identifier], partial=True)
+    await journal.intend([identifier], queue, undo)
+    try:
+        await store.save_file(
+            src, identifier=identifier, content_type=content_type, durable=durable
+        )
+    except StoreError as exc:
+        if exc.code is ErrorCode.FILE_EXISTS:  # not ours: leave it, drop only the intent
+            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                await journal.abandon([identifier])
+        else:
+            await discard_from(store, journal, identifier)
+        raise
+    except BaseException:
+        await discard_from(store, journal, identifier)
+        raise
+    return identifier
+
+
+async def discard_from(store: Store, journal: Journal, identifier: str) -> None:
+    """``discard`` from any store."""
     with trio.move_on_after(CLEANUP_SECONDS, shield=True):
         try:
-            await state.store.remove(identifier, partial=True)
-            await state.journal.abandon([identifier])
+            await store.remove(identifier, partial=True)
+            await journal.abandon([identifier])
         except Exception:
             logger.opt(exception=True).warning("could not remove {} now", identifier)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyvips
 
 from tests.e2e.conftest import Server
-from tests.e2e.test_external_validation import Validator
+from tests.origin import Origin
 
 API_KEY = "API_KEY"
 
@@ -196,11 +196,10 @@ path = '{root}/files'
 def test_pict_rs_sample_configuration_with_a_sqlite_repo(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
-    validator = Validator({})
+    validator = Origin()
     srv = Server(tmp_path)
     config = tmp_path / "pict-rs.toml"
-    port = validator.httpd.server_address[1]
-    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path, validator_port=port))
+    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path, validator_port=validator.port))
     srv.global_args = ["-c", str(config)]
     srv.start()
     try:

@@ -9,71 +9,14 @@ names other than ``localhost`` (refused without a look-up) are never used.
 
 from __future__ import annotations
 
-import http.server
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import Server
-
-
-class Origin:
-    """An HTTP server on ``host`` counting the connections it accepts. ``/img/<name>``
-    serves a sample, ``/to?url=U`` redirects to U (302)."""
-
-    def __init__(self, files: dict[str, bytes], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.connections = 0
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-        origin = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with origin.lock:
-                    origin.requests.append(self.path)
-                split = urlsplit(self.path)
-                if split.path == "/to":
-                    self.send_response(302)
-                    self.send_header("Location", parse_qs(split.query)["url"][0])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = files.get(split.path.rsplit("/", 1)[-1])
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Counting(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-            def verify_request(self, request: object, client_address: object) -> bool:
-                with origin.lock:
-                    origin.connections += 1
-                return True
-
-        self.httpd = Counting((host, port), Handler)
-        self.port = int(self.httpd.server_address[1])
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.origin import Origin
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +35,7 @@ def origin(files: dict[str, bytes]) -> Iterator[Origin]:
 def origin6(origin: Origin, files: dict[str, bytes]) -> Iterator[Origin | None]:
     """The same port on ::1, where ``[::1]`` and ``localhost`` may lead; None without IPv6."""
     try:
-        o = Origin(files, "::1", origin.port)
+        o = Origin(files, host="::1", port=origin.port)
     except OSError:
         yield None
         return
@@ -104,7 +47,7 @@ def origin6(origin: Origin, files: dict[str, bytes]) -> Iterator[Origin | None]:
 def inner(origin: Origin, files: dict[str, bytes]) -> Iterator[Origin]:
     """A second origin on 127.0.0.2: where a redirect must not lead."""
     try:
-        o = Origin(files, "127.0.0.2", origin.port)
+        o = Origin(files, host="127.0.0.2", port=origin.port)
     except OSError:
         pytest.skip("127.0.0.2 cannot be bound here")
     yield o
@@ -186,7 +129,7 @@ def test_allowed_networks_let_loopback_through_and_redirects_are_checked(
         hop = f"http://127.0.0.1:{port}/to"
         r = c.get("/image/original", params={"proxy": f"{hop}?url=/img/cat.jpg"})
         assert r.status_code == 200
-        assert origin.requests == ["/img/test.png", "/to?url=/img/cat.jpg", "/img/cat.jpg"]
+        assert origin.paths == ["/img/test.png", "/to?url=/img/cat.jpg", "/img/cat.jpg"]
         for target in (f"http://127.0.0.2:{port}/img/test.png",
                        f"http://2130706434:{port}/img/test.png",
                        f"http://[::ffff:127.0.0.2]:{port}/img/test.png",

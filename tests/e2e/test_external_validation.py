@@ -5,13 +5,9 @@ reached for."""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import apsw
 import httpx
@@ -20,6 +16,7 @@ import pytest
 from tests.e2e.conftest import ALLOW_LOOPBACK, Server, free_port
 from tests.e2e.test_jobs import claim, upload_backgrounded
 from tests.e2e.test_upload_serve_delete import upload
+from tests.origin import Origin
 
 API_KEY = "test-api-key"
 KEY = {"X-Api-Token": API_KEY}
@@ -30,81 +27,15 @@ def import_file(c: httpx.Client, path: Path, alias: str) -> httpx.Response:
     return c.post("/internal/import", files=files, headers=KEY)
 
 
-class Validator:
-    """POST: records (Content-Type, body) and answers as ``answer`` says: 200, another
-    status, or "hang" (answers 200 only after ``HANG_SECONDS``). ``refuse_type`` refuses
-    (403) one content type whatever ``answer`` is. GET ``/img/<name>`` serves a sample, so
-    downloads and proxies have an origin."""
-
-    HANG_SECONDS = 5.0
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.answer: int | str = 200
-        self.refuse_type: str | None = None
-        self.received: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        validator = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                content_type = self.headers.get("Content-Type", "")
-                with validator.lock:
-                    validator.received.append((content_type, body))
-                    answer = validator.answer
-                if content_type == validator.refuse_type:
-                    answer = 403
-                if answer == "hang":
-                    time.sleep(validator.HANG_SECONDS)
-                    answer = 200
-                assert isinstance(answer, int)
-                with contextlib.suppress(OSError):  # the server may have given up
-                    self.send_response(answer)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-
-            def do_GET(self) -> None:
-                data = files.get(urlsplit(self.path).path.rsplit("/", 1)[-1])
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Threading(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-        self.httpd = Threading(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def take(self) -> list[tuple[str, bytes]]:
-        with self.lock:
-            received, self.received = self.received, []
-        return received
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture(scope="module")
-def validator(samples: dict[str, Path]) -> Iterator[Validator]:
-    v = Validator({name: path.read_bytes() for name, path in samples.items()})
+def validator(samples: dict[str, Path]) -> Iterator[Origin]:
+    v = Origin({name: path.read_bytes() for name, path in samples.items()})
     yield v
     v.close()
 
 
 @pytest.fixture
-def checker(validator: Validator) -> Validator:
+def checker(validator: Origin) -> Origin:
     """The module's validator, accepting and with nothing received, for one test."""
     validator.answer, validator.refuse_type = 200, None
     validator.take()
@@ -112,7 +43,7 @@ def checker(validator: Validator) -> Validator:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, validator: Validator) -> Iterator[Server]:
+def srv(tmp_path_factory: pytest.TempPathFactory, validator: Origin) -> Iterator[Server]:
     env = {
         "PICTRS__MEDIA__EXTERNAL_VALIDATION": f"{validator.url}/validate",
         "PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT": "1",
@@ -154,7 +85,7 @@ def assert_refused(r: httpx.Response, status: int) -> None:
 
 
 def test_accepted_uploads_send_exactly_the_stored_bytes(
-    srv: Server, checker: Validator, samples: dict[str, Path]
+    srv: Server, checker: Origin, samples: dict[str, Path]
 ) -> None:
     """Each way in: the validator gets the bytes that are kept (metadata stripped, steps
     applied) with the stored Content-Type."""
@@ -190,7 +121,7 @@ def test_accepted_uploads_send_exactly_the_stored_bytes(
 
 @pytest.mark.parametrize(("answer", "status"), [(403, 400), (500, 400), (302, 400)])
 def test_a_refusal_keeps_nothing(
-    srv: Server, checker: Validator, samples: dict[str, Path], answer: int, status: int
+    srv: Server, checker: Origin, samples: dict[str, Path], answer: int, status: int
 ) -> None:
     before = counts(srv)
     checker.answer = answer
@@ -202,7 +133,7 @@ def test_a_refusal_keeps_nothing(
 
 
 def test_one_refused_file_undoes_the_request(
-    srv: Server, checker: Validator, samples: dict[str, Path]
+    srv: Server, checker: Origin, samples: dict[str, Path]
 ) -> None:
     """A request's files succeed together or not at all: the PNG, accepted and stored
     first, goes again when the JPEG after it is refused."""
@@ -214,9 +145,7 @@ def test_one_refused_file_undoes_the_request(
     settled(srv, before)
 
 
-def test_no_answer_in_time_refuses(
-    srv: Server, checker: Validator, samples: dict[str, Path]
-) -> None:
+def test_no_answer_in_time_refuses(srv: Server, checker: Origin, samples: dict[str, Path]) -> None:
     before = counts(srv)
     checker.answer = "hang"
     with srv.client() as c:
@@ -224,15 +153,13 @@ def test_no_answer_in_time_refuses(
         r = upload(c, samples["test.png"])
         took = time.monotonic() - started
         assert_refused(r, 500)
-        assert took < Validator.HANG_SECONDS - 1  # external_validation_timeout is 1 s
+        assert took < Origin.HANG_SECONDS - 1  # external_validation_timeout is 1 s
         assert "did not answer" in r.json()["msg"]
         assert c.get("/healthz").status_code == 200
     settled(srv, before)
 
 
-def test_every_way_in_is_validated(
-    srv: Server, checker: Validator, samples: dict[str, Path]
-) -> None:
+def test_every_way_in_is_validated(srv: Server, checker: Origin, samples: dict[str, Path]) -> None:
     before = counts(srv)
     checker.answer = 403
     with srv.client() as c:
@@ -275,7 +202,7 @@ def test_a_validator_that_is_down_refuses(tmp_path: Path, samples: dict[str, Pat
 
 
 def test_dummy_mode_is_validated_too(
-    tmp_path: Path, checker: Validator, samples: dict[str, Path]
+    tmp_path: Path, checker: Origin, samples: dict[str, Path]
 ) -> None:
     """pict-rs asks the validator in danger_dummy_mode too: the bytes as they came, as PNG."""
     env = {"PICTRS__MEDIA__EXTERNAL_VALIDATION": f"{checker.url}/validate"}

@@ -7,16 +7,13 @@ wrongly connect to is a loopback one, watched by a server that counts connection
 from __future__ import annotations
 
 import contextlib
-import http.server
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -25,82 +22,22 @@ import trio
 from pictrs_trio.rules.egress import Network
 from pictrs_trio.rules.errors import UrlNotAllowed
 from pictrs_trio.services.egress import guarded_client
+from tests.origin import Origin
 
 LOOPBACK_ONLY_1 = [ip_network("127.0.0.1/32")]
 
 
-class Watched:
-    """A threaded HTTP server that counts the connections it accepts and records each
-    request's path and Host. ``/ok`` answers 200, ``/to?url=U`` redirects to U, ``/loop``
-    redirects to itself."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None):
-        self.connections = 0
-        self.requests: list[tuple[str, str]] = []
-        watched = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                watched.requests.append((self.path, self.headers.get("Host", "")))
-                split = urlsplit(self.path)
-                if split.path == "/ok":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "5")
-                    self.end_headers()
-                    self.wfile.write(b"hello")
-                    return
-                if split.path == "/to":
-                    target = parse_qs(split.query)["url"][0]
-                elif split.path == "/loop":
-                    target = "/loop"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(302)
-                self.send_header("Location", target)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-            def verify_request(self, request: object, client_address: object) -> bool:
-                watched.connections += 1
-                return True
-
-            def get_request(self) -> tuple[socket.socket, object]:
-                sock, address = super().get_request()
-                if tls is not None:
-                    sock = tls.wrap_socket(sock, server_side=True)
-                return sock, address
-
-        self.httpd = Server((host, port), Handler)
-        self.port = int(self.httpd.server_address[1])
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server() -> Iterator[Watched]:
-    s = Watched()
+def server() -> Iterator[Origin]:
+    s = Origin()
     yield s
     s.close()
 
 
 @pytest.fixture
-def second(server: Watched) -> Iterator[Watched]:
+def second(server: Origin) -> Iterator[Origin]:
     """A server on 127.0.0.2 with the first one's port: where a wrong connection would go."""
-    s = Watched("127.0.0.2", server.port)
+    s = Origin(host="127.0.0.2", port=server.port)
     yield s
     s.close()
 
@@ -142,7 +79,7 @@ def client(allowed: list[Network] | None = None) -> httpx.AsyncClient:
     return guarded_client(allowed=allowed or [], timeout=5, user_agent="test")
 
 
-async def test_loopback_refused_by_default_without_connecting(server: Watched) -> None:
+async def test_loopback_refused_by_default_without_connecting(server: Origin) -> None:
     async with client() as c:
         for host in ("127.0.0.1", "127.1", "2130706433", "0x7f000001", "0x7f.1", "0",
                      "[::ffff:127.0.0.1]", "[::1]", "[::]"):  # fmt: skip
@@ -151,7 +88,7 @@ async def test_loopback_refused_by_default_without_connecting(server: Watched) -
     assert server.connections == 0
 
 
-async def test_localhost_names_are_refused_without_a_lookup(server: Watched) -> None:
+async def test_localhost_names_are_refused_without_a_lookup(server: Origin) -> None:
     resolver = Resolver({"localhost": [["127.0.0.1"]]})
     trio.socket.set_custom_hostname_resolver(resolver)
     async with client() as c:
@@ -167,7 +104,7 @@ async def test_localhost_names_are_refused_without_a_lookup(server: Watched) -> 
     assert server.requests == [("/ok", f"localhost:{server.port}")]
 
 
-async def test_a_name_is_judged_by_what_it_resolves_to(server: Watched) -> None:
+async def test_a_name_is_judged_by_what_it_resolves_to(server: Origin) -> None:
     resolver = Resolver({"evil.test": [["127.0.0.1"]], "mixed.test": [["127.0.0.1", "10.0.0.1"]]})
     trio.socket.set_custom_hostname_resolver(resolver)
     async with client() as c:
@@ -183,7 +120,7 @@ async def test_a_name_is_judged_by_what_it_resolves_to(server: Watched) -> None:
     assert resolver.asked == ["evil.test", "mixed.test"]
 
 
-async def test_allowed_networks_let_loopback_through(server: Watched) -> None:
+async def test_allowed_networks_let_loopback_through(server: Origin) -> None:
     async with client(LOOPBACK_ONLY_1) as c:
         r = await c.get(f"http://127.0.0.1:{server.port}/ok")
         assert (r.status_code, r.content) == (200, b"hello")
@@ -191,9 +128,7 @@ async def test_allowed_networks_let_loopback_through(server: Watched) -> None:
             await c.get(f"http://127.0.0.2:{server.port}/ok")  # 127.0.0.1/32 only
 
 
-async def test_the_checked_address_is_the_one_connected_to(
-    server: Watched, second: Watched
-) -> None:
+async def test_the_checked_address_is_the_one_connected_to(server: Origin, second: Origin) -> None:
     """DNS rebinding: the first answer is allowed, every later one is not. The request goes
     to the first answer's server with the name in Host; nothing is resolved again for that
     connection, and a new connection, resolved anew, is refused."""
@@ -210,7 +145,7 @@ async def test_the_checked_address_is_the_one_connected_to(
     assert second.connections == 0
 
 
-async def test_every_redirect_is_checked(server: Watched, second: Watched) -> None:
+async def test_every_redirect_is_checked(server: Origin, second: Origin) -> None:
     port = server.port
     async with client(LOOPBACK_ONLY_1) as c:
         ok = await c.get(f"http://127.0.0.1:{port}/to", params={"url": "/ok"})
@@ -223,9 +158,7 @@ async def test_every_redirect_is_checked(server: Watched, second: Watched) -> No
     assert second.connections == 0
 
 
-async def test_a_redirect_into_a_name_that_resolves_inward(
-    server: Watched, second: Watched
-) -> None:
+async def test_a_redirect_into_a_name_that_resolves_inward(server: Origin, second: Origin) -> None:
     trio.socket.set_custom_hostname_resolver(Resolver({"inward.test": [["127.0.0.2"]]}))
     async with client(LOOPBACK_ONLY_1) as c:
         with pytest.raises(UrlNotAllowed):
@@ -236,7 +169,7 @@ async def test_a_redirect_into_a_name_that_resolves_inward(
     assert second.connections == 0
 
 
-async def test_redirects_are_bounded(server: Watched) -> None:
+async def test_redirects_are_bounded(server: Origin) -> None:
     async with client(LOOPBACK_ONLY_1) as c:
         with pytest.raises(httpx.TooManyRedirects):
             await c.get(f"http://127.0.0.1:{server.port}/loop")
@@ -248,6 +181,33 @@ async def test_an_unknown_name_is_a_connect_error() -> None:
     async with client() as c:
         with pytest.raises(httpx.ConnectError):
             await c.get("http://nowhere.test/ok")
+
+
+@contextlib.contextmanager
+def blackhole(host: str) -> Iterator[int]:
+    """A port on ``host`` whose connects hang: its one-slot accept queue is full, so the
+    kernel drops every further SYN and the client keeps retrying."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((host, 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # takes the queue's one slot, never accepted
+        yield int(listener.getsockname()[1])
+
+
+async def test_an_address_that_drops_packets_falls_through_to_the_next() -> None:
+    """Two checked addresses, the first silent: the second is tried a quarter second later
+    and answers, instead of the first eating the whole connect timeout (5 s here)."""
+    with blackhole("127.0.0.2") as port:
+        origin = Origin(host="127.0.0.1", port=port)
+        try:
+            resolver = Resolver({"slow.test": [["127.0.0.2", "127.0.0.1"]]})
+            trio.socket.set_custom_hostname_resolver(resolver)
+            async with client([ip_network("127.0.0.0/8")]) as c:
+                r = await c.get(f"http://slow.test:{port}/ok")
+            assert (r.status_code, r.content) == (200, b"hello")
+            assert origin.requests == [("/ok", f"slow.test:{port}")]
+        finally:
+            origin.close()
 
 
 def causes(exc: BaseException | None) -> str:
@@ -282,7 +242,7 @@ async def test_tls_keeps_the_name(
     context.load_cert_chain(cert, key)
     names: list[str | None] = []
     context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc]
-    tls_server = Watched(tls=context)
+    tls_server = Origin(tls=context)
     try:
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the client is built
         trio.socket.set_custom_hostname_resolver(Resolver({"tls.test": [["127.0.0.1"]]}))

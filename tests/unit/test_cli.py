@@ -211,12 +211,55 @@ def test_sled_subcommand_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not supported yet" in fails(["run", "postgres", "-u", "postgres://x"], capsys)
 
 
-def test_migrate_store_parses_then_says_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
+def migrates(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[Config, cli.MigrateStoreArgs]:
+    """main() with a migrate runner that records what it is handed."""
+    seen: list[tuple[Config, cli.MigrateStoreArgs]] = []
+
+    def record(config: Config, args: cli.MigrateStoreArgs) -> int:
+        seen.append((config, args))
+        return 0
+
+    assert cli.main(argv, runner=lambda c: None, env=env or {}, migrate_runner=record) == 0
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_migrate_store_takes_its_stores_from_the_command_line(tmp_path: Path) -> None:
     argv = ["migrate-store", "--skip-missing-files", "--concurrency", "8", "filesystem", "-p",
-            "/a", "object-storage", "-e", "http://x", "-b", "b", "-r", "r", "-a", "k"]  # fmt: skip
-    assert "not implemented yet" in fails(argv, capsys)
+            "/a", "object-storage", "-e", "http://x", "-u", "-b", "b", "-r", "r", "-a", "k", "-s",
+            "s", "sqlite", "-p", "/db"]  # fmt: skip
+    env = {"PICTRS__STORE__PATH": "/configured", "PICTRS__SERVER__TEMPORARY_DIRECTORY": "/t"}
+    config, args = migrates(argv, env)
+    assert args.source == FilesystemStore(path="/a")
+    assert args.destination == ObjectStorageStore(
+        endpoint="http://x", use_path_style=True, bucket_name="b", region="r", access_key="k",
+        secret_key="s",
+    )  # fmt: skip
+    assert (args.skip_missing_files, args.concurrency) == (True, 8)
+    # The rest comes from the configuration; the configured store is not FROM or TO.
+    assert config.repo == SqliteRepo(path="/db")
+    assert config.store == FilesystemStore(path="/configured")
+    assert config.server.temporary_directory == "/t"
+    assert config.server.cleanup_temporary_directory is False  # pict-rs: never for migrations
+    # Defaults: pict-rs's /mnt/files, 32 in flight, missing files fail the run.
+    _, args = migrates(["migrate-store", "filesystem", "filesystem", "-p", "/b"])
+    assert args == cli.MigrateStoreArgs(
+        source=FilesystemStore(), destination=FilesystemStore(path="/b")
+    )
+    assert (args.concurrency, args.skip_missing_files) == (32, False)
+
+
+def test_migrate_store_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--concurrency" in fails(["migrate-store", "--concurrency", "x"], capsys)
+    assert "at least 1" in fails(
+        ["migrate-store", "--concurrency", "0", "filesystem", "filesystem", "-p", "/b"], capsys
+    )
     assert "FROM and a TO" in fails(["migrate-store", "filesystem"], capsys)
+    assert "--secret-key is required" in fails(
+        ["migrate-store", "filesystem", "object-storage", "-e", "http://x", "-b", "b", "-r", "r",
+         "-a", "k"], capsys)  # fmt: skip
     assert "SQLite" in fails(["migrate-repo", "sled", "-p", "x", "postgres", "-u", "u"], capsys)
 
 

@@ -1,0 +1,444 @@
+"""``migrate-store``: move every stored file the repo names from one store to another and
+repoint the rows, resumably, file by file (pict-rs ``src/migrate_store.rs``).
+
+    refuse beside a live server; check both stores and the repo
+    begin the run, or resume the unfinished one (same stores only)
+    undo what a killed run left half-written (journal intents, queue ``migrate``)
+    walk the files not moved yet, ``concurrency`` at a time; per file:
+        read it from the old store into a spool file
+        record the intent on a fresh identifier, save it into the new store
+        one transaction: repoint every row naming it, record old -> new, fulfil the intent
+    all moved (missing ones skipped with --skip-missing-files): finish the run
+
+Written against the ``Store`` and ``Repo`` Protocols only, so any store moves to any other.
+
+What matches pict-rs: originals, variants and motion stills move, each under a new
+identifier with its details; progress is recorded per file in ``store_migrations`` (a file
+whose identifier is there is done, so a second run skips it), cleared when the run
+finishes; a file missing from the old store fails the run unless ``--skip-missing-files``,
+which skips it (its rows keep naming it); other failures are retried (10 attempts, 3 s
+apart); ``--concurrency`` defaults to 32; old files stay where they were (the operator
+removes the old store).
+
+Where it differs: the raw bytes of backgrounded uploads still pending move too (their ingest
+reads the row, services/handlers.py); a failed file does not stop the others, it is counted
+and the run stays unfinished (pict-rs stops the pass and starts it again, up to 50 times); a
+missing file is not retried; the repo records the run itself (``store_migration_runs``), so
+the server refuses to start while it is unfinished (pict-rs starts and serves whatever the
+rows name, docs/operations.md "Moving media with migrate-store"); a half-written copy of a
+killed run is removed (its intent) at the next start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import uuid
+from contextlib import aclosing
+from pathlib import Path
+
+import msgspec
+import trio
+from loguru import logger
+
+from journal import Journal, JournalError
+from pictrs_trio.config import FilesystemStore, ObjectStorageStore
+from pictrs_trio.repo import FileToMove, MovePosition, Repo, StoreMigration
+from pictrs_trio.rules import jobs
+from pictrs_trio.rules.errors import PictrsError, StoreNotFound
+from pictrs_trio.rules.formats import CONTENT_TYPES, Fmt
+from pictrs_trio.services.storing import discard_from, save_into
+from pictrs_trio.store import Store
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "MigrateOptions",
+    "MigrationRefused",
+    "Progress",
+    "check_stores",
+    "describe",
+    "migrate_store",
+]
+
+DEFAULT_CONCURRENCY = 32  # pict-rs's default for --concurrency
+PAGE = 100  # hashes per walk page, as pict-rs pages them
+SPOOL_CHUNK = 1024 * 1024  # bytes buffered per write to the spool file
+FAILURES_LOGGED = 50  # failures logged one by one; then only counted
+OWNER_CHECK_SECONDS = 5.0  # how often the run looks for a server started beside it
+FALLBACK_CONTENT_TYPE = "application/octet-stream"
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}$")
+_remove_decoder = msgspec.json.Decoder(jobs.RemoveFiles)
+
+
+class MigrationRefused(Exception):
+    """The migration cannot start (or go on) here: the message says why and what to do."""
+
+
+class MigrateOptions(msgspec.Struct, frozen=True, kw_only=True):
+    skip_missing_files: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    attempts: int = 10  # per file (pict-rs: 10), a missing file excepted
+    retry_delay: float = 3.0  # seconds between attempts (pict-rs: 3)
+    stop_after_failures: int = 50  # files failing in a row that stop the run (store down)
+
+
+@dataclasses.dataclass
+class Progress:
+    """Counts of the run so far, read by whoever reports them (runtime/migrate_command.py).
+    ``total`` files were left to move when the walk began; ``done_before`` were moved by
+    earlier runs; ``skipped`` counts files found moved meanwhile."""
+
+    total: int = 0
+    done_before: int = 0
+    moved: int = 0
+    skipped: int = 0
+    missing: int = 0
+    failed: int = 0
+    bytes: int = 0
+    started: float = 0.0  # trio.current_time() when the walk began
+    walking: bool = False
+    finished: bool = False
+    stopped: str | None = None  # why the run stopped early
+    run: StoreMigration | None = None
+    failures_in_a_row: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.moved + self.skipped + self.missing + self.failed
+
+
+def describe(config: FilesystemStore | ObjectStorageStore) -> str:
+    """Which store this is, as the command line names it: a folder, or an endpoint and
+    bucket (region, addressing and keys are how to reach it, not which it is; no secrets).
+    Recorded with the run, compared when it is resumed, shown in messages."""
+    if isinstance(config, FilesystemStore):
+        return f"filesystem -p {Path(config.path).resolve()}"
+    return f"object-storage -e {config.endpoint} -b {config.bucket_name}"
+
+
+def check_stores(
+    source: FilesystemStore | ObjectStorageStore, destination: FilesystemStore | ObjectStorageStore
+) -> None:
+    """Two different stores, neither folder inside the other (removing the old store would
+    remove the new one). Raises MigrationRefused."""
+    if describe(source) == describe(destination):
+        raise MigrationRefused(f"FROM and TO are the same store ({describe(source)})")
+    if isinstance(source, FilesystemStore) and isinstance(destination, FilesystemStore):
+        old, new = Path(source.path).resolve(), Path(destination.path).resolve()
+        if old in new.parents or new in old.parents:
+            raise MigrationRefused(
+                f"one store folder is inside the other ({old}, {new}): the old store is "
+                "removed once the migration is over, so keep them apart"
+            )
+
+
+def _kind(file: FileToMove) -> tuple[str, str]:
+    """(extension, content type) of the copy: from the details, else the old name."""
+    if file.details is not None:
+        return file.details.format.extension, file.details.content_type
+    found = _EXTENSION.search(file.identifier.rsplit("/", 1)[-1])
+    if found is None:
+        return "", FALLBACK_CONTENT_TYPE
+    extension = found.group(0)
+    try:
+        return extension, CONTENT_TYPES[Fmt(extension[1:].lower())]
+    except ValueError:
+        return extension, FALLBACK_CONTENT_TYPE
+
+
+class _Missing(Exception):
+    """The old store has no bytes for the file."""
+
+
+def _copy_local(local: Path, spool: Path) -> int:
+    shutil.copyfile(local, spool)
+    return spool.stat().st_size
+
+
+async def _spool(source: Store, identifier: str, spool: Path) -> int:
+    """Copy the file's bytes from ``source`` into ``spool``; returns the size. A local file
+    is copied in one thread hop; others stream. Raises _Missing, StoreError, OSError."""
+    try:
+        local = await source.local_path(identifier)
+    except StoreNotFound as exc:
+        raise _Missing(exc.msg) from exc
+    if local is not None:
+        try:
+            return await trio.to_thread.run_sync(_copy_local, local, spool)
+        except FileNotFoundError as exc:
+            if exc.filename != str(local):
+                raise  # the spool folder, not the source
+            raise _Missing(f"No file for {identifier}") from exc
+    size = 0
+    try:
+        async with (
+            aclosing(source.read(identifier)) as chunks,
+            await trio.open_file(spool, "wb") as out,
+        ):
+            buffer = bytearray()
+            async for chunk in chunks:
+                buffer += chunk
+                if len(buffer) >= SPOOL_CHUNK:
+                    await out.write(bytes(buffer))
+                    size += len(buffer)
+                    buffer.clear()
+            await out.write(bytes(buffer))
+            size += len(buffer)
+    except StoreNotFound as exc:
+        raise _Missing(exc.msg) from exc
+    return size
+
+
+class _Mover:
+    def __init__(
+        self,
+        repo: Repo,
+        journal: Journal,
+        source: Store,
+        destination: Store,
+        tmp_dir: Path,
+        options: MigrateOptions,
+        progress: Progress,
+    ) -> None:
+        self.repo, self.journal = repo, journal
+        self.source, self.destination = source, destination
+        self.tmp_dir, self.options, self.progress = tmp_dir, options, progress
+        self.logged = 0
+        self.scope = trio.CancelScope()  # the walk's: ``stop`` cancels it
+
+    def stop(self, why: str) -> None:
+        """End the walk early (files in flight are discarded); the run stays unfinished."""
+        if self.progress.stopped is None:
+            self.progress.stopped = why
+        self.scope.cancel()
+
+    async def move(self, file: FileToMove) -> int:
+        """Copy one file and repoint its rows. Returns its size, or -1 when another run
+        moved it meanwhile. Raises _Missing, PictrsError, JournalError, OSError."""
+        spool = self.tmp_dir / uuid.uuid4().hex
+        try:
+            size = await _spool(self.source, file.identifier, spool)
+            extension, content_type = _kind(file)
+            new = await save_into(
+                self.destination,
+                self.journal,
+                spool,
+                extension=extension,
+                content_type=content_type,
+                queue=jobs.MIGRATE,
+            )
+        finally:
+            spool.unlink(missing_ok=True)
+        try:
+            changed = await self.repo.commit_moved_file(
+                file.identifier, new, owner=self.journal.owner
+            )
+        except BaseException:
+            await discard_from(self.destination, self.journal, new)
+            raise
+        if changed == 0:  # moved already (or its rows are gone): ours is not needed
+            await discard_from(self.destination, self.journal, new)
+            return -1
+        return size
+
+    async def handle(self, file: FileToMove) -> None:
+        """Move one file with retries, and count how it went."""
+        progress, options = self.progress, self.options
+        for attempt in range(1, options.attempts + 1):
+            try:
+                size = await self.move(file)
+            except _Missing as exc:
+                if options.skip_missing_files:
+                    progress.missing += 1
+                    self._log("warning", "skipping {} {}: not in the old store", file, exc)
+                else:
+                    progress.failed += 1
+                    self._log(
+                        "error",
+                        "{} {} is not in the old store ({}); run with --skip-missing-files "
+                        "to move the others and leave it",
+                        file,
+                        exc,
+                    )
+                if progress.moved + progress.done_before == 0:
+                    progress.failures_in_a_row += 1
+                    if progress.failures_in_a_row >= options.stop_after_failures:
+                        self.stop(
+                            f"the first {progress.failures_in_a_row} files are all missing "
+                            "from the old store: is FROM the store this repo's files are in?"
+                        )
+                return
+            except (PictrsError, JournalError, OSError) as exc:
+                why = exc.msg if isinstance(exc, PictrsError) else str(exc)
+                if attempt < options.attempts:
+                    logger.warning(
+                        "moving {} {} failed (attempt {} of {}): {}; retrying",
+                        file.what,
+                        file.identifier,
+                        attempt,
+                        options.attempts,
+                        why,
+                    )
+                    await trio.sleep(options.retry_delay)
+                    continue
+                progress.failed += 1
+                progress.failures_in_a_row += 1
+                self._log("error", "could not move {} {}: {}", file, why)
+                if progress.failures_in_a_row >= options.stop_after_failures:
+                    self.stop(
+                        f"{progress.failures_in_a_row} files in a row could not be moved "
+                        f"(the last: {why})"
+                    )
+                return
+            progress.failures_in_a_row = 0
+            if size < 0:
+                progress.skipped += 1
+            else:
+                progress.moved += 1
+                progress.bytes += size
+            return
+
+    def _log(self, level: str, message: str, file: FileToMove, why: object) -> None:
+        self.logged += 1
+        if self.logged <= FAILURES_LOGGED:
+            logger.log(level.upper(), message, file.what, file.identifier, why)
+        elif self.logged == FAILURES_LOGGED + 1:
+            logger.warning("more files failed or are missing; only counted from here on")
+
+
+async def undo_killed_copies(journal: Journal, destination: Store) -> int:
+    """Remove what killed runs left half-written in ``destination``: the undo jobs their
+    intents became when the journal reaped them. Returns how many files were removed.
+    Raises StoreError, JournalError (the job stays queued for the next try)."""
+    worker = journal.worker_id(jobs.MIGRATE, 0)
+    removed = 0
+    while (job := await journal.claim(jobs.MIGRATE, worker, 60.0)) is not None:
+        try:
+            payload = job.decode(_remove_decoder)
+            for identifier in payload.identifiers:
+                await destination.remove(identifier, partial=payload.partial)
+        except BaseException as exc:
+            with trio.move_on_after(5, shield=True):
+                await journal.fail(job.id, worker, repr(exc), retry=True)
+            raise
+        await journal.complete(job.id, worker)
+        removed += len(payload.identifiers)
+    return removed
+
+
+async def _refuse_beside_others(journal: Journal) -> None:
+    others = await journal.others_alive()
+    if others:
+        raise MigrationRefused(
+            f"another pictrs-trio process uses this repo ({others[0]}): stop the server "
+            "first; migrate-store runs alone"
+        )
+
+
+async def _begin(
+    repo: Repo, journal: Journal, source: Store, destination: Store, from_store: str, to_store: str
+) -> tuple[StoreMigration, bool]:
+    """Checks, then (the run to go on with, whether it is over already: the same migration
+    finished last time). Raises MigrationRefused, PictrsError, JournalError."""
+    await _refuse_beside_others(journal)
+    await repo.health()
+    latest = await repo.store_migration()
+    if (
+        latest is not None
+        and latest.finished
+        and (latest.from_store, latest.to_store) == (from_store, to_store)
+    ):
+        return latest, True
+    await source.health(write=False)  # pict-rs checks the old store and the repo
+    await destination.health(write=True)  # and, here, that the new one takes files
+    run = await repo.begin_store_migration(from_store, to_store)
+    if run.id and (run.from_store, run.to_store) != (from_store, to_store):
+        raise MigrationRefused(
+            f"an unfinished migration from {run.from_store} to {run.to_store} is recorded in "
+            f"this repo ({run.moved} files moved); finish it first by running it again: "
+            f"pictrs-trio migrate-store {run.from_store} {run.to_store}"
+        )
+    return run, False
+
+
+async def migrate_store(
+    *,
+    repo: Repo,
+    journal: Journal,
+    source: Store,
+    destination: Store,
+    from_store: str,
+    to_store: str,
+    tmp_dir: Path,
+    options: MigrateOptions,
+    progress: Progress,
+) -> Progress:
+    """Move every file the repo names from ``source`` to ``destination`` (``from_store``
+    and ``to_store`` describe them: ``describe``). ``journal`` must be registered and
+    reaped (its ``run_owner`` running), ``tmp_dir`` an existing private folder. Counts go
+    to ``progress`` as the run goes (also returned): ``finished`` once every file is moved
+    and the run recorded as finished. Raises MigrationRefused (another process uses the
+    repo, or another migration is unfinished), PictrsError or JournalError (a store or the
+    repo cannot be used)."""
+    progress.run, over = await _begin(repo, journal, source, destination, from_store, to_store)
+    if over:
+        logger.info("this migration finished already: every file is in {}", to_store)
+        progress.finished = True
+        return progress
+    if progress.run.moved:
+        logger.info(
+            "continuing the migration from {} to {}: {} files were moved before",
+            from_store,
+            to_store,
+            progress.run.moved,
+        )
+    undone = await undo_killed_copies(journal, destination)
+    if undone:
+        logger.info("removed {} half-written copies of a run that was stopped", undone)
+    named, moved = await repo.move_counts()
+    progress.done_before, progress.total = moved, max(named - moved, 0)
+    logger.info("{} files to move, {} moved before", progress.total, progress.done_before)
+    mover = _Mover(repo, journal, source, destination, tmp_dir, options, progress)
+    progress.started, progress.walking = trio.current_time(), True
+    try:
+        with mover.scope:
+            await _walk(repo, journal, mover, options.concurrency)
+    finally:
+        progress.walking = False
+    if progress.stopped is None and progress.failed == 0:
+        await repo.finish_store_migration()
+        progress.finished = True
+    return progress
+
+
+async def _walk(repo: Repo, journal: Journal, mover: _Mover, concurrency: int) -> None:
+    """Feed the files to move to ``concurrency`` workers, page by page; stops the walk
+    (``mover.stop``) when the repo cannot be read or a server starts beside it."""
+    send, receive = trio.open_memory_channel[FileToMove](0)
+
+    async def work(files: trio.MemoryReceiveChannel[FileToMove]) -> None:
+        async with files:
+            async for file in files:
+                await mover.handle(file)
+
+    async with trio.open_nursery() as nursery:
+        async with receive:
+            for _ in range(max(1, concurrency)):
+                nursery.start_soon(work, receive.clone())
+        async with send:
+            position: MovePosition | None = MovePosition()
+            checked = trio.current_time()
+            try:
+                while position is not None:
+                    page = await repo.files_to_move(position, PAGE)
+                    for file in page.files:
+                        await send.send(file)
+                    position = page.next
+                    if trio.current_time() - checked >= OWNER_CHECK_SECONDS:
+                        checked = trio.current_time()
+                        await _refuse_beside_others(journal)
+            except MigrationRefused as exc:
+                mover.stop(str(exc))
+            except (PictrsError, JournalError) as exc:
+                mover.stop(f"the repo could not be read: {exc}")

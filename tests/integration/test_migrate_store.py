@@ -1,0 +1,326 @@
+"""migrate-store (services/migrate.py) between two file stores over a real SQLite repo:
+files moved byte for byte, rows repointed, missing files, runs stopped and resumed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from loguru import logger
+
+from journal import Journal
+from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore
+from pictrs_trio.config import SqliteRepo as SqliteRepoConfig
+from pictrs_trio.repo.records import StoreMigration
+from pictrs_trio.repo.sqlite import SqliteRepo, open_sqlite_repo
+from pictrs_trio.rules import jobs
+from pictrs_trio.runtime import startup
+from pictrs_trio.runtime.startup import StartupError
+from pictrs_trio.services import migrate
+from pictrs_trio.services.migrate import MigrateOptions, MigrationRefused, Progress
+from pictrs_trio.store.file import FileStore, open_file_store
+from pictrs_trio.store.memory import MemoryStore
+from tests.migrate_helpers import (
+    assert_all_in,
+    db_rows,
+    files_on_disk,
+    fill,
+    named_files,
+)
+
+
+class Setup:
+    def __init__(self, root: Path, repo: SqliteRepo, a: FileStore, b: FileStore) -> None:
+        self.root, self.repo, self.a, self.b = root, repo, a, b
+        self.db = root / "db"
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+
+    async def migrate(
+        self,
+        source: object = None,
+        *,
+        to: str | None = None,
+        stop: trio.CancelScope | None = None,
+        progress: Progress | None = None,
+        **options: object,
+    ) -> Progress:
+        """One run, as the command runs it: a registered journal owner beside it."""
+        progress = progress or Progress()
+        try:
+            async with trio.open_nursery() as nursery:
+                journal = Journal(self.repo.journal_db())
+                await nursery.start(journal.run_owner)
+                try:
+                    with stop or trio.CancelScope():
+                        await migrate.migrate_store(
+                            repo=self.repo,
+                            journal=journal,
+                            source=source or self.a,  # type: ignore[arg-type]
+                            destination=self.b,
+                            from_store="filesystem -p A",
+                            to_store=to or "filesystem -p B",
+                            tmp_dir=self.tmp,
+                            options=MigrateOptions(**{"retry_delay": 0.0, **options}),  # type: ignore[arg-type]
+                            progress=progress,
+                        )
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the one error, as the command sees it
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return progress
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    async with (
+        open_sqlite_repo(tmp_path / "db") as repo,
+        open_file_store(tmp_path / "a") as a,
+        open_file_store(tmp_path / "b") as b,
+    ):
+        yield Setup(tmp_path, repo, a, b)
+
+
+async def test_moves_every_file_and_repoints_every_row(setup: Setup) -> None:
+    filled = await fill(setup.repo, setup.a, 30, uploads=2)
+    before = set(named_files(setup.db))
+    assert filled.files == 30 + 10 + 6 + 2
+    progress = await setup.migrate(concurrency=4)
+    assert progress.finished
+    assert (progress.moved, progress.failed, progress.missing) == (filled.files, 0, 0)
+    assert progress.total == filled.files
+    assert progress.bytes == sum(len(d) for d in filled.originals.values()) + sum(
+        len(d)
+        for group in (filled.variants, filled.motions, filled.uploads)
+        for d in group.values()
+    )
+    assert_all_in(setup.root / "b", setup.db, filled)
+    after = named_files(setup.db)
+    assert not before & after  # every identifier is new
+    # The old store is left as it was (pict-rs leaves it too; the operator removes it).
+    assert len(files_on_disk(setup.root / "a")) == filled.files
+    # Details moved with their files; the progress rows are gone, the run is finished.
+    assert db_rows(setup.db, "SELECT count(*) FROM details")[0][0] == filled.files - 2
+    assert {str(i) for (i,) in db_rows(setup.db, "SELECT identifier FROM details")} <= after
+    assert db_rows(setup.db, "SELECT count(*) FROM store_migrations") == [(0,)]
+    run = await setup.repo.store_migration()
+    assert run is not None and run.finished and run.to_store == "filesystem -p B"
+    # Reads through the new store give the same bytes.
+    for alias, data in filled.originals.items():
+        found = await setup.repo.find_original(alias)
+        assert found is not None and found.identifier is not None
+        assert found.details is not None
+        assert b"".join([c async for c in setup.b.read(found.identifier)]) == data
+    # The pending uploads' ingest finds its raw bytes through the row.
+    for upload_id, data in filled.uploads.items():
+        raw = await setup.repo.upload_raw_identifier(upload_id)
+        assert raw is not None and (setup.root / "b" / raw).read_bytes() == data
+    # A second run has nothing left to do.
+    again = await setup.migrate()
+    assert again.finished and again.moved == 0 and again.total == 0
+
+
+async def test_a_missing_file_fails_the_run_unless_skipped(setup: Setup) -> None:
+    filled = await fill(setup.repo, setup.a, 12, variant_every=0, motion_every=0)
+    gone_alias = next(iter(filled.originals))
+    found = await setup.repo.find_original(gone_alias)
+    assert found is not None and found.identifier is not None
+    gone = found.identifier
+    (setup.root / "a" / gone).unlink()
+
+    first = await setup.migrate()
+    assert (first.moved, first.missing, first.failed, first.finished) == (11, 0, 1, False)
+    run = await setup.repo.store_migration()
+    assert run is not None and not run.finished and run.moved == 11
+
+    second = await setup.migrate(skip_missing_files=True)
+    assert (second.moved, second.missing, second.failed) == (0, 1, 0)
+    assert second.done_before == 11 and second.total == 1
+    assert second.finished
+    # Its rows still name the old identifier (pict-rs leaves them: prune_missing forgets).
+    found = await setup.repo.find_original(gone_alias)
+    assert found is not None and found.identifier == gone
+    del filled.originals[gone_alias]
+    assert sorted(p.relative_to(setup.root / "b").as_posix() for p in files_on_disk(
+        setup.root / "b"
+    )) == sorted(named_files(setup.db) - {gone})  # fmt: skip
+
+
+async def test_a_run_cancelled_midway_leaves_nothing_behind_and_resumes(setup: Setup) -> None:
+    filled = await fill(setup.repo, setup.a, 60, variant_every=2, motion_every=0)
+    total = filled.files
+    stop = trio.CancelScope()
+    progress = Progress()
+
+    async def cancel_after(n: int) -> None:
+        while progress.moved < n:  # noqa: ASYNC110 - counts, not events
+            await trio.sleep(0.001)
+        stop.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_after, 25)
+        await setup.migrate(stop=stop, progress=progress, concurrency=8)
+        nursery.cancel_scope.cancel()
+    assert stop.cancelled_caught
+    moved_first = progress.moved
+    assert 0 < moved_first < total
+    assert not progress.finished
+    # Nothing half-written: the new store holds exactly the files moved, no intent is open.
+    moved_rows = db_rows(setup.db, "SELECT new_identifier FROM store_migrations")
+    assert len(moved_rows) == moved_first
+    on_disk = {p.relative_to(setup.root / "b").as_posix() for p in files_on_disk(setup.root / "b")}
+    assert on_disk == {str(i) for (i,) in moved_rows}
+    assert db_rows(setup.db, "SELECT count(*) FROM journal_intents") == [(0,)]
+    run_record = await setup.repo.store_migration()
+    assert run_record is not None and not run_record.finished
+
+    second = await setup.migrate(concurrency=8)
+    assert second.finished
+    assert second.done_before == moved_first
+    assert second.moved == total - moved_first
+    assert_all_in(setup.root / "b", setup.db, filled)
+
+
+async def test_a_killed_copy_is_removed_at_the_next_start(setup: Setup) -> None:
+    filled = await fill(setup.repo, setup.a, 5, variant_every=0, motion_every=0)
+    # A run killed between its intent and its commit: the copy is in the new store (with a
+    # temporary piece beside it), its intent names an owner that is gone.
+    dead = Journal(setup.repo.journal_db())
+    await dead.register()
+    half = setup.b.new_identifier(".png")
+    await dead.intend([half], jobs.MIGRATE, jobs.RemoveFiles(identifiers=[half], partial=True))
+    await setup.b.save_bytes(b"half", identifier=half, content_type="image/png")
+    temp_piece = (setup.root / "b" / half).with_name(f".{Path(half).name}.tmp-0123456789ab")
+    temp_piece.write_bytes(b"ha")
+    await setup.repo.begin_store_migration("filesystem -p A", "filesystem -p B")
+    await dead._write(lambda conn: conn.execute("DELETE FROM journal_owners"))  # it died
+
+    progress = await setup.migrate()
+    assert progress.finished and progress.moved == 5
+    assert not (setup.root / "b" / half).exists() and not temp_piece.exists()
+    assert_all_in(setup.root / "b", setup.db, filled)
+
+
+async def test_refuses_to_run_beside_another_process(setup: Setup) -> None:
+    await fill(setup.repo, setup.a, 2, variant_every=0, motion_every=0)
+    server = Journal(setup.repo.journal_db())
+    await server.register()  # alive: heartbeating a moment ago
+    with pytest.raises(MigrationRefused, match="another pictrs-trio process"):
+        await setup.migrate()
+    assert await setup.repo.store_migration() is None  # nothing begun
+
+
+async def test_refuses_to_switch_destination_midway(setup: Setup) -> None:
+    await fill(setup.repo, setup.a, 2, variant_every=0, motion_every=0)
+    await setup.repo.begin_store_migration("filesystem -p A", "filesystem -p C")
+    with pytest.raises(MigrationRefused, match="filesystem -p A to filesystem -p C"):
+        await setup.migrate(to="filesystem -p B")
+
+
+async def test_a_store_without_local_files_streams(setup: Setup) -> None:
+    memory = MemoryStore()
+    filled = await fill(setup.repo, memory, 8, size=200_000)  # a few chunks each
+    progress = await setup.migrate(memory, concurrency=3)
+    assert progress.finished and progress.moved == filled.files
+    assert_all_in(setup.root / "b", setup.db, filled)
+
+
+async def test_failures_are_retried_then_counted(setup: Setup) -> None:
+    filled = await fill(setup.repo, setup.a, 4, variant_every=0, motion_every=0)
+    flaky = _Flaky(setup.a, fail_times=2)
+    progress = await setup.migrate(flaky, attempts=3)
+    assert progress.finished and progress.moved == 4 and progress.failed == 0
+    assert_all_in(setup.root / "b", setup.db, filled)
+
+    broken = _Flaky(setup.a, fail_times=99)
+    await setup.repo.finish_store_migration()
+    progress = await setup.migrate(broken, attempts=2, stop_after_failures=2)
+    # Every file is moved already: nothing to fail on.
+    assert progress.finished and progress.total == 0
+
+
+async def test_a_broken_source_stops_the_run(setup: Setup) -> None:
+    await fill(setup.repo, setup.a, 10, variant_every=0, motion_every=0)
+    progress = await setup.migrate(
+        _Flaky(setup.a, fail_times=99), attempts=2, stop_after_failures=3, concurrency=1
+    )
+    assert not progress.finished
+    assert progress.failed == 3 and progress.stopped is not None
+    assert "3 files in a row" in progress.stopped
+    assert files_on_disk(setup.root / "b") == []
+
+
+class _Flaky:
+    """A store whose reads fail ``fail_times`` times per file with an I/O error."""
+
+    def __init__(self, inner: FileStore, fail_times: int) -> None:
+        self.inner, self.fail_times = inner, fail_times
+        self.failed: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def local_path(self, identifier: str) -> Path:
+        if self.failed.get(identifier, 0) < self.fail_times:
+            self.failed[identifier] = self.failed.get(identifier, 0) + 1
+            raise OSError(5, "Input/output error")
+        return await self.inner.local_path(identifier)
+
+
+def test_describe_and_check_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = FilesystemStore(path=str(tmp_path / "a")), FilesystemStore(path=str(tmp_path / "b"))
+    assert migrate.describe(a) == f"filesystem -p {tmp_path / 'a'}"
+    migrate.check_stores(a, b)
+    with pytest.raises(MigrationRefused, match="same store"):
+        migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "x" / ".." / "a")))
+    with pytest.raises(MigrationRefused, match="inside the other"):
+        migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "a" / "new")))
+    bucket = ObjectStorageStore(
+        endpoint="http://s3", bucket_name="m", region="r", access_key="k", secret_key="s"
+    )
+    assert migrate.describe(bucket) == "object-storage -e http://s3 -b m"
+    migrate.check_stores(a, bucket)
+    with pytest.raises(MigrationRefused, match="same store"):  # however it is reached
+        migrate.check_stores(bucket, msgspec.structs.replace(bucket, use_path_style=True))
+    monkeypatch.chdir(tmp_path)
+    assert migrate.describe(FilesystemStore(path="a")) == migrate.describe(a)
+
+
+def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    config = Config(
+        repo=SqliteRepoConfig(path=str(tmp_path / "db")), store=FilesystemStore(path=str(b))
+    )
+    unfinished = StoreMigration(
+        id=3, from_store="filesystem -p /a", to_store=f"filesystem -p {b}", started_ns=1, moved=7
+    )
+    with pytest.raises(StartupError) as refused:
+        startup.check_store_migration(config, unfinished)
+    assert str(refused.value) == (
+        f"repo.path {tmp_path / 'db'}: a migrate-store from filesystem -p /a to filesystem -p "
+        f"{b} is unfinished (7 files moved); finish it by running the same command again: "
+        f"pictrs-trio migrate-store filesystem -p /a filesystem -p {b} sqlite -p {tmp_path / 'db'}"
+    )
+    to_bucket = msgspec.structs.replace(unfinished, to_store="object-storage -e http://s3 -b m")
+    with pytest.raises(StartupError, match=r"again \(with the region and keys of each bucket\)"):
+        startup.check_store_migration(config, to_bucket)
+    with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
+        startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
+
+    logged: list[str] = []
+    sink = logger.add(logged.append, format="{message}")
+    try:
+        finished = msgspec.structs.replace(unfinished, finished_ns=2, moved=0)
+        startup.check_store_migration(config, finished)  # went to the configured store
+        assert logged == []
+        startup.check_store_migration(
+            config, msgspec.structs.replace(finished, to_store="filesystem -p /elsewhere")
+        )
+    finally:
+        logger.remove(sink)
+    assert len(logged) == 1 and "moved the media to filesystem -p /elsewhere" in logged[0]
