@@ -1,5 +1,6 @@
-"""Object storage end to end, what only it has: reads redirected to ``public_endpoint``, and
-a multipart upload cut off by SIGKILL that recovery aborts at the next start.
+"""Object storage end to end, what only it has: reads redirected to ``public_endpoint``, a
+multipart upload cut off by SIGKILL that recovery aborts at the next start, and a
+``migrate-store`` from a folder into a bucket, killed halfway and resumed.
 
 (The rest of the e2e suite runs on object storage too: modules with ``STORES``.)
 """
@@ -10,6 +11,8 @@ import contextlib
 import http.server
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
-from tests.e2e.conftest import Server
+from pictrs_trio.repo.sqlite import open_sqlite_repo
+from pictrs_trio.store.file import open_file_store
+from tests.e2e.conftest import REPO, Server
+from tests.e2e.test_migrate_store import _moved
 from tests.e2e.test_upload_serve_delete import upload
+from tests.migrate_helpers import Filled, fill, named_files, stored
 from tests.s3 import MotoServer
 
 PUBLIC = "https://cdn.example.com/media"
@@ -145,3 +153,50 @@ def test_sigkill_mid_multipart_upload_is_aborted_by_recovery(
     assert moto.uploads(srv.bucket) == []
     assert moto.keys(srv.bucket) == []
     assert restarted.stop() == 0
+
+
+def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: MotoServer) -> None:
+    """300 files from a folder into a bucket: SIGKILL halfway, run again, and each run says
+    how many it moved; then a server on the bucket serves every alias byte-identical, and
+    the bucket holds exactly the files the rows name (nothing twice, nothing half-written)."""
+    a, db = tmp_path / "a", tmp_path / "db"
+    server = Server(tmp_path, store="object", moto=moto)  # its bucket is the destination
+    server.db = db
+
+    async def fill_a() -> Filled:
+        async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
+            return await fill(repo, store, 300, variant_every=0, motion_every=0)
+
+    filled = trio.run(fill_a)
+    env = {**os.environ, "PICTRS__SERVER__TEMPORARY_DIRECTORY": str(tmp_path / "tmp")}
+    argv = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency", "4",
+            "filesystem", "-p", str(a), *moto.run_args(server.bucket),
+            "sqlite", "-p", str(db)]  # fmt: skip
+    with (tmp_path / "killed.log").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    moved = 0
+    while moved < 100 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+        if (db / "pictrs.sqlite3").exists():
+            moved = _moved(db)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    moved = _moved(db)
+    assert 100 <= moved < 300, (moved, (tmp_path / "killed.log").read_text())
+
+    second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"moved {300 - moved} files" in second.stdout, second.stdout
+    assert f"skipped {moved} (moved before)" in second.stdout
+
+    expected = stored(db, filled)
+    assert set(expected) == named_files(db)
+    assert moto.keys(server.bucket) == sorted(expected)
+    assert moto.uploads(server.bucket) == []
+    server.start()
+    with server.client() as c:
+        for alias, data in filled.originals.items():
+            r = c.get(f"/image/original/{alias}")
+            assert r.status_code == 200 and r.content == data, alias
+    assert server.stop() == 0
