@@ -87,7 +87,7 @@ def _read_range(fd: int, offset: int, size: int) -> bytes:
     return data
 
 
-async def _file_chunks(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
+async def _file_chunks(fd: int, start: int, length: int) -> AsyncGenerator[bytes, None]:
     sent = 0
     while sent < length:
         size = min(UPLOAD_READ, length - sent)
@@ -151,6 +151,7 @@ class ObjectStore:
         import httpx
 
         fd = None
+        chunks: AsyncGenerator[bytes, None] | None = None
         try:
             if isinstance(body, _FileBody):
                 try:
@@ -158,12 +159,12 @@ class ObjectStore:
                 except FileNotFoundError as exc:
                     raise StoreError(f"Source file missing: {body.path}") from exc
             signed = await self._sign(method, url, headers, body, fd)
-            content: bytes | AsyncIterator[bytes] | None
+            content: bytes | AsyncIterator[bytes] | None = None
             if isinstance(body, _FileBody):
                 assert fd is not None
-                content = _file_chunks(fd, body.start, body.length)
+                content = chunks = _file_chunks(fd, body.start, body.length)
                 signed["Content-Length"] = str(body.length)  # sent as is, never chunked
-            else:
+            elif body is not None:
                 content = body
             with trio.move_on_after(self._timeout):
                 response = await self._client.request(method, url, headers=signed, content=content)
@@ -178,6 +179,8 @@ class ObjectStore:
             where = body.path if isinstance(body, _FileBody) else "the request body"
             raise StoreError(f"Cannot read {where}: {exc}", code=ErrorCode.OBJECT_IO_ERROR) from exc
         finally:
+            if chunks is not None:  # a body cut off (timeout, cancel) is closed, not left to gc
+                await chunks.aclose()
             if fd is not None:
                 os.close(fd)
 

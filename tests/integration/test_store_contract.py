@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 
 import httpx
@@ -382,3 +383,33 @@ async def test_bad_endpoint_is_refused_at_open(moto: MotoServer) -> None:
             async with open_object_store(moto.config("b", endpoint=endpoint)):
                 pass
         assert "pw" not in info.value.msg
+
+
+async def test_a_put_cut_off_mid_body_times_out_and_leaves_nothing(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops reading the body half-way: the attempt ends at client_timeout, is
+    tried again (then given up), and the file's reader is closed each time."""
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    monkeypatch.setattr(object_module, "ATTEMPTS", 2)
+    bucket = moto.create_bucket()
+    reads = [0]
+
+    class Stalls(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                body = request.stream.__aiter__()  # type: ignore[union-attr]
+                async with aclosing(body):  # type: ignore[type-var]
+                    async for _ in body:
+                        reads[0] += 1
+                        await trio.sleep_forever()
+            return await super().handle_async_request(request)
+
+    config = moto.config(bucket, client_timeout=0.3)
+    async with open_object_store(config, transport=Stalls()) as store:
+        src = spool(tmp_path, DATA)
+        with pytest.raises(StoreError, match=r"did not answer within 0\.3 s"):
+            await store.save_file(src, identifier=store.new_identifier(".png"), content_type="x")
+    assert reads == [2]
+    assert src.exists()
+    assert moto.keys(bucket) == []
