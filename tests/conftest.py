@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.s3 import MotoServer, moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,3 +168,9 @@ def make_samples(out: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's S3 server on a free loopback port for the session (tests/s3.py)."""
+    yield from moto_server(tmp_path_factory.mktemp("moto"))

@@ -268,6 +268,15 @@ TAGGED = {
     "repo": ("sqlite", ("sqlite",)),
 }
 TAG_DEFAULTS = {section: default for section, (default, _) in TAGGED.items()}
+# The keys of each variant of the tagged sections (kept when a later layer switches type).
+VARIANT_KEYS: dict[tuple[str, object], frozenset[str]] = {
+    (section, cls.__struct_config__.tag): frozenset(f.name for f in msgspec.structs.fields(cls))
+    for section, classes in (
+        ("store", (FilesystemStore, ObjectStorageStore)),
+        ("repo", (SqliteRepo,)),
+    )
+    for cls in classes
+}
 
 # Keys pict-rs 0.5 moved; it ignores the old names silently, we ignore them with a warning
 # that says where they went.
@@ -316,6 +325,9 @@ NOT_ACTING = {
     "tracing.console.buffer_capacity": "no tokio-console equivalent yet",
     "old_repo.path": "pict-rs 0.4 sled repos are not read (docs/migration.md)",
     "upgrade.concurrency": "there is no pict-rs 0.4 repo upgrade to run",
+    "store.signature_duration": (
+        "requests are signed one by one, never presigned (pict-rs 0.5.17 dropped it too)"
+    ),
     "media.magick.max_area": (
         "libvips has one threshold for keeping pixels in memory, set from media.magick.memory"
     ),
@@ -375,7 +387,7 @@ def load_all(
     ignored = [message for layer in layers for message in _old_names(layer)]
     merged: Tree = {}
     for layer in layers:
-        layered.merge(merged, layer.data, TAG_DEFAULTS)
+        layered.merge(merged, layer.data, TAG_DEFAULTS, VARIANT_KEYS)
     _check_tags(merged, layers)
     ignored += layered.strip_unknown(merged, Config, layers)
     try:

@@ -112,10 +112,17 @@ def set_path(tree: Tree, path: tuple[str, ...], value: object, *, what: str) -> 
     node[path[-1]] = value
 
 
-def merge(base: Tree, layer: Mapping[str, object], tagged: Mapping[str, str]) -> None:
+def merge(
+    base: Tree,
+    layer: Mapping[str, object],
+    tagged: Mapping[str, str],
+    variant_keys: Mapping[tuple[str, object], frozenset[str]] | None = None,
+) -> None:
     """Deep-merge ``layer`` into ``base``. ``tagged`` maps top-level tagged sections to their
     default ``type``: a layer switching the type replaces the section, since the keys of the
-    other variant would be unknown keys."""
+    other variant would be unknown keys; only keys the new variant has too are carried over
+    (``variant_keys``: (section, type) -> its keys), as pict-rs's merge keeps them: an
+    environment's ``PICTRS__STORE__PUBLIC_ENDPOINT`` with ``run object-storage …``."""
     for key, value in layer.items():
         current = base.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
@@ -124,7 +131,12 @@ def merge(base: Tree, layer: Mapping[str, object], tagged: Mapping[str, str]) ->
                 and "type" in value
                 and value["type"] != current.get("type", tagged[key])
             ):
-                base[key] = _copy(value)
+                replaced = typing.cast(Tree, _copy(value))
+                known = (variant_keys or {}).get((key, value["type"]), frozenset())
+                for name, old in current.items():
+                    if name != "type" and name in known and name not in replaced:
+                        replaced[name] = _copy(old)
+                base[key] = replaced
             else:
                 merge(current, value, {})
         else:

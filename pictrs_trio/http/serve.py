@@ -95,10 +95,17 @@ async def serve_stored(
 ) -> None:
     """Answer the request with the stored file; ``not_found``: it is the not-found image,
     served in place of an unknown alias with 404 where a file gets 200, and conditional
-    headers are ignored (they name the unknown alias's file, not this one). Raises
+    headers are ignored (they name the unknown alias's file, not this one). A store with a
+    public URL for it gets a 303 redirect there instead. Raises
     StoreNotFound (before anything is sent) when the file is gone, RangeNotSatisfiable
     for a multi-range request."""
     store = state.store
+    public = store.public_url(identifier)
+    if public is not None:
+        # Object storage with a public endpoint: the client fetches it there (pict-rs answers
+        # 303 See Other, GET and HEAD alike, the not-found image too; ``do_serve``).
+        await exchange.answer(303, [(b"location", public.encode()), (b"content-length", b"0")])
+        return
     data = store.read_now(identifier, SMALL_FILE)
     length = len(data) if data is not None else await store.length(identifier)
     request = _request(exchange)

@@ -126,6 +126,7 @@ def setup(cfg: Logging) -> None:
     lowest = min((logger.level(level).no for level in levels if level is not None), default=50)
     logging.basicConfig(handlers=[_Intercept()], level=lowest, force=True)
     # httpx logs every request's full URL at info: a validator's credentials, a client's
-    # signed download URL. Only its warnings pass.
-    for noisy in ("httpx", "httpcore"):
+    # signed download URL. botocore's signer logs the canonical request at debug, session
+    # token included. Only their warnings pass.
+    for noisy in ("httpx", "httpcore", "botocore"):
         logging.getLogger(noisy).setLevel(max(lowest, logging.WARNING))

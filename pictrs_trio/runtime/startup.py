@@ -6,8 +6,8 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
     check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
     open_listener  the one listening socket, bound by this process StartupError (1)
     preflight      the repo opens (and migrates), no migrate-store StartupError (1)
-                   run is unfinished, the store and the temporary
-                   folder are writable
+                   run is unfinished, the store (a folder, or a
+                   bucket) and the temporary folder are writable
 
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
 line, and so that several server processes share exactly one socket: the supervisor's,
@@ -22,7 +22,12 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from pictrs_trio.config import Config, ConfigError, FilesystemStore, parse_address
+from pictrs_trio.config import (
+    Config,
+    ConfigError,
+    ObjectStorageStore,
+    parse_address,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,13 +51,33 @@ def check_config(config: Config) -> None:
             variants.parse_steps(config.media.preprocess_steps)
         except PictrsError as exc:
             raise ConfigError(f"media.preprocess_steps: {exc.msg}") from None
-    _store_path(config)
+    if isinstance(config.store, ObjectStorageStore):
+        _check_object_storage(config.store)
 
 
-def _store_path(config: Config) -> str:
-    if not isinstance(config.store, FilesystemStore):
-        raise ConfigError("store.type = object_storage: not supported yet; use filesystem")
-    return config.store.path
+def _check_object_storage(store: ObjectStorageStore) -> None:
+    """The endpoints are URLs the store can use. Raises ConfigError naming the key (and
+    never a secret)."""
+    from urllib.parse import urlsplit
+
+    from pictrs_trio.store.s3 import addressing
+
+    try:
+        addressing(store.endpoint, store.bucket_name, store.use_path_style)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not store.bucket_name or "/" in store.bucket_name:
+        raise ConfigError(f"store.bucket_name {store.bucket_name!r} is not a bucket name")
+    if not store.region:
+        raise ConfigError("store.region is empty: set it (any value for MinIO or Garage)")
+    if store.public_endpoint is not None:
+        parts = urlsplit(store.public_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"store.public_endpoint {store.public_endpoint!r} is not an http(s) URL"
+            )
+    if store.client_timeout <= 0:
+        raise ConfigError("store.client_timeout must be more than 0 seconds")
 
 
 def check_files(config: Config) -> None:
@@ -95,7 +120,7 @@ async def preflight(config: Config) -> None:
 
     from pictrs_trio.repo.sqlite import open_sqlite_repo
     from pictrs_trio.rules.errors import PictrsError
-    from pictrs_trio.store.file import open_file_store
+    from pictrs_trio.store import open_store
 
     try:
         async with open_sqlite_repo(Path(config.repo.path)) as repo:
@@ -105,12 +130,13 @@ async def preflight(config: Config) -> None:
         raise StartupError(f"repo.path {config.repo.path}: {exc.msg}") from None
     if migration is not None:
         check_store_migration(config, migration)
-    store_path = _store_path(config)
     try:
-        async with open_file_store(Path(store_path)) as store:
+        async with open_store(config.store) as store:
             await store.health(write=not config.server.read_only)
     except PictrsError as exc:
-        raise StartupError(f"store.path {store_path}: {exc.msg}") from None
+        if isinstance(config.store, ObjectStorageStore):  # its messages name the bucket
+            raise StartupError(exc.msg) from None
+        raise StartupError(f"store.path {config.store.path}: {exc.msg}") from None
     scratch = Path(config.server.temporary_directory or tempfile.gettempdir())
     try:
         await trio.to_thread.run_sync(_probe_folder, scratch / "pictrs-trio")

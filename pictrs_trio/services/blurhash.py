@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from loguru import logger
 
-from pictrs_trio.rules.errors import AliasNotFound, MediaToolError
+from pictrs_trio.rules.errors import AliasNotFound
 from pictrs_trio.rules.formats import Kind
 from pictrs_trio.services import render
 from pictrs_trio.services.ingest import ensure_details
+from pictrs_trio.services.local import local_file
 from pictrs_trio.services.state import AppState
 
 
@@ -30,10 +31,8 @@ async def blurhash_of(state: AppState, alias: str) -> str:
         source_id, source_details = await render.motion_still(
             state, found.hash, found.identifier, details
         )
-    path = await state.store.local_path(source_id)
-    if path is None:
-        raise MediaToolError("Store cannot give a local path for processing")
-    value = await state.media.blurhash(path, source=render.discovery_of(source_details))
+    async with local_file(state, source_id) as path:
+        value = await state.media.blurhash(path, source=render.discovery_of(source_details))
     # Concurrent requests may both compute it: the same pixels give the same string.
     await state.repo.relate_blurhash(found.hash, value)
     logger.bind(alias=alias).debug("blurhash {}", value)

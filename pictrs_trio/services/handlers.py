@@ -30,10 +30,10 @@ from journal.runner import Handler
 from pictrs_trio.config import parse_retention
 from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import PictrsError
+from pictrs_trio.rules.errors import PictrsError, StoreError, StoreNotFound
 from pictrs_trio.rules.query import parse_upload_query
 from pictrs_trio.services import prune, render
-from pictrs_trio.services.ingest import IngestSession, file_chunks, ingest, upload_operations
+from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
 
 BATCH = 500
@@ -136,6 +136,14 @@ async def handle_ingest(state: AppState, job: Job) -> None:
     if exists and outcome is None:
         try:
             await _ingest_upload(state, payload)
+        except StoreError as exc:
+            # Object storage may be down for a moment: try again while attempts remain (a
+            # missing raw file will not come back).
+            if not isinstance(exc, StoreNotFound) and job.attempts < job.max_attempts:
+                raise
+            await state.repo.finish_upload(
+                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
+            )
         except PictrsError as exc:
             await state.repo.finish_upload(
                 payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
@@ -170,15 +178,18 @@ async def _ingest_upload(state: AppState, payload: jobs.IngestUpload) -> None:
     limits, pairs = parse_upload_query(payload.query)
     operations = upload_operations(state, pairs)
     # The row knows where the bytes are now: migrate-store repoints it, not this payload.
-    raw = await state.repo.upload_raw_identifier(payload.upload_id) or payload.raw_identifier
-    path = await state.store.local_path(raw)
-    if path is None:
-        raise Abort("store cannot read the raw upload locally")
-    async with IngestSession(state) as session:
+    raw_identifier = (
+        await state.repo.upload_raw_identifier(payload.upload_id) or payload.raw_identifier
+    )
+    # Streamed from the store (ingest spools it to its own scratch file anyway).
+    async with (
+        aclosing(state.store.read(raw_identifier)) as raw,
+        IngestSession(state) as session,
+    ):
         await ingest(
             state,
             session,
-            file_chunks(path),
+            raw,
             limits=limits,
             operations=operations,
             upload_id=payload.upload_id,

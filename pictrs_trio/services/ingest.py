@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -25,12 +25,13 @@ from loguru import logger
 
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
-from pictrs_trio.rules.errors import AliasNotFound, EmptyFile, FileTooLarge
+from pictrs_trio.rules.errors import EmptyFile, FileTooLarge
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.external_validation import validate_externally
+from pictrs_trio.services.local import local_file
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
@@ -149,10 +150,8 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
     state.require_writable()
     if state.config.server.danger_dummy_mode:
         return details_now(DUMMY)  # pict-rs src/lib.rs ensure_details_identifier
-    path = await state.store.local_path(identifier)
-    if path is None:
-        raise AliasNotFound("Details are missing and the file cannot be read locally")
-    details = details_now(await state.media.discover(path))
+    async with local_file(state, identifier) as path:
+        details = details_now(await state.media.discover(path))
     await state.repo.relate_details(identifier, details)
     return details
 
@@ -185,14 +184,6 @@ async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int) -> int:
     finally:
         os.close(fd)
     return size
-
-
-async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-    """A local file as a chunk stream (backgrounded uploads re-enter ingest this way)."""
-    f = await trio.open_file(path, "rb")
-    async with f:
-        while chunk := await f.read(size):
-            yield chunk
 
 
 def _write_all(fd: int, data: bytes) -> None:

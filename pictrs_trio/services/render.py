@@ -28,6 +28,7 @@ from pictrs_trio.rules.errors import AliasNotFound, MediaToolError, VariantTimeo
 from pictrs_trio.rules.formats import Fmt
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.services.ingest import details_now, ensure_details
+from pictrs_trio.services.local import local_file
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
@@ -123,13 +124,6 @@ class _Render:
         raise NotImplementedError
 
 
-async def _input_path(state: AppState, identifier: str) -> Path:
-    path = await state.store.local_path(identifier)
-    if path is None:  # object storage: copy to scratch first (arrives with the object store)
-        raise MediaToolError("Store cannot give a local path for processing")
-    return path
-
-
 async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple[str, Details]:
     """Store a render write-ahead; not fsynced: a variant can be rendered again."""
     fmt = result.format
@@ -149,11 +143,11 @@ class _MotionRender(_Render):
     async def run(self, claim_key: str) -> None:
         state = self.state
         out = state.tmp_dir / f"motion-{uuid.uuid4().hex}"
-        src = await _input_path(state, self.original)
         try:
-            result = await state.media.motion_still(
-                src, out, source=discovery_of(self.details), media=state.config.media
-            )
+            async with local_file(state, self.original) as src:
+                result = await state.media.motion_still(
+                    src, out, source=discovery_of(self.details), media=state.config.media
+                )
             identifier, details = await _save_rendered(state, out, result)
         finally:
             out.unlink(missing_ok=True)
@@ -208,17 +202,17 @@ class _VariantRender(_Render):
                 state, found.hash, found.identifier, original_details
             )
         output = variants.output_format(source_details.format.kind, request.ext)
-        src = await _input_path(state, source_id)
         out = state.tmp_dir / f"variant-{uuid.uuid4().hex}{output.extension}"
         try:
-            result = await state.media.render(
-                src,
-                out,
-                source=discovery_of(source_details),
-                ops=request.operations,
-                output=output,
-                quality=variants.quality_for(state.config.media, output),
-            )
+            async with local_file(state, source_id) as src:
+                result = await state.media.render(
+                    src,
+                    out,
+                    source=discovery_of(source_details),
+                    ops=request.operations,
+                    output=output,
+                    quality=variants.quality_for(state.config.media, output),
+                )
             identifier, details = await _save_rendered(state, out, result)
         finally:
             out.unlink(missing_ok=True)

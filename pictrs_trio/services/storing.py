@@ -7,8 +7,8 @@
 
 If the process dies anywhere in between, the next owner to look (``Journal.reap``: at once on
 this host) turns the intent into its RemoveFiles job, which removes the file and any partial
-write of it. Nothing is ever removed because no row mentions it: a store may hold files of
-another program (docs/migration.md).
+write of it (a temp file; an object's unfinished multipart upload). Nothing is ever removed
+because no row mentions it: a store may hold files of another program (docs/migration.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The file store: where media bytes live. ``file.FileStore`` (filesystem),
-``memory.MemoryStore`` (tests), object storage next.
+``object.ObjectStore`` (an S3-compatible bucket), ``memory.MemoryStore`` (tests).
 
 Identifiers are opaque strings made by the store (never from client input). A saved file is
 either fully visible under its identifier or not at all.
@@ -53,7 +53,13 @@ class Store(Protocol):
         ...
 
     async def local_path(self, identifier: str) -> Path | None:
-        """A path the media tools can read directly, or None (object storage)."""
+        """A path the media tools can read directly, or None (object storage: the services
+        copy the bytes to their scratch folder, ``services/local.py``)."""
+        ...
+
+    def public_url(self, identifier: str) -> str | None:
+        """Where clients may fetch the bytes themselves (object storage with a
+        ``public_endpoint``: reads are answered with a redirect there), or None."""
         ...
 
     async def remove(self, identifier: str, *, partial: bool = False) -> None:
@@ -77,8 +83,12 @@ class Store(Protocol):
 async def open_store(config: FilesystemStore | ObjectStorageStore) -> AsyncIterator[Store]:
     """The store a ``[store]`` section describes, open for the block (``run`` uses the
     configured one; ``migrate-store`` opens two). Raises StoreError when it cannot be used."""
-    if not isinstance(config, FilesystemStore):
-        raise StoreError("store.type = object_storage: not supported yet")
+    if isinstance(config, ObjectStorageStore):
+        from pictrs_trio.store.object import open_object_store  # httpx, botocore: only here
+
+        async with open_object_store(config) as object_store:
+            yield object_store
+        return
     from pictrs_trio.store.file import open_file_store
 
     async with open_file_store(Path(config.path)) as store:

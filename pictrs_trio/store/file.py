@@ -411,6 +411,10 @@ class FileStore:
         await trio.lowlevel.checkpoint()
         return path
 
+    def public_url(self, identifier: str) -> str | None:
+        """None: files are served by this server."""
+        return None
+
     async def remove(self, identifier: str, *, partial: bool = False) -> None:
         """Delete and prune directories left empty. Missing is fine; an unsafe identifier
         raises StoreError. ``partial``: also what an unfinished save of it may have left (its

@@ -75,6 +75,9 @@ class MemoryStore:
         self._get(identifier)
         return None
 
+    def public_url(self, identifier: str) -> str | None:
+        return None
+
     async def remove(self, identifier: str, *, partial: bool = False) -> None:
         if not ids.is_safe_identifier(identifier):
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")

@@ -21,6 +21,10 @@ from tests.e2e.test_jobs import claim
 from tests.e2e.test_process import decode, wait_for
 from tests.e2e.test_upload_serve_delete import upload
 
+# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+STORES = ("filesystem", "object")
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 API_KEY = "test-api-key"
 KEY = {"X-Api-Token": API_KEY}
 

@@ -8,9 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Server
 from tests.e2e.test_process import wait_for
 from tests.e2e.test_upload_serve_delete import upload
+
+# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+STORES = ("filesystem", "object")
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 API_KEY = "test-api-key"
 

@@ -10,6 +10,10 @@ import pytest
 from tests.e2e.conftest import Server
 from tests.e2e.test_upload_serve_delete import upload
 
+# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+STORES = ("filesystem", "object")
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 
 def wait_for(request, status: int, timeout: float = 15.0):
     """Repeat ``request`` until it answers ``status`` (work done by a background job)."""

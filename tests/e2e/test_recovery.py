@@ -141,7 +141,7 @@ def wait_for_lease(srv: Server, *, present: bool, timeout: float = 10) -> None:
 
 
 def files_and_rows(srv: Server) -> tuple[set[str], set[str], set[str]]:
-    on_disk = {str(p.relative_to(srv.files)) for p in srv.stored_files()}
+    on_disk = srv.stored_identifiers()
     rows = referenced_identifiers(srv.db / "pictrs.sqlite3")
     conn = apsw.Connection(str(srv.db / "pictrs.sqlite3"), flags=apsw.SQLITE_OPEN_READONLY)
     try:

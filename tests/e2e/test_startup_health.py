@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, Server, free_port
 from tests.e2e.test_upload_serve_delete import upload
+from tests.s3 import MotoServer
 
 TOOLS = ("ffmpeg", "ffprobe", "exiftool", "cjxl", "djxl", "jxlinfo")
 
@@ -70,9 +71,9 @@ def test_start_up_failures_are_one_line(tmp_path: Path) -> None:
           *data_args(tmp_path)], {}, 2, "media.preprocess_steps"),
         (["-a", f"127.0.0.1:{port}", "--temporary-directory", str(blocker),
           *data_args(tmp_path)], {}, 1, f"server.temporary_directory {blocker}"),
-        (["-a", f"127.0.0.1:{port}", "object-storage", "-e", "http://127.0.0.1:9", "-b", "b",
+        (["-a", f"127.0.0.1:{port}", "object-storage", "-e", "ftp://127.0.0.1:9", "-b", "b",
           "-r", "r", "-a", "k", "-s", "s", "sqlite", "-p", str(tmp_path / "os-sqlite")], {}, 2,
-         "store.type = object_storage"),
+         "store.endpoint 'ftp://127.0.0.1:9' is not an http(s) URL"),
     ]  # fmt: skip
     for args, env, status, says in cases:
         code, stderr = start(tmp_path, *args, env=env)
@@ -181,3 +182,40 @@ def test_healthz_when_a_tool_goes_missing(tmp_path: Path) -> None:
         }
     finally:
         srv.stop()
+
+
+def test_object_storage_that_cannot_be_used_is_one_line(tmp_path: Path, moto: MotoServer) -> None:
+    """A missing bucket, an endpoint nobody answers on: exit 1 with one line naming the
+    endpoint and bucket and what to check; never the secret."""
+    port = free_port()
+    repo = ["sqlite", "-p", str(tmp_path / "sqlite")]
+    cases = [
+        (moto.run_args("no-such-bucket"),
+         f"error: object storage {moto.endpoint} bucket no-such-bucket: bucket 'no-such-bucket' "
+         "does not exist (NoSuchBucket); create it first"),
+        (["object-storage", "-e", "http://127.0.0.1:9", "-u", "-b", "media", "-r", "r",
+          "-a", "KEY", "-s", "SECRET", "--client-timeout", "2"],
+         "error: cannot reach object storage http://127.0.0.1:9 bucket media: "),
+    ]  # fmt: skip
+    for store, says in cases:
+        code, stderr = start(tmp_path, "-a", f"127.0.0.1:{port}", *store, *repo)
+        lines = stderr.strip().splitlines()
+        assert (code, len(lines)) == (1, 1), stderr
+        assert lines[0].startswith(says), lines[0]
+        assert moto.run_args("x")[-1] not in stderr and "SECRET" not in stderr
+
+
+def test_healthz_names_object_storage_when_it_goes(
+    tmp_path: Path, moto: MotoServer, samples: dict[str, Path]
+) -> None:
+    srv = Server(tmp_path, store="object", moto=moto).start()
+    bucket = srv.bucket
+    with srv.client() as c:
+        assert upload(c, samples["test.png"]).status_code == 201
+        moto.client().delete_object(Bucket=bucket, Key=moto.keys(bucket)[0])
+        moto.client().delete_bucket(Bucket=bucket)
+        answer = c.get("/healthz")
+        assert answer.status_code == 503
+        assert answer.json()["msg"].startswith(f"store: object storage {moto.endpoint} bucket ")
+        assert "NoSuchBucket" in answer.json()["msg"]
+    srv.stop()

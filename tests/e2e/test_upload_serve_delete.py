@@ -10,6 +10,11 @@ import pytest
 
 from tests.e2e.conftest import Server
 
+# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+STORES = ("filesystem", "object")
+pytestmark = pytest.mark.usefixtures("store_kind")
+
+
 EXPECTED = {
     # name: (width, height, frames, content_type, kind, extension)
     "cat.jpg": (1200, 1387, None, "image/jpeg", "Image", ".jpeg"),

@@ -18,6 +18,7 @@ from pictrs_trio.store import Store
 from pictrs_trio.store import file as file_module
 from pictrs_trio.store.file import FileStore, open_file_store
 from pictrs_trio.store.memory import MemoryStore
+from pictrs_trio.store.object import ObjectStore
 
 LAYOUT = re.compile(r"(?:[0-9a-f]{2}/){10}[0-9a-f]{12}\.jpeg")
 DATA = bytes(range(256)) * 1200  # 300 KiB: several 64 KiB chunks, not a multiple of it
@@ -43,7 +44,7 @@ async def collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
     return [chunk async for chunk in chunks]
 
 
-@pytest.mark.parametrize("cls", [FileStore, MemoryStore])
+@pytest.mark.parametrize("cls", [FileStore, MemoryStore, ObjectStore])
 def test_implements_every_protocol_method(cls: type) -> None:
     for name in (n for n in vars(Store) if not n.startswith("_")):
         impl = getattr(cls, name)

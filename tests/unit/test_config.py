@@ -526,11 +526,9 @@ def test_every_key_is_in_the_configuration_docs(key: str) -> None:
 PACKAGE = REPO_ROOT / "pictrs_trio"
 # Read by name through getattr (rules/policy.py: the quality of the output format).
 READ_BY_FORMAT = ("media.image.quality.", "media.animation.quality.")
-# object_storage is refused at start-up (runtime/startup.py) until the object store lands.
-REFUSED_STORE_KEYS = {
-    key for key in config.leaf_keys()
-    if key.startswith("store.") and key not in ("store.type", "store.path")
-}  # fmt: skip
+# A tagged section's ``type`` picks its Struct (config.TAGGED); the code reads it by
+# isinstance on that Struct, not by name.
+TAG_KEYS = {f"{section}.type" for section in config.TAGGED}
 
 
 def _code_outside_config() -> dict[Path, str]:
@@ -543,7 +541,7 @@ def _code_outside_config() -> dict[Path, str]:
 def test_every_key_is_read_by_the_code_or_warns_that_it_is_not(key: str) -> None:
     """A key passes when some module outside config/ reads ``.<leaf>`` and names its section,
     or it is on config.NOT_ACTING (one start-up warning when set), or it is read by name."""
-    if key in config.NOT_ACTING or key in REFUSED_STORE_KEYS:
+    if key in config.NOT_ACTING or key in TAG_KEYS:
         return
     *sections, leaf = key.split(".")
     code = _code_outside_config().values()
@@ -583,3 +581,56 @@ def test_sample_config_loads_to_the_quick_start_setup() -> None:
         store=config.FilesystemStore(path="./data/files"),
     )
     assert c == expected  # everything else in the sample is at its default
+
+
+def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
+    """pict-rs has no --public-endpoint under ``run object-storage``: the environment (or
+    file) gives it, and the command line's store section must not drop it; keys of the other
+    variant (``path``) do not come along."""
+    cli = {
+        "store": {
+            "type": "object_storage", "endpoint": "http://127.0.0.1:9000", "bucket_name": "b",
+            "region": "r", "access_key": "a", "secret_key": "s",
+        }
+    }  # fmt: skip
+    env = {"PICTRS__STORE__PUBLIC_ENDPOINT": "https://cdn.example.com", "PICTRS__STORE__PATH": "/x"}
+    loaded = config.load_all(env=env, overrides=cli)
+    store = loaded.config.store
+    assert isinstance(store, ObjectStorageStore)
+    assert store.public_endpoint == "https://cdn.example.com"
+    assert not any("public_endpoint" in message for message in loaded.ignored)
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"endpoint": "ftp://x"}, "store.endpoint 'ftp://x' is not an http(s) URL"),
+        ({"endpoint": "https://key:hunter2@s3.example"}, "store.endpoint must not carry a user"),
+        ({"region": ""}, "store.region is empty"),
+        ({"bucket_name": "a/b"}, "store.bucket_name 'a/b' is not a bucket name"),
+        ({"public_endpoint": "cdn.example.com"}, "store.public_endpoint 'cdn.example.com'"),
+        ({"client_timeout": 0.0}, "store.client_timeout must be more than 0"),
+    ],
+)
+def test_object_storage_settings_that_cannot_work(changes: dict[str, object], says: str) -> None:
+    from pictrs_trio.runtime.startup import check_config
+
+    values: dict[str, object] = {
+        "endpoint": "https://s3.example", "bucket_name": "b", "region": "r",
+        "access_key": "a", "secret_key": "s", **changes,
+    }  # fmt: skip
+    store = ObjectStorageStore(**values)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        check_config(Config(store=store))
+    assert str(info.value).startswith(says)
+    assert "hunter2" not in str(info.value)
+
+
+def test_object_storage_settings_that_work() -> None:
+    from pictrs_trio.runtime.startup import check_config
+
+    store = ObjectStorageStore(
+        endpoint="https://s3.example/prefix/", bucket_name="b", region="auto", access_key="a",
+        secret_key="s", public_endpoint="https://cdn.example.com/media",
+    )  # fmt: skip
+    check_config(Config(store=store))

@@ -1,0 +1,69 @@
+"""A stored file as a local path, for the media tools (ffmpeg, exiftool, the engine), which
+read files, not streams.
+
+    async with local_file(state, identifier) as path:
+        await state.media.discover(path)
+
+The file store gives its own path (no copy). Object storage has none: the object is streamed
+into this process's scratch folder (``state.tmp_dir``), a batch at a time, never whole in
+memory, and the copy is removed when the block ends, however it ends. pict-rs streams the
+object into the tool's stdin instead (``src/store/object_store.rs`` ``to_stream``); our tools
+take paths, so a scratch copy is the one way in for every tool.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path, PurePosixPath
+
+import trio
+
+from pictrs_trio.services.state import AppState
+
+CLEANUP_SECONDS = 10.0
+WRITE_BATCH = 1024 * 1024  # bytes per thread hop while copying
+
+
+@asynccontextmanager
+async def local_file(state: AppState, identifier: str) -> AsyncIterator[Path]:
+    """A path holding the bytes of ``identifier`` for the block. Raises StoreNotFound,
+    StoreError."""
+    path = await state.store.local_path(identifier)
+    if path is not None:
+        yield path
+        return
+    suffix = PurePosixPath(identifier).suffix
+    copy = state.tmp_dir / f"stored-{uuid.uuid4().hex}{suffix if suffix.isascii() else ''}"
+    try:
+        await _copy(state, identifier, copy)
+        yield copy
+    finally:
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            await trio.to_thread.run_sync(lambda: copy.unlink(missing_ok=True))
+
+
+async def _copy(state: AppState, identifier: str, dest: Path) -> None:
+    fd = await trio.to_thread.run_sync(
+        lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    )
+    try:
+        buf = bytearray()
+        async with aclosing(state.store.read(identifier)) as chunks:
+            async for chunk in chunks:
+                buf += chunk
+                if len(buf) >= WRITE_BATCH:
+                    data, buf = bytes(buf), bytearray()
+                    await trio.to_thread.run_sync(_write_all, fd, data)
+        if buf:
+            await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

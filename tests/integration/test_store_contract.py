@@ -1,0 +1,415 @@
+"""The Store contract, on every store: the filesystem, and object storage (moto's S3 server on
+loopback, tests/s3.py) in path style and in virtual-host style.
+
+Virtual-host style names the bucket in the host (``<bucket>.s3.test``), which nothing on
+loopback resolves: ``LoopbackTransport`` connects to 127.0.0.1 whatever the host and sends
+the request's own Host header, which moto reads the bucket from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from pictrs_trio.config import FilesystemStore
+from pictrs_trio.rules.errors import StoreError, StoreNotFound
+from pictrs_trio.store import Store, open_store
+from pictrs_trio.store import object as object_module
+from pictrs_trio.store.file import FileStore
+from pictrs_trio.store.object import ObjectStore, open_object_store
+from tests.s3 import LoopbackTransport, MotoServer
+
+DATA = bytes(range(256)) * 1200  # 300 KiB: several 64 KiB chunks, not a multiple of it
+MIB = 1024 * 1024
+KINDS = ["file", "object", "object-vhost"]
+
+
+class Opened:
+    """A store under test and what the tests need to look behind it."""
+
+    def __init__(
+        self, kind: str, store: Store, moto: MotoServer | None = None, bucket: str = ""
+    ) -> None:
+        self.kind, self.store, self.moto, self.bucket = kind, store, moto, bucket
+        self.transport: LoopbackTransport | None = None
+
+
+@pytest.fixture(params=KINDS)
+async def opened(
+    request: pytest.FixtureRequest, tmp_path: Path, moto: MotoServer
+) -> AsyncIterator[Opened]:
+    kind = request.param
+    if kind == "file":
+        async with open_store(FilesystemStore(path=str(tmp_path / "files"))) as store:
+            yield Opened(kind, store)
+        return
+    bucket = moto.create_bucket()
+    transport = LoopbackTransport()
+    config = moto.config(bucket)
+    if kind == "object-vhost":
+        config = moto.config(bucket, endpoint=f"http://s3.test:{moto.port}", use_path_style=False)
+    async with open_object_store(config, transport=transport) as store:
+        result = Opened(kind, store, moto, bucket)
+        result.transport = transport
+        yield result
+
+
+def spool(tmp_path: Path, data: bytes = DATA, name: str = "spool.bin") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in chunks]
+
+
+async def listed(store: Store) -> list[str]:
+    return sorted([identifier async for identifier in store.identifiers()])
+
+
+async def test_save_file_length_read(tmp_path: Path, opened: Opened) -> None:
+    store = opened.store
+    src = spool(tmp_path)
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
+    assert not src.exists()  # consumed
+    assert await store.length(ident) == len(DATA)
+    chunks = await collect(store.read(ident))
+    assert b"".join(chunks) == DATA
+    assert all(len(c) <= 64 * 1024 for c in chunks)
+    assert await listed(store) == [ident]
+    if opened.moto is not None:
+        assert opened.moto.keys(opened.bucket) == [ident]  # the key is the identifier
+        assert opened.moto.get(opened.bucket, ident) == DATA
+        assert await store.local_path(ident) is None
+        assert store.read_now(ident, 10 * MIB) is None
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (0, None),
+        (0, 1),
+        (10, 20),
+        (65535, 65537),
+        (100_000, None),
+        (0, len(DATA)),
+        (len(DATA) - 1, None),
+        (len(DATA), None),
+        (5, 10**9),
+        (len(DATA) + 5, None),
+        (7, 7),
+    ],
+)
+async def test_read_ranges(opened: Opened, start: int, end: int | None) -> None:
+    store = opened.store
+    ident = await store.save_bytes(
+        DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
+    assert b"".join(await collect(store.read(ident, start, end))) == DATA[start:end]
+
+
+async def test_empty_file(opened: Opened) -> None:
+    store = opened.store
+    ident = await store.save_bytes(b"", identifier=store.new_identifier(""), content_type="x/y")
+    assert await store.length(ident) == 0
+    assert b"".join(await collect(store.read(ident))) == b""
+
+
+async def test_missing_and_unsafe_identifiers(opened: Opened) -> None:
+    store = opened.store
+    for bad in ("no/such/file.jpeg", "../escape", "/etc/passwd", "a/../../x", "a\x00b"):
+        with pytest.raises(StoreNotFound):
+            await store.length(bad)
+        with pytest.raises(StoreNotFound):
+            await collect(store.read(bad))
+        with pytest.raises(StoreNotFound):
+            await collect(store.read(bad, 5, 5))
+    await store.remove("no/such/file.jpeg")  # missing is fine
+    for bad in ("../escape", "/etc/passwd", ""):
+        with pytest.raises(StoreError) as info:
+            await store.remove(bad)
+        assert not isinstance(info.value, StoreNotFound)
+
+
+async def test_remove_is_idempotent(opened: Opened) -> None:
+    store = opened.store
+    keep = await store.save_bytes(b"a", identifier=store.new_identifier(".png"), content_type="x")
+    gone = await store.save_bytes(b"b", identifier=store.new_identifier(".png"), content_type="x")
+    await store.remove(gone)
+    await store.remove(gone)
+    await store.remove(gone, partial=True)
+    with pytest.raises(StoreNotFound):
+        await store.length(gone)
+    assert await listed(store) == [keep]
+
+
+async def _leave_unfinished(opened: Opened, identifier: str) -> None:
+    """What a save of ``identifier`` leaves when its process dies half-way: a temp file
+    (filesystem), an unfinished multipart upload with a part in it (object storage)."""
+    store = opened.store
+    if isinstance(store, FileStore):
+        final = store.root / identifier
+        final.parent.mkdir(parents=True, exist_ok=True)
+        (final.parent / f".{final.name}.tmp-0123456789ab").write_bytes(b"half")
+        return
+    assert isinstance(store, ObjectStore)
+    answer = await store._request("POST", identifier, query={"uploads": ""})
+    upload_id = answer.body.split(b"<UploadId>")[1].split(b"</UploadId>")[0].decode()
+    query = {"partNumber": "1", "uploadId": upload_id}
+    assert (await store._request("PUT", identifier, query=query, body=b"x" * 1000)).status == 200
+
+
+async def test_partial_remove_clears_an_unfinished_save(opened: Opened) -> None:
+    store = opened.store
+    ident = store.new_identifier(".mp4")
+    other = store.new_identifier(".mp4")
+    await _leave_unfinished(opened, ident)
+    await _leave_unfinished(opened, other)
+    if opened.moto is not None:
+        assert sorted(opened.moto.uploads(opened.bucket)) == sorted([ident, other])
+    await store.remove(ident, partial=True)
+    if opened.moto is not None:
+        assert opened.moto.uploads(opened.bucket) == [other]  # only that key's
+    else:
+        assert isinstance(store, FileStore)
+        left = [p.name for p in store.root.rglob("*") if p.is_file()]
+        assert left == [f".{Path(other).name}.tmp-0123456789ab"]
+
+
+async def test_identifiers_lists_every_file(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = opened.store
+    monkeypatch.setattr(object_module, "LIST_PAGE", 2)  # object storage: several pages
+    made = []
+    for n in range(5):
+        ident = store.new_identifier(".webp")
+        made.append(await store.save_bytes(bytes([n]), identifier=ident, content_type="x"))
+    await store.health()  # its probe is never listed
+    assert await listed(store) == sorted(made)
+
+
+async def test_health(opened: Opened) -> None:
+    await opened.store.health()
+    await opened.store.health(write=False)
+    assert await listed(opened.store) == []
+
+
+async def test_public_url(opened: Opened, moto: MotoServer) -> None:
+    ident = opened.store.new_identifier(".png")
+    assert opened.store.public_url(ident) is None
+    if opened.moto is None:
+        return
+    config = moto.config(opened.bucket, public_endpoint="https://cdn.example.com/media/")
+    async with open_object_store(config) as store:
+        assert store.public_url(ident) == f"https://cdn.example.com/media/{ident}"
+    config = moto.config(opened.bucket, public_endpoint="https://cdn.example.com")
+    async with open_object_store(config) as store:
+        assert store.public_url(ident) == f"https://cdn.example.com/{ident}"
+
+
+# --- object storage only ---------------------------------------------------------------------
+
+
+def only_object(opened: Opened) -> tuple[ObjectStore, MotoServer, LoopbackTransport]:
+    if not isinstance(opened.store, ObjectStore):
+        pytest.skip("object storage only")
+    assert opened.moto is not None and opened.transport is not None
+    return opened.store, opened.moto, opened.transport
+
+
+async def test_addressing_style_reaches_the_bucket(opened: Opened) -> None:
+    store, moto, transport = only_object(opened)
+    await store.save_bytes(b"x", identifier=store.new_identifier(".png"), content_type="x")
+    hosts = {host for _, host, _ in transport.sent}
+    if opened.kind == "object-vhost":
+        assert hosts == {f"{opened.bucket}.s3.test:{moto.port}"}
+    else:
+        assert hosts == {f"127.0.0.1:{moto.port}"}
+
+
+async def test_large_upload_goes_through_multipart(tmp_path: Path, opened: Opened) -> None:
+    store, moto, transport = only_object(opened)
+    data = os.urandom(12 * MIB + 17)
+    ident = store.new_identifier(".mp4")
+    await store.save_file(spool(tmp_path, data), identifier=ident, content_type="video/mp4")
+    sent = [(method, query) for method, _, query in transport.sent]
+    assert ("POST", "uploads=") in sent
+    parts = sorted(query.split("&")[0] for method, query in sent if "partNumber" in query)
+    assert parts == ["partNumber=1", "partNumber=2"]  # 8 MiB + the rest
+    assert any(method == "POST" and query.startswith("uploadId=") for method, query in sent)
+    assert moto.get(opened.bucket, ident) == data
+    assert moto.uploads(opened.bucket) == []
+    assert await store.length(ident) == len(data)
+    assert (
+        b"".join(await collect(store.read(ident, 8 * MIB - 3, 8 * MIB + 3)))
+        == data[8 * MIB - 3 : 8 * MIB + 3]
+    )
+
+
+class FailingTransport(LoopbackTransport):
+    """Answers requests that ``fails`` picks with ``status`` (or a connection error)."""
+
+    def __init__(self, fails: Callable[[httpx.Request], bool], status: int | None = 503) -> None:
+        super().__init__()
+        self.fails, self.status, self.failed = fails, status, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.fails(request):
+            self.failed += 1
+            if self.status is None:
+                raise httpx.ConnectError("refused")
+            return httpx.Response(self.status, content=b"<Error><Code>SlowDown</Code></Error>")
+        return await super().handle_async_request(request)
+
+
+async def test_a_failed_multipart_upload_is_aborted(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    transport = FailingTransport(lambda r: b"partNumber=2" in r.url.query)
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+        src = spool(tmp_path, os.urandom(9 * MIB))
+        with pytest.raises(StoreError, match="SlowDown"):
+            await store.save_file(src, identifier=store.new_identifier(".mp4"), content_type="x")
+    assert transport.failed == object_module.ATTEMPTS  # retried, then given up
+    assert src.exists()  # not consumed
+    assert moto.uploads(bucket) == []
+    assert moto.keys(bucket) == []
+
+
+async def test_a_cancelled_multipart_upload_is_aborted(tmp_path: Path, moto: MotoServer) -> None:
+    bucket = moto.create_bucket()
+    parts = trio.Event()
+
+    class Slow(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if b"partNumber" in request.url.query:
+                parts.set()
+                await trio.sleep_forever()
+            return await super().handle_async_request(request)
+
+    async with open_object_store(moto.config(bucket), transport=Slow()) as store:
+        src = spool(tmp_path, os.urandom(9 * MIB))
+        async with trio.open_nursery() as nursery:
+            ident = store.new_identifier(".mp4")
+            nursery.start_soon(
+                lambda: store.save_file(src, identifier=ident, content_type="video/mp4")
+            )
+            await parts.wait()
+            nursery.cancel_scope.cancel()
+    assert moto.uploads(bucket) == []
+    assert moto.keys(bucket) == []
+
+
+async def test_transient_failures_are_retried(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    for status in (503, 500, None):
+        budget = [2]
+
+        def twice(request: httpx.Request, budget: list[int] = budget) -> bool:
+            budget[0] -= 1
+            return budget[0] >= 0
+
+        transport = FailingTransport(twice, status)
+        async with open_object_store(moto.config(bucket), transport=transport) as store:
+            ident = await store.save_bytes(
+                DATA, identifier=store.new_identifier(".png"), content_type="image/png"
+            )
+            assert b"".join(await collect(store.read(ident))) == DATA
+        assert transport.failed == 2
+
+
+async def test_a_read_cut_off_resumes(moto: MotoServer) -> None:
+    bucket = moto.create_bucket()
+    cuts = [0]
+
+    class Cutting(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            if request.method != "GET" or cuts[0] >= 2 or b"list-type" in request.url.query:
+                return response
+            cuts[0] += 1
+            body = await response.aread()
+
+            class Cut(httpx.AsyncByteStream):
+                async def __aiter__(self) -> AsyncIterator[bytes]:
+                    yield body[:70_000]  # more than a chunk, then the connection drops
+                    raise httpx.ReadError("connection reset")
+
+            return httpx.Response(response.status_code, headers=response.headers, stream=Cut())
+
+    async with open_object_store(moto.config(bucket), transport=Cutting()) as store:
+        ident = await store.save_bytes(
+            DATA, identifier=store.new_identifier(".png"), content_type="image/png"
+        )
+        assert b"".join(await collect(store.read(ident, 10))) == DATA[10:]
+    assert cuts == [2]
+
+
+async def test_missing_bucket_and_unreachable_endpoint(moto: MotoServer) -> None:
+    async with open_object_store(moto.config("no-such-bucket")) as store:
+        with pytest.raises(StoreError) as info:
+            await store.health()
+    assert info.value.msg == (
+        f"object storage {moto.endpoint} bucket no-such-bucket: bucket 'no-such-bucket' does "
+        "not exist (NoSuchBucket); create it first (pictrs-trio does not create buckets), or "
+        "check store.bucket_name and store.use_path_style"
+    )
+    config = moto.config("b", endpoint="http://127.0.0.1:9", client_timeout=2.0)
+    async with open_object_store(config) as store:
+        with pytest.raises(StoreError) as info:
+            await store.health(write=False)
+    assert info.value.msg.startswith("cannot reach object storage http://127.0.0.1:9 bucket b: ")
+    assert "\n" not in info.value.msg
+
+
+async def test_bad_endpoint_is_refused_at_open(moto: MotoServer) -> None:
+    for endpoint in ("ftp://x", "http://user:pw@host", "http://host:port", "not a url"):
+        with pytest.raises(StoreError) as info:
+            async with open_object_store(moto.config("b", endpoint=endpoint)):
+                pass
+        assert "pw" not in info.value.msg
+
+
+async def test_a_put_cut_off_mid_body_times_out_and_leaves_nothing(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops reading the body half-way: the attempt ends at client_timeout, is
+    tried again (then given up), and the file's reader is closed each time."""
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    monkeypatch.setattr(object_module, "ATTEMPTS", 2)
+    bucket = moto.create_bucket()
+    reads = [0]
+
+    class Stalls(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                body = request.stream.__aiter__()  # type: ignore[union-attr]
+                async with aclosing(body):  # type: ignore[type-var]
+                    async for _ in body:
+                        reads[0] += 1
+                        await trio.sleep_forever()
+            return await super().handle_async_request(request)
+
+    config = moto.config(bucket, client_timeout=0.3)
+    async with open_object_store(config, transport=Stalls()) as store:
+        src = spool(tmp_path, DATA)
+        with pytest.raises(StoreError, match=r"did not answer within 0\.3 s"):
+            await store.save_file(src, identifier=store.new_identifier(".png"), content_type="x")
+    assert reads == [2]
+    assert src.exists()
+    assert moto.keys(bucket) == []
