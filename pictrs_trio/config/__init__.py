@@ -562,7 +562,12 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 SECRET_KEYS = ("server.api_key", "store.access_key", "store.secret_key", "store.session_token")
-URL_KEYS = ("media.external_validation", "tracing.opentelemetry.url", "store.endpoint")
+URL_KEYS = (
+    "media.external_validation",
+    "tracing.opentelemetry.url",
+    "store.endpoint",
+    "store.public_endpoint",
+)
 REDACTED = "<redacted>"
 
 

@@ -71,10 +71,18 @@ def _check_object_storage(store: ObjectStorageStore) -> None:
     if not store.region:
         raise ConfigError("store.region is empty: set it (any value for MinIO or Garage)")
     if store.public_endpoint is not None:
+        from pictrs_trio.rules.egress import url_for_log
+
         parts = urlsplit(store.public_endpoint)
+        secret = parts.username or parts.password or parts.query
+        shown = url_for_log(store.public_endpoint) if secret else store.public_endpoint
         if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"store.public_endpoint {shown!r} is not an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            # every client would get it in the redirect's Location
             raise ConfigError(
-                f"store.public_endpoint {store.public_endpoint!r} is not an http(s) URL"
+                f"store.public_endpoint {shown!r} must not carry a user or password: "
+                "clients are redirected to it"
             )
     if store.client_timeout <= 0:
         raise ConfigError("store.client_timeout must be more than 0 seconds")

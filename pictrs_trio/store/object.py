@@ -453,15 +453,29 @@ class ObjectStore:
         return s3.public_url(self._public, identifier) if self._public else None
 
     async def remove(self, identifier: str, *, partial: bool = False) -> None:
-        """Delete the object; a missing one is fine. ``partial``: first abort every
-        unfinished multipart upload of the key (what a process that died mid-upload left)."""
+        """Delete the object; a missing one is fine. ``partial``: also abort every
+        unfinished multipart upload of the key (what a process that died mid-upload left).
+        The object goes first: a bucket policy without ``s3:ListBucketMultipartUploads``
+        (pict-rs never lists them) leaves the uploads to a lifecycle rule, with a warning,
+        but never an object behind."""
         key = self._safe(identifier)
-        if partial:
-            for upload_id in await self._unfinished_uploads(key):
-                await self._abort(key, upload_id)
         answer = await self._request("DELETE", key)
         if answer.status not in (200, 204, 404):
             raise self._error(answer)
+        if not partial:
+            return
+        try:
+            uploads = await self._unfinished_uploads(key)
+        except StoreError as exc:
+            logger.warning(
+                "could not list unfinished uploads of {} ({}); a bucket lifecycle rule that "
+                "aborts incomplete multipart uploads cleans them up",
+                key,
+                exc.msg,
+            )
+            return
+        for upload_id in uploads:
+            await self._abort(key, upload_id)
 
     async def _unfinished_uploads(self, key: str) -> list[str]:
         found: list[str] = []

@@ -395,10 +395,21 @@ def test_check_config_redacts_secrets() -> None:
         env={
             "PICTRS__SERVER__API_KEY": "key-secret",
             "PICTRS__MEDIA__EXTERNAL_VALIDATION": "https://u:pw-secret@scan.example/v?t=q-secret",
+            "PICTRS__STORE__TYPE": "object_storage",
+            "PICTRS__STORE__ENDPOINT": "https://s3.example",
+            "PICTRS__STORE__BUCKET_NAME": "b",
+            "PICTRS__STORE__REGION": "r",
+            "PICTRS__STORE__ACCESS_KEY": "access-secret",
+            "PICTRS__STORE__SECRET_KEY": "secret-secret",
+            "PICTRS__STORE__SESSION_TOKEN": "token-secret",
+            "PICTRS__STORE__PUBLIC_ENDPOINT": "https://cdn.example/m?sig=sig-secret",
         }
     )
     shown = config.dump(cfg, redact=True)
-    assert "secret" not in shown
+    for value in ("key", "pw", "q", "access", "secret", "token", "sig"):
+        assert f"{value}-secret" not in shown
+    assert 'secret_key = "<redacted>"' in shown
+    assert 'public_endpoint = "https://cdn.example/m?<redacted>"' in shown
     assert 'external_validation = "https://<redacted>@scan.example/v?<redacted>"' in shown
     assert "key-secret" in config.dump(cfg)  # --save-to keeps them
 

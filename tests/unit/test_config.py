@@ -609,6 +609,10 @@ def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
         ({"region": ""}, "store.region is empty"),
         ({"bucket_name": "a/b"}, "store.bucket_name 'a/b' is not a bucket name"),
         ({"public_endpoint": "cdn.example.com"}, "store.public_endpoint 'cdn.example.com'"),
+        (
+            {"public_endpoint": "https://u:hunter2@cdn.example.com/m?sig=hunter2"},
+            "store.public_endpoint 'https://cdn.example.com/m' must not carry a user",
+        ),
         ({"client_timeout": 0.0}, "store.client_timeout must be more than 0"),
     ],
 )
