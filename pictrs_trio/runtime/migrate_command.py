@@ -27,11 +27,11 @@ from loguru import logger
 
 from journal import Journal, JournalError
 from pictrs_trio import store as stores
-from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore
+from pictrs_trio.config import Config, ConfigError, FilesystemStore, ObjectStorageStore
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
 from pictrs_trio.runtime import logging as pictrs_logging
-from pictrs_trio.runtime.startup import StartupError
+from pictrs_trio.runtime.startup import StartupError, check_object_storage
 from pictrs_trio.services.migrate import (
     MigrateOptions,
     MigrationRefused,
@@ -137,12 +137,19 @@ def _store_hint(destination: str) -> str:
 
 
 def run(config: Config, args: MigrateStoreArgs, warnings: Sequence[str] = ()) -> int:
-    """Run the migration; returns the exit status. Raises StartupError (status 1) when it
-    cannot start: a store or the repo cannot be opened, another process uses the repo,
-    another migration is unfinished."""
+    """Run the migration; returns the exit status. Raises ConfigError (status 2) for a FROM
+    or TO bucket whose settings cannot work, StartupError (status 1) when it cannot start:
+    FROM and TO are one store, a store or the repo cannot be opened, another process uses
+    the repo, another migration is unfinished."""
     pictrs_logging.setup(config.tracing.logging)
     for message in warnings:
         logger.warning("configuration: {}", message)
+    for which, store in (("FROM", args.source), ("TO", args.destination)):
+        if isinstance(store, ObjectStorageStore):
+            try:
+                check_object_storage(store)  # the checks ``run`` makes of its store
+            except ConfigError as exc:
+                raise ConfigError(f"{which} store: {exc}") from None
     try:
         check_stores(args.source, args.destination)
     except MigrationRefused as exc:

@@ -6,7 +6,8 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
     check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
     open_listener  the one listening socket, bound by this process StartupError (1)
     preflight      the repo opens (and migrates), no migrate-store StartupError (1)
-                   run is unfinished, the store (a folder, or a
+                   run is unfinished nor moved the media to
+                   another store, the store (a folder, or a
                    bucket) and the temporary folder are writable
 
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
@@ -52,12 +53,12 @@ def check_config(config: Config) -> None:
         except PictrsError as exc:
             raise ConfigError(f"media.preprocess_steps: {exc.msg}") from None
     if isinstance(config.store, ObjectStorageStore):
-        _check_object_storage(config.store)
+        check_object_storage(config.store)
 
 
-def _check_object_storage(store: ObjectStorageStore) -> None:
-    """The endpoints are URLs the store can use. Raises ConfigError naming the key (and
-    never a secret)."""
+def check_object_storage(store: ObjectStorageStore) -> None:
+    """The endpoints are URLs the store can use (``run``'s store, and migrate-store's FROM and
+    TO). Raises ConfigError naming the key (and never a secret)."""
     from urllib.parse import urlsplit
 
     from pictrs_trio.store.s3 import addressing
@@ -157,32 +158,33 @@ async def preflight(config: Config) -> None:
 def check_store_migration(config: Config, migration: StoreMigration) -> None:
     """Refuse to serve while a ``migrate-store`` run is unfinished: some rows name files in
     the old store, some in the new one, so either store would answer 404 for part of the
-    media (pict-rs starts anyway; docs/operations.md). After a finished run, warn when the
-    configured store is not the one the media went to. Raises StartupError."""
-    from loguru import logger
+    media (pict-rs starts anyway; docs/operations.md). Refuse too when the last finished run
+    moved the media to another store than the configured one: the rows name files there, so
+    this store would answer 404 for them and take new uploads the migration has left behind
+    (pict-rs starts anyway). Raises StartupError."""
+    from pictrs_trio.services.migrate import describe, same_store
 
-    from pictrs_trio.services.migrate import describe
-
+    buckets = "object-storage" in (migration.from_store + migration.to_store)
+    keys = " (with the region and keys of each bucket)" if buckets else ""
     if not migration.finished:
         if not migration.id:
             raise StartupError(
                 f"repo.path {config.repo.path}: the repo records {migration.moved} files moved "
                 "by an unfinished migrate-store; finish it with migrate-store before serving"
             )
-        buckets = "object-storage" in (migration.from_store + migration.to_store)
-        keys = " (with the region and keys of each bucket)" if buckets else ""
         raise StartupError(
             f"repo.path {config.repo.path}: a migrate-store from {migration.from_store} to "
             f"{migration.to_store} is unfinished ({migration.moved} files moved); finish it by "
             f"running the same command again{keys}: pictrs-trio migrate-store "
             f"{migration.from_store} {migration.to_store} sqlite -p {config.repo.path}"
         )
-    if migration.to_store != describe(config.store):
-        logger.warning(
-            "the last migrate-store moved the media to {}, but the configured store is {}: "
-            "point store at the new one unless it was moved there since",
-            migration.to_store,
-            describe(config.store),
+    configured = describe(config.store)
+    if not same_store(migration.to_store, configured):
+        raise StartupError(
+            f"repo.path {config.repo.path}: the last migrate-store moved the media to "
+            f"{migration.to_store}, but the configured store is {configured}: point store at "
+            f"{migration.to_store}; or move the media here first{keys}: pictrs-trio "
+            f"migrate-store {migration.to_store} {configured} sqlite -p {config.repo.path}"
         )
 
 

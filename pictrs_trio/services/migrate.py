@@ -26,17 +26,22 @@ and the run stays unfinished (pict-rs stops the pass and starts it again, up to 
 missing file is not retried; the repo records the run itself (``store_migration_runs``), so
 the server refuses to start while it is unfinished (pict-rs starts and serves whatever the
 rows name, docs/operations.md "Moving media with migrate-store"); a half-written copy of a
-killed run is removed (its intent) at the next start.
+killed run is removed (its intent) at the next start; running a finished migration again
+moves the files still in the old store (added since) and skips those in the new one, and
+the server refuses to start on another store than the last finished run's (runtime/
+startup.py); FROM and TO are compared normalised (``same_store``), not as typed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import uuid
 from contextlib import aclosing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -46,6 +51,7 @@ from journal import Journal, JournalError
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.repo import FileToMove, MovePosition, Repo, StoreMigration
 from pictrs_trio.rules import jobs
+from pictrs_trio.rules.egress import url_for_log
 from pictrs_trio.rules.errors import PictrsError, StoreNotFound
 from pictrs_trio.rules.formats import CONTENT_TYPES, Fmt
 from pictrs_trio.services.storing import discard_from, save_into
@@ -59,6 +65,7 @@ __all__ = [
     "check_stores",
     "describe",
     "migrate_store",
+    "same_store",
 ]
 
 DEFAULT_CONCURRENCY = 32  # pict-rs's default for --concurrency
@@ -87,7 +94,8 @@ class MigrateOptions(msgspec.Struct, frozen=True, kw_only=True):
 class Progress:
     """Counts of the run so far, read by whoever reports them (runtime/migrate_command.py).
     ``total`` files were left to move when the walk began; ``done_before`` were moved by
-    earlier runs; ``skipped`` counts files found moved meanwhile."""
+    earlier runs; ``skipped`` counts files found moved meanwhile, or only in the new store
+    (moved by an earlier, finished run of the same migration)."""
 
     total: int = 0
     done_before: int = 0
@@ -108,29 +116,103 @@ class Progress:
         return self.moved + self.skipped + self.missing + self.failed
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_FILESYSTEM = "filesystem -p "
+_OBJECT_STORAGE = re.compile(r"^object-storage -e (?P<endpoint>\S+) -b (?P<bucket>\S+)$")
+
+
+def _endpoint(endpoint: str, bucket: str) -> str:
+    """``endpoint`` as one spelling per bucket: through ``url_for_log`` (no userinfo, no
+    query), the scheme and host lower-cased, the scheme's default port and a trailing slash
+    dropped, and a leading ``{bucket}.`` of the host dropped, so the virtual-host spelling
+    (``https://m.s3.example.com -b m``) and the path-style one (``https://s3.example.com
+    -b m``) of one bucket read the same (store/s3.py ``addressing``)."""
+    parts = urlsplit(url_for_log(endpoint))
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if bucket and host.startswith(f"{bucket.lower()}."):
+        host = host[len(bucket) + 1 :]
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
 def describe(config: FilesystemStore | ObjectStorageStore) -> str:
-    """Which store this is, as the command line names it: a folder, or an endpoint and
-    bucket (region, addressing and keys are how to reach it, not which it is; no secrets).
-    Recorded with the run, compared when it is resumed, shown in messages."""
+    """Which store this is, as the command line names it: a folder (its real path, symlinks
+    resolved), or an endpoint and bucket, normalised (``_endpoint``; region, addressing and
+    keys are how to reach it, not which it is; never a secret). Recorded with the run,
+    compared when it is resumed (``same_store``), shown in messages."""
     if isinstance(config, FilesystemStore):
-        return f"filesystem -p {Path(config.path).resolve()}"
-    return f"object-storage -e {config.endpoint} -b {config.bucket_name}"
+        return f"{_FILESYSTEM}{os.path.realpath(config.path)}"
+    bucket = config.bucket_name
+    return f"object-storage -e {_endpoint(config.endpoint, bucket)} -b {bucket}"
+
+
+def _normalised(described: str) -> str:
+    """A ``describe`` string (maybe recorded by an older version) in today's spelling."""
+    if described.startswith(_FILESYSTEM):
+        return f"{_FILESYSTEM}{os.path.realpath(described.removeprefix(_FILESYSTEM))}"
+    found = _OBJECT_STORAGE.match(described)
+    if found is None:
+        return described
+    bucket = found.group("bucket")
+    return f"object-storage -e {_endpoint(found.group('endpoint'), bucket)} -b {bucket}"
+
+
+def same_store(one: str, other: str) -> bool:
+    """Whether two ``describe`` strings name one store: the same normalised spelling, or
+    two existing folders that are one (a bind mount, a hard-linked path)."""
+    one, other = _normalised(one), _normalised(other)
+    if one == other:
+        return True
+    if one.startswith(_FILESYSTEM) and other.startswith(_FILESYSTEM):
+        try:
+            return os.path.samefile(one.removeprefix(_FILESYSTEM), other.removeprefix(_FILESYSTEM))
+        except OSError:  # one of them does not exist (yet)
+            return False
+    return False
+
+
+def _inside(folder: str, other: str) -> bool:
+    """Whether ``folder`` is ``other`` or below it, also through a bind mount of ``other``
+    (compared by device and inode along ``folder``'s existing parents)."""
+    path, target = Path(os.path.realpath(folder)), Path(os.path.realpath(other))
+    if path == target or target in path.parents:
+        return True
+    try:
+        wanted = os.stat(target)
+    except OSError:
+        return False
+    for candidate in (path, *path.parents):
+        try:
+            found = os.stat(candidate)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
 
 
 def check_stores(
     source: FilesystemStore | ObjectStorageStore, destination: FilesystemStore | ObjectStorageStore
 ) -> None:
-    """Two different stores, neither folder inside the other (removing the old store would
-    remove the new one). Raises MigrationRefused."""
-    if describe(source) == describe(destination):
+    """Two different stores, however they are spelled (``same_store``), neither folder
+    inside the other (removing the old store would remove the new one). Raises
+    MigrationRefused."""
+    if same_store(describe(source), describe(destination)):
         raise MigrationRefused(f"FROM and TO are the same store ({describe(source)})")
-    if isinstance(source, FilesystemStore) and isinstance(destination, FilesystemStore):
-        old, new = Path(source.path).resolve(), Path(destination.path).resolve()
-        if old in new.parents or new in old.parents:
-            raise MigrationRefused(
-                f"one store folder is inside the other ({old}, {new}): the old store is "
-                "removed once the migration is over, so keep them apart"
-            )
+    if not (isinstance(source, FilesystemStore) and isinstance(destination, FilesystemStore)):
+        return
+    if _inside(source.path, destination.path) or _inside(destination.path, source.path):
+        old, new = os.path.realpath(source.path), os.path.realpath(destination.path)
+        raise MigrationRefused(
+            f"one store folder is inside the other ({old}, {new}): the old store is "
+            "removed once the migration is over, so keep them apart"
+        )
 
 
 def _kind(file: FileToMove) -> tuple[str, str]:
@@ -205,6 +287,7 @@ class _Mover:
         self.source, self.destination = source, destination
         self.tmp_dir, self.options, self.progress = tmp_dir, options, progress
         self.logged = 0
+        self.again = False  # the same migration finished before: skip files already in TO
         self.scope = trio.CancelScope()  # the walk's: ``stop`` cancels it
 
     def stop(self, why: str) -> None:
@@ -245,6 +328,9 @@ class _Mover:
     async def handle(self, file: FileToMove) -> None:
         """Move one file with retries, and count how it went."""
         progress, options = self.progress, self.options
+        if self.again and await self._in_destination(file):
+            progress.skipped += 1  # moved by the earlier, finished run
+            return
         for attempt in range(1, options.attempts + 1):
             try:
                 size = await self.move(file)
@@ -261,7 +347,7 @@ class _Mover:
                         file,
                         exc,
                     )
-                if progress.moved + progress.done_before == 0:
+                if progress.moved + progress.done_before + progress.skipped == 0:
                     progress.failures_in_a_row += 1
                     if progress.failures_in_a_row >= options.stop_after_failures:
                         self.stop(
@@ -298,6 +384,15 @@ class _Mover:
                 progress.moved += 1
                 progress.bytes += size
             return
+
+    async def _in_destination(self, file: FileToMove) -> bool:
+        """Whether the new store has the file: a row an earlier, finished run of this
+        migration repointed (its progress rows are cleared when it finishes)."""
+        try:
+            await self.destination.length(file.identifier)
+        except (PictrsError, OSError):
+            return False
+        return True
 
     def _log(self, level: str, message: str, file: FileToMove, why: object) -> None:
         self.logged += 1
@@ -339,27 +434,30 @@ async def _refuse_beside_others(journal: Journal) -> None:
 async def _begin(
     repo: Repo, journal: Journal, source: Store, destination: Store, from_store: str, to_store: str
 ) -> tuple[StoreMigration, bool]:
-    """Checks, then (the run to go on with, whether it is over already: the same migration
-    finished last time). Raises MigrationRefused, PictrsError, JournalError."""
+    """Checks, then (the run to go on with, whether the same migration finished before: this
+    run then moves what is still in FROM, files added since). Raises MigrationRefused,
+    PictrsError, JournalError."""
     await _refuse_beside_others(journal)
     await repo.health()
     latest = await repo.store_migration()
-    if (
+    again = (
         latest is not None
         and latest.finished
-        and (latest.from_store, latest.to_store) == (from_store, to_store)
-    ):
-        return latest, True
+        and same_store(latest.from_store, from_store)
+        and same_store(latest.to_store, to_store)
+    )
     await source.health(write=False)  # pict-rs checks the old store and the repo
     await destination.health(write=True)  # and, here, that the new one takes files
     run = await repo.begin_store_migration(from_store, to_store)
-    if run.id and (run.from_store, run.to_store) != (from_store, to_store):
+    if run.id and not (
+        same_store(run.from_store, from_store) and same_store(run.to_store, to_store)
+    ):
         raise MigrationRefused(
             f"an unfinished migration from {run.from_store} to {run.to_store} is recorded in "
             f"this repo ({run.moved} files moved); finish it first by running it again: "
             f"pictrs-trio migrate-store {run.from_store} {run.to_store}"
         )
-    return run, False
+    return run, again
 
 
 async def migrate_store(
@@ -381,12 +479,13 @@ async def migrate_store(
     and the run recorded as finished. Raises MigrationRefused (another process uses the
     repo, or another migration is unfinished), PictrsError or JournalError (a store or the
     repo cannot be used)."""
-    progress.run, over = await _begin(repo, journal, source, destination, from_store, to_store)
-    if over:
-        logger.info("this migration finished already: every file is in {}", to_store)
-        progress.finished = True
-        return progress
-    if progress.run.moved:
+    progress.run, again = await _begin(repo, journal, source, destination, from_store, to_store)
+    if again:
+        logger.info(
+            "this migration finished before: moving the files still in {} (added since)",
+            from_store,
+        )
+    elif progress.run.moved:
         logger.info(
             "continuing the migration from {} to {}: {} files were moved before",
             from_store,
@@ -400,6 +499,7 @@ async def migrate_store(
     progress.done_before, progress.total = moved, max(named - moved, 0)
     logger.info("{} files to move, {} moved before", progress.total, progress.done_before)
     mover = _Mover(repo, journal, source, destination, tmp_dir, options, progress)
+    mover.again = again
     progress.started, progress.walking = trio.current_time(), True
     try:
         with mover.scope:

@@ -118,9 +118,14 @@ def test_media_uploaded_on_a_serves_the_same_from_b(tmp_path: Path) -> None:
     serves(server, served)  # the lost variant is rendered again, the same way
     server.stop()
     assert len(files_on_disk(a)) == 45  # the old store is left as it was
-    # A third run of the same command knows the migration is over.
+    # A server on the old store would answer 404 and take uploads nobody moves: refused.
+    message = refused_start(tmp_path, a, db)
+    assert f"moved the media to filesystem -p {b}, but the configured store is" in message
+    assert message.count("\n") == 1 and f"point store at filesystem -p {b}" in message
+    # A third run of the same command finds every file in B already.
     third = migrate_store(tmp_path, a, b, db)
     assert third.returncode == 0 and "moved 0 files" in third.stdout, third.stdout
+    assert "failed 0" in third.stdout and "Finished" in third.stdout
 
 
 def test_a_run_killed_halfway_resumes_without_copying_twice(tmp_path: Path) -> None:

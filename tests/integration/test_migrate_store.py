@@ -3,13 +3,13 @@ files moved byte for byte, rows repointed, missing files, runs stopped and resum
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
-from loguru import logger
 
 from journal import Journal
 from pictrs_trio.config import Config, FilesystemStore, ObjectStorageStore
@@ -24,6 +24,7 @@ from pictrs_trio.services.migrate import MigrateOptions, MigrationRefused, Progr
 from pictrs_trio.store.file import FileStore, open_file_store
 from pictrs_trio.store.memory import MemoryStore
 from tests.migrate_helpers import (
+    Filled,
     assert_all_in,
     db_rows,
     files_on_disk,
@@ -120,9 +121,31 @@ async def test_moves_every_file_and_repoints_every_row(setup: Setup) -> None:
     for upload_id, data in filled.uploads.items():
         raw = await setup.repo.upload_raw_identifier(upload_id)
         assert raw is not None and (setup.root / "b" / raw).read_bytes() == data
-    # A second run has nothing left to do.
+    # A second run has nothing left to do: every file is in B already.
     again = await setup.migrate()
-    assert again.finished and again.moved == 0 and again.total == 0
+    assert again.finished and again.moved == 0 and again.failed == 0
+    assert again.skipped == filled.files
+    assert_all_in(setup.root / "b", setup.db, filled)
+
+
+async def test_a_finished_migration_run_again_moves_files_added_since(setup: Setup) -> None:
+    """A server started on the old store after the migration put new uploads there: the
+    same migrate-store again moves them (it used to say "finished already")."""
+    first = await fill(setup.repo, setup.a, 9, uploads=1)
+    assert (await setup.migrate()).finished
+    added = await fill(setup.repo, setup.a, 6, uploads=1)
+    again = await setup.migrate()
+    assert again.finished and (again.moved, again.skipped) == (added.files, first.files)
+    assert (again.missing, again.failed) == (0, 0)
+    everything = Filled(
+        originals=first.originals | added.originals,
+        variants=first.variants | added.variants,
+        motions=first.motions | added.motions,
+        uploads=first.uploads | added.uploads,
+    )
+    assert_all_in(setup.root / "b", setup.db, everything)
+    run = await setup.repo.store_migration()
+    assert run is not None and run.finished and run.to_store == "filesystem -p B"
 
 
 async def test_a_missing_file_fails_the_run_unless_skipped(setup: Setup) -> None:
@@ -240,8 +263,9 @@ async def test_failures_are_retried_then_counted(setup: Setup) -> None:
     broken = _Flaky(setup.a, fail_times=99)
     await setup.repo.finish_store_migration()
     progress = await setup.migrate(broken, attempts=2, stop_after_failures=2)
-    # Every file is moved already: nothing to fail on.
-    assert progress.finished and progress.total == 0
+    # Every file is in B already: the old store is not read, nothing fails.
+    assert progress.finished and progress.moved == progress.failed == 0
+    assert progress.skipped == 4
 
 
 async def test_a_broken_source_stops_the_run(setup: Setup) -> None:
@@ -291,6 +315,91 @@ def test_describe_and_check_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert migrate.describe(FilesystemStore(path="a")) == migrate.describe(a)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "path_style", "other", "other_path_style"),
+    [
+        ("https://s3.x.com", False, "https://s3.x.com/", False),  # a trailing slash
+        ("https://s3.x.com", True, "HTTPS://S3.X.com:443/", True),  # case, default port
+        ("http://s3.x.com:80", True, "http://s3.x.com", False),
+        ("https://s3.x.com", True, "https://m.s3.x.com", False),  # path-style, virtual-host
+        ("https://s3.x.com", False, "https://m.s3.x.com/", False),
+    ],
+)
+def test_one_bucket_however_it_is_spelled(
+    endpoint: str, path_style: bool, other: str, other_path_style: bool
+) -> None:
+    one = ObjectStorageStore(
+        endpoint=endpoint,
+        bucket_name="m",
+        region="r",
+        access_key="k",
+        secret_key="s",
+        use_path_style=path_style,
+    )
+    two = msgspec.structs.replace(one, endpoint=other, use_path_style=other_path_style)
+    with pytest.raises(MigrationRefused, match="same store"):
+        migrate.check_stores(one, two)
+    assert migrate.same_store(migrate.describe(one), migrate.describe(two))
+    for different in (
+        msgspec.structs.replace(two, bucket_name="n"),
+        msgspec.structs.replace(two, endpoint="https://s3.y.com"),
+        msgspec.structs.replace(two, endpoint="https://s3.x.com:9000"),
+    ):
+        migrate.check_stores(one, different)
+
+
+def test_describe_never_shows_userinfo_and_reads_old_records() -> None:
+    bucket = ObjectStorageStore(
+        endpoint="https://user:secret@S3.x.com/",
+        bucket_name="m",
+        region="r",
+        access_key="k",
+        secret_key="s",
+    )
+    assert migrate.describe(bucket) == "object-storage -e https://s3.x.com -b m"
+    # A run recorded by an older version, spelled as it was typed, is the same store.
+    assert migrate.same_store("object-storage -e https://s3.x.com/ -b m", migrate.describe(bucket))
+    assert not migrate.same_store(
+        "object-storage -e https://s3.x.com -b n", migrate.describe(bucket)
+    )
+
+
+def test_one_folder_through_a_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    a = FilesystemStore(path=str(tmp_path / "real" / "a"))
+    monkeypatch.chdir(tmp_path)
+    for other in ("link/a", "./real/a", str(tmp_path / "link" / "a") + "/"):
+        with pytest.raises(MigrationRefused, match="same store"):
+            migrate.check_stores(a, FilesystemStore(path=other))
+    with pytest.raises(MigrationRefused, match="inside the other"):
+        migrate.check_stores(a, FilesystemStore(path="link/a/new"))
+    with pytest.raises(MigrationRefused, match="inside the other"):
+        migrate.check_stores(FilesystemStore(path="link"), a)
+    assert migrate.describe(FilesystemStore(path="link/a")) == migrate.describe(a)
+
+
+def test_one_folder_by_device_and_inode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two paths that realpath cannot tie (a bind mount) are one store when they are the
+    same file."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "mnt").mkdir()
+    real_stat = os.stat
+
+    def bound(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if os.fspath(path) == str(tmp_path / "mnt"):  # type: ignore[arg-type]
+            path = tmp_path / "a"
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", bound)
+    a = FilesystemStore(path=str(tmp_path / "a"))
+    with pytest.raises(MigrationRefused, match="same store"):
+        migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "mnt")))
+    (tmp_path / "mnt" / "new").mkdir()
+    with pytest.raises(MigrationRefused, match="inside the other"):
+        migrate.check_stores(a, FilesystemStore(path=str(tmp_path / "mnt" / "new")))
+
+
 def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
     b = tmp_path / "b"
     config = Config(
@@ -312,15 +421,62 @@ def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
         startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
 
-    logged: list[str] = []
-    sink = logger.add(logged.append, format="{message}")
-    try:
-        finished = msgspec.structs.replace(unfinished, finished_ns=2, moved=0)
-        startup.check_store_migration(config, finished)  # went to the configured store
-        assert logged == []
+    finished = msgspec.structs.replace(unfinished, finished_ns=2, moved=0)
+    startup.check_store_migration(config, finished)  # went to the configured store
+    startup.check_store_migration(  # the same store, spelled otherwise
+        config, msgspec.structs.replace(finished, to_store=f"filesystem -p {b}/")
+    )
+    with pytest.raises(StartupError) as elsewhere:
         startup.check_store_migration(
             config, msgspec.structs.replace(finished, to_store="filesystem -p /elsewhere")
         )
-    finally:
-        logger.remove(sink)
-    assert len(logged) == 1 and "moved the media to filesystem -p /elsewhere" in logged[0]
+    assert str(elsewhere.value) == (
+        f"repo.path {tmp_path / 'db'}: the last migrate-store moved the media to filesystem "
+        f"-p /elsewhere, but the configured store is filesystem -p {b}: point store at "
+        "filesystem -p /elsewhere; or move the media here first: pictrs-trio migrate-store "
+        f"filesystem -p /elsewhere filesystem -p {b} sqlite -p {tmp_path / 'db'}"
+    )
+    assert "\n" not in str(elsewhere.value)
+    to_bucket_done = msgspec.structs.replace(
+        finished, to_store="object-storage -e https://s3.x.com -b m"
+    )
+    with pytest.raises(StartupError, match=r"with the region and keys of each bucket"):
+        startup.check_store_migration(config, to_bucket_done)
+    on_bucket = msgspec.structs.replace(
+        config,
+        store=ObjectStorageStore(
+            endpoint="https://M.s3.x.com/",
+            bucket_name="m",
+            region="r",
+            access_key="k",
+            secret_key="s",
+        ),
+    )
+    startup.check_store_migration(on_bucket, to_bucket_done)  # the same bucket
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "region", "why"),
+    [
+        ("ftp://s3.x.com", "r", "TO store: store.endpoint 'ftp://s3.x.com' is not an http"),
+        ("https://s3.x.com", "", "TO store: store.region is empty"),
+        ("https://u:secret@s3.x.com", "r", "TO store: store.endpoint must not carry a user"),
+    ],
+)
+def test_migrate_store_checks_its_buckets_as_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, region: str, why: str
+) -> None:
+    from pictrs_trio.config import ConfigError
+    from pictrs_trio.runtime import migrate_command
+    from pictrs_trio.runtime.cli import MigrateStoreArgs
+
+    monkeypatch.setattr(migrate_command.pictrs_logging, "setup", lambda _: None)
+    bucket = ObjectStorageStore(
+        endpoint=endpoint, bucket_name="m", region=region, access_key="k", secret_key="s"
+    )
+    args = MigrateStoreArgs(source=FilesystemStore(path=str(tmp_path / "a")), destination=bucket)
+    config = Config(repo=SqliteRepoConfig(path=str(tmp_path / "db")))
+    with pytest.raises(ConfigError) as refused:
+        migrate_command.run(config, args)
+    assert str(refused.value).startswith(why) and "secret" not in str(refused.value)
+    assert not (tmp_path / "db").exists()  # refused before anything was opened
