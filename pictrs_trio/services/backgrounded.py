@@ -12,7 +12,8 @@ from collections.abc import AsyncIterable
 from pictrs_trio.repo.records import PendingUpload
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.query import parse_upload_query
-from pictrs_trio.services.ingest import IngestSession, spool
+from pictrs_trio.services.ingest import IngestSession
+from pictrs_trio.services.local import spool
 from pictrs_trio.services.state import AppState
 
 

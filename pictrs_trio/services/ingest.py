@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import uuid
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
@@ -25,17 +24,15 @@ from loguru import logger
 
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
-from pictrs_trio.rules.errors import EmptyFile, FileTooLarge
+from pictrs_trio.rules.errors import EmptyFile
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.external_validation import validate_externally
-from pictrs_trio.services.local import local_file
+from pictrs_trio.services.local import local_file, spool
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
-
-WRITE_BATCH = 1024 * 1024
 
 
 class Ingested(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,37 +156,6 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
 def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
-
-
-async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int) -> int:
-    """Write the stream to ``dest``; raise FileTooLarge past ``cap`` bytes. Returns the size.
-    How long the bytes may take is the source's business: a request body's rate rule
-    (``http/exchange.py``), a download's time limit (``services/fetch.py``)."""
-    size = 0
-    buf = bytearray()
-    fd = await trio.to_thread.run_sync(
-        lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    )
-    try:
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > cap:
-                raise FileTooLarge(f"File is larger than {cap // (1024 * 1024)} MB")
-            buf += chunk
-            if len(buf) >= WRITE_BATCH:
-                data, buf = bytes(buf), bytearray()
-                await trio.to_thread.run_sync(_write_all, fd, data)
-        if buf:
-            await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
-    finally:
-        os.close(fd)
-    return size
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _hash_file(path: Path) -> tuple[bytes, int]:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path, PurePosixPath
 
 import trio
 
+from pictrs_trio.rules.errors import FileTooLarge
 from pictrs_trio.services.state import AppState
 
 CLEANUP_SECONDS = 10.0
@@ -46,21 +47,34 @@ async def local_file(state: AppState, identifier: str) -> AsyncIterator[Path]:
 
 
 async def _copy(state: AppState, identifier: str, dest: Path) -> None:
+    async with aclosing(state.store.read(identifier)) as chunks:
+        await spool(chunks, dest)
+
+
+async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int | None = None) -> int:
+    """Write the stream to the new file ``dest``, a batch per thread hop; raise FileTooLarge
+    past ``cap`` bytes. Returns the size. How long the bytes may take is the source's
+    business: a request body's rate rule (``http/exchange.py``), a download's time limit
+    (``services/fetch.py``)."""
+    size = 0
+    buf = bytearray()
     fd = await trio.to_thread.run_sync(
         lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     )
     try:
-        buf = bytearray()
-        async with aclosing(state.store.read(identifier)) as chunks:
-            async for chunk in chunks:
-                buf += chunk
-                if len(buf) >= WRITE_BATCH:
-                    data, buf = bytes(buf), bytearray()
-                    await trio.to_thread.run_sync(_write_all, fd, data)
+        async for chunk in chunks:
+            size += len(chunk)
+            if cap is not None and size > cap:
+                raise FileTooLarge(f"File is larger than {cap // (1024 * 1024)} MB")
+            buf += chunk
+            if len(buf) >= WRITE_BATCH:
+                data, buf = bytes(buf), bytearray()
+                await trio.to_thread.run_sync(_write_all, fd, data)
         if buf:
             await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
     finally:
         os.close(fd)
+    return size
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -54,6 +54,7 @@ from pictrs_trio.rules import jobs
 from pictrs_trio.rules.egress import url_for_log
 from pictrs_trio.rules.errors import PictrsError, StoreNotFound
 from pictrs_trio.rules.formats import CONTENT_TYPES, Fmt
+from pictrs_trio.services.local import spool
 from pictrs_trio.services.storing import discard_from, save_into
 from pictrs_trio.store import Store
 
@@ -70,7 +71,6 @@ __all__ = [
 
 DEFAULT_CONCURRENCY = 32  # pict-rs's default for --concurrency
 PAGE = 100  # hashes per walk page, as pict-rs pages them
-SPOOL_CHUNK = 1024 * 1024  # bytes buffered per write to the spool file
 FAILURES_LOGGED = 50  # failures logged one by one; then only counted
 OWNER_CHECK_SECONDS = 5.0  # how often the run looks for a server started beside it
 FALLBACK_CONTENT_TYPE = "application/octet-stream"
@@ -233,13 +233,13 @@ class _Missing(Exception):
     """The old store has no bytes for the file."""
 
 
-def _copy_local(local: Path, spool: Path) -> int:
-    shutil.copyfile(local, spool)
-    return spool.stat().st_size
+def _copy_local(local: Path, dest: Path) -> int:
+    shutil.copyfile(local, dest)
+    return dest.stat().st_size
 
 
-async def _spool(source: Store, identifier: str, spool: Path) -> int:
-    """Copy the file's bytes from ``source`` into ``spool``; returns the size. A local file
+async def _spool(source: Store, identifier: str, dest: Path) -> int:
+    """Copy the file's bytes from ``source`` into ``dest``; returns the size. A local file
     is copied in one thread hop; others stream. Raises _Missing, StoreError, OSError."""
     try:
         local = await source.local_path(identifier)
@@ -247,29 +247,16 @@ async def _spool(source: Store, identifier: str, spool: Path) -> int:
         raise _Missing(exc.msg) from exc
     if local is not None:
         try:
-            return await trio.to_thread.run_sync(_copy_local, local, spool)
+            return await trio.to_thread.run_sync(_copy_local, local, dest)
         except FileNotFoundError as exc:
             if exc.filename != str(local):
                 raise  # the spool folder, not the source
             raise _Missing(f"No file for {identifier}") from exc
-    size = 0
     try:
-        async with (
-            aclosing(source.read(identifier)) as chunks,
-            await trio.open_file(spool, "wb") as out,
-        ):
-            buffer = bytearray()
-            async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= SPOOL_CHUNK:
-                    await out.write(bytes(buffer))
-                    size += len(buffer)
-                    buffer.clear()
-            await out.write(bytes(buffer))
-            size += len(buffer)
+        async with aclosing(source.read(identifier)) as chunks:
+            return await spool(chunks, dest)
     except StoreNotFound as exc:
         raise _Missing(exc.msg) from exc
-    return size
 
 
 class _Mover:
