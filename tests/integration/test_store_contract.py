@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from pictrs_trio.config import FilesystemStore
+from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 from pictrs_trio.store import Store, open_store
 from pictrs_trio.store import object as object_module
@@ -413,3 +413,26 @@ async def test_a_put_cut_off_mid_body_times_out_and_leaves_nothing(
     assert reads == [2]
     assert src.exists()
     assert moto.keys(bucket) == []
+
+
+async def test_removal_without_the_list_permission_still_deletes_the_object() -> None:
+    """A key from a pict-rs setup may lack s3:ListBucketMultipartUploads (pict-rs never
+    lists uploads): a partial removal deletes the object first, then warns."""
+    import httpx
+
+    sent: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append((request.method, request.url.query.decode()))
+        if request.method == "GET":  # the list of unfinished uploads
+            return httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")
+        return httpx.Response(204)
+
+    config = ObjectStorageStore(
+        endpoint="http://127.0.0.1:9", bucket_name="b", region="r", access_key="a",
+        secret_key="s", use_path_style=True,
+    )  # fmt: skip
+    async with open_object_store(config, transport=httpx.MockTransport(answer)) as store:
+        await store.remove("ab/cd/ef.png", partial=True)
+    assert [method for method, _ in sent] == ["DELETE", "GET"]
+    assert "uploads" in sent[1][1]
