@@ -102,7 +102,7 @@ async def set_not_found(state: AppState, exchange: Exchange) -> None:
 
 async def wrong_method(state: AppState, exchange: Exchange) -> None:
     _check_key(state, exchange)  # the key guards the whole scope, as in pict-rs
-    await exchange.answer(405, [(b"allow", b"POST"), (b"content-length", b"0")])
+    await upload.wrong_method(state, exchange)
 
 
 IMPORT = "/internal/import"

@@ -161,11 +161,10 @@ async def _not_found_original(state: AppState, exchange: Exchange) -> None:
     """The not-found image with 404, or an empty 404 when none is set (or its file is
     gone)."""
     fallback = state.repo.not_found_now()
-    if fallback is None or fallback[1].identifier is None:
+    found = fallback[1] if fallback is not None else None
+    if found is None or found.identifier is None:
         await exchange.answer_empty(404)
         return
-    found = fallback[1]
-    assert found.identifier is not None
     details = found.details or await ensure_details(state, found.identifier)
     try:
         await serve_stored(state, exchange, found.identifier, details, not_found=True)

@@ -30,14 +30,19 @@ def as_count(value: bytes | None) -> int:
     return 0 if value is None else int.from_bytes(value, "big")
 
 
-def increment_in(conn: apsw.Connection, key: str) -> None:
-    """Inside the caller's transaction: add one to the count kept under ``key``."""
-    count = as_count(q_setting(conn, key)) + 1
+def put_in(conn: apsw.Connection, key: str, value: bytes) -> None:
+    """Inside the caller's transaction: set ``key`` to ``value``."""
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?, ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, count.to_bytes(8, "big")),
+        (key, value),
     )
+
+
+def increment_in(conn: apsw.Connection, key: str) -> None:
+    """Inside the caller's transaction: add one to the count kept under ``key``."""
+    count = as_count(q_setting(conn, key)) + 1
+    put_in(conn, key, count.to_bytes(8, "big"))
 
 
 def w_set_settings(conn: apsw.Connection, values: dict[str, bytes | None]) -> None:
@@ -47,11 +52,7 @@ def w_set_settings(conn: apsw.Connection, values: dict[str, bytes | None]) -> No
             if value is None:
                 conn.execute("DELETE FROM settings WHERE key = ?", (key,))
             else:
-                conn.execute(
-                    "INSERT INTO settings (key, value) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
+                put_in(conn, key, value)
 
 
 def q_not_found(conn: apsw.Connection) -> tuple[str, Row] | None:
@@ -77,9 +78,5 @@ def w_set_not_found(conn: apsw.Connection, alias: str) -> bool:
     with transaction(conn):
         if first(conn, "SELECT 1 FROM aliases WHERE alias = ?", (alias,)) is None:
             return False
-        conn.execute(
-            "INSERT INTO settings (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (NOT_FOUND_KEY, alias.encode()),
-        )
+        put_in(conn, NOT_FOUND_KEY, alias.encode())
     return True

@@ -136,15 +136,12 @@ async def handle_ingest(state: AppState, job: Job) -> None:
     if exists and outcome is None:
         try:
             await _ingest_upload(state, payload)
-        except StoreError as exc:
+        except PictrsError as exc:
             # Object storage may be down for a moment: try again while attempts remain (a
             # missing raw file will not come back).
-            if not isinstance(exc, StoreNotFound) and job.attempts < job.max_attempts:
+            transient = isinstance(exc, StoreError) and not isinstance(exc, StoreNotFound)
+            if transient and job.attempts < job.max_attempts:
                 raise
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
-            )
-        except PictrsError as exc:
             await state.repo.finish_upload(
                 payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
             )

@@ -23,8 +23,9 @@ import trio
 
 from pictrs_trio.rules.errors import FileTooLarge
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.storing import CLEANUP_SECONDS
+from pictrs_trio.store import Store
 
-CLEANUP_SECONDS = 10.0
 WRITE_BATCH = 1024 * 1024  # bytes per thread hop while copying
 
 
@@ -39,16 +40,18 @@ async def local_file(state: AppState, identifier: str) -> AsyncIterator[Path]:
     suffix = PurePosixPath(identifier).suffix
     copy = state.tmp_dir / f"stored-{uuid.uuid4().hex}{suffix if suffix.isascii() else ''}"
     try:
-        await _copy(state, identifier, copy)
+        await copy_out(state.store, identifier, copy)
         yield copy
     finally:
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             await trio.to_thread.run_sync(lambda: copy.unlink(missing_ok=True))
 
 
-async def _copy(state: AppState, identifier: str, dest: Path) -> None:
-    async with aclosing(state.store.read(identifier)) as chunks:
-        await spool(chunks, dest)
+async def copy_out(store: Store, identifier: str, dest: Path) -> int:
+    """Stream ``identifier`` from ``store`` into the new file ``dest``; returns the size.
+    Raises StoreNotFound, StoreError, OSError."""
+    async with aclosing(store.read(identifier)) as chunks:
+        return await spool(chunks, dest)
 
 
 async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int | None = None) -> int:

@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import uuid
-from contextlib import aclosing
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,7 +53,7 @@ from pictrs_trio.rules import jobs
 from pictrs_trio.rules.egress import url_for_log
 from pictrs_trio.rules.errors import PictrsError, StoreNotFound
 from pictrs_trio.rules.formats import CONTENT_TYPES, Fmt
-from pictrs_trio.services.local import spool
+from pictrs_trio.services.local import copy_out
 from pictrs_trio.services.storing import discard_from, save_into
 from pictrs_trio.store import Store
 
@@ -253,8 +252,7 @@ async def _spool(source: Store, identifier: str, dest: Path) -> int:
                 raise  # the spool folder, not the source
             raise _Missing(f"No file for {identifier}") from exc
     try:
-        async with aclosing(source.read(identifier)) as chunks:
-            return await spool(chunks, dest)
+        return await copy_out(source, identifier, dest)
     except StoreNotFound as exc:
         raise _Missing(exc.msg) from exc
 
