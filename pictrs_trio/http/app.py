@@ -5,8 +5,9 @@
       POST /image[/backgrounded] -> http/upload.py (raw ASGI, the body streams from receive)
       POST /internal/import, /internal/set_not_found -> http/internal_raw.py (raw ASGI)
       anything else             -> the quart-trio app: details, deletes, claims, downloads,
-                                   process_backgrounded, /internal/*, /healthz, the JSON
-                                   404 of unknown routes and the 405 of wrong methods
+                                   process_backgrounded, /internal/*, /healthz,
+                                   /openapi.json (http/openapi.py, from http/operations.py),
+                                   the JSON 404 of unknown routes and the 405 of wrong methods
     lifespan                    -> the quart-trio app
 
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
@@ -22,6 +23,7 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from pictrs_trio import version
 from pictrs_trio.http import (
     access_log,
     download,
@@ -29,6 +31,8 @@ from pictrs_trio.http import (
     image,
     internal,
     internal_raw,
+    openapi,
+    operations,
     serve,
     upload,
     variants,
@@ -70,9 +74,13 @@ async def handle_error(exc: Exception) -> Response:
 
 
 def quart_app(state: AppState) -> QuartTrio:
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder=None)  # pict-rs serves no /static
     app.extensions[EXTENSION_KEY] = state
-    for module in (image, variants, download, internal, health):
+    # Built once here, not per request: GET /openapi.json sends these bytes.
+    app.extensions[openapi.EXTENSION_KEY] = openapi.encode_document(
+        operations.OPERATIONS, version()
+    )
+    for module in (image, variants, download, internal, health, openapi):
         app.register_blueprint(module.bp)
     app.register_error_handler(Exception, handle_error)
     return app
