@@ -54,6 +54,7 @@ class Param(msgspec.Struct, frozen=True, kw_only=True):
     schema: Json
     where: str = "query"
     required: bool = False
+    example: object = None
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,6 +239,8 @@ def _param(p: Param) -> Json:
     out: Json = {"name": p.name, "in": p.where, "description": p.says, "schema": p.schema}
     if p.required or p.where == "path":
         out["required"] = True
+    if p.example is not None:
+        out["example"] = p.example
     return out
 
 

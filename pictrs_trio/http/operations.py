@@ -26,52 +26,66 @@ URL: Json = {"type": "string", "format": "uri"}
 BOOL: Json = {"type": "boolean"}
 MEDIA_HEADERS = ("ETag", "Last-Modified", "Cache-Control", "Accept-Ranges")
 
+EXAMPLE_ALIAS = "3f0c9a57-1d2e-4b8a-9c61-0e5f4b2a7d10.jpeg"
+EXAMPLE_URL = "https://example.com/cat.jpg"
 ALIAS_PATH = Param(
-    name="alias", where="path", says="An alias (file name) of an upload", schema=STRING
+    name="alias",
+    where="path",
+    says="An alias (file name) of an upload",
+    schema=STRING,
+    example=EXAMPLE_ALIAS,
 )
-ALIAS = Param(name="alias", says="An alias of an upload", schema=STRING)
+ALIAS = Param(name="alias", says="An alias of an upload", schema=STRING, example=EXAMPLE_ALIAS)
 PROXY = Param(
     name="proxy",
     says="Remote media by URL, taken before alias; see docs/api.md, Media proxy",
     schema=URL,
+    example=EXAMPLE_URL,
 )
-SRC = Param(name="src", says="The alias to process (taken before alias and proxy)", schema=STRING)
+SRC = Param(
+    name="src",
+    says="The alias to process (taken before alias and proxy)",
+    schema=STRING,
+    example=EXAMPLE_ALIAS,
+)
 EXT = Param(
     name="ext",
     where="path",
     says="Output format; 400 invalid-file-extension for any other",
     schema={"type": "string", "enum": sorted(variants.PROCESS_EXTENSIONS)},
+    example="webp",
 )
 
 _SIZE: Json = {"type": "integer", "minimum": 1, "maximum": variants.MAX_SIZE}
-OPERATION_SCHEMAS: dict[str, Json] = {
-    "identity": {"type": "string", "description": "nothing (the value is ignored)"},
-    "thumbnail": {**_SIZE, "description": "shrink to fit NxN, nearest-neighbour"},
-    "resize": {
-        "type": "string",
-        "pattern": r"^(\+?[0-9]+|[A-Za-z0-9]*\.a*\+?[0-9]+)$",
-        "description": "N, FILTER.N, .aN (area) or FILTER.aN: filtered shrink",
-    },
-    "crop": {
-        "type": "string",
-        "pattern": r"^\+?[0-9]+x\+?[0-9]+$",
-        "description": f"WxH, W and H in 1..{variants.MAX_CROP_PART}: centred crop to aspect",
-    },
-    "blur": {
-        "type": "number",
-        "minimum": 0,
-        "maximum": variants.MAX_SIGMA,
-        "description": "Gaussian blur, sigma in pixels",
-    },
+_PART = "([1-9]|1[0-9]|20)"  # 1..MAX_CROP_PART
+# Each operation's value: its schema, what it does, an example.
+OPERATION_SCHEMAS: dict[str, tuple[Json, str, object]] = {
+    "identity": (STRING, "nothing (the value is ignored)", None),
+    "thumbnail": (_SIZE, "shrink to fit NxN, nearest-neighbour", 256),
+    "resize": (
+        {"type": "string", "pattern": r"^([A-Za-z0-9]*\.a*)?\+?0*[1-9][0-9]{0,8}$"},
+        "N, FILTER.N, .aN (area) or FILTER.aN: filtered shrink (N at most 65535, or 65535² pixels)",
+        "Mitchell.200",
+    ),
+    "crop": (
+        {"type": "string", "pattern": f"^{_PART}x{_PART}$"},
+        f"WxH, W and H in 1..{variants.MAX_CROP_PART}: the largest centred region of that aspect",
+        "16x9",
+    ),
+    "blur": (
+        {"type": "number", "minimum": 0, "maximum": variants.MAX_SIGMA},
+        "Gaussian blur, sigma in pixels",
+        2.5,
+    ),
 }
-
 OPERATIONS_QUERY = tuple(
     Param(
         name=name,
-        says=f"{schema['description']}; applied in query order (docs/processing.md)",
-        schema={k: v for k, v in schema.items() if k != "description"},
+        says=f"{says}; applied in query order (docs/processing.md)",
+        schema=schema,
+        example=example,
     )
-    for name, schema in OPERATION_SCHEMAS.items()
+    for name, (schema, says, example) in OPERATION_SCHEMAS.items()
 )
 LIMITS_QUERY = (
     *(
@@ -221,7 +235,10 @@ READ_ONLY = reply(400, "Read-only mode", Kind.ERROR, codes=(C.READ_ONLY,))
 BY_ALIAS = (ALIAS, PROXY)
 PROCESS_QUERY = (EXT, SRC, *BY_ALIAS, *OPERATIONS_QUERY)
 UPLOAD_ID = Param(
-    name="upload_id", says="From the 202", schema={"type": "string", "format": "uuid"}
+    name="upload_id",
+    says="From the 202",
+    schema={"type": "string", "format": "uuid"},
+    example="0d2c7d3e-5b7e-4f53-9a49-0f1f3f1f9d10",
 )
 DELETE = (Param(name="token", where="path", says="The delete token", schema=STRING), ALIAS_PATH)
 HASHES = (
@@ -230,15 +247,23 @@ HASHES = (
         name="timestamp",
         says="Start before this time (RFC 3339; wins over slug)",
         schema={"type": "string", "format": "date-time"},
+        example="2024-06-25T15:34:41Z",
     ),
     Param(
         name="limit",
         says="Files per page (default 20)",
         schema={"type": "integer", "minimum": 0, "maximum": internal.MAX_PAGE_LIMIT},
+        example=internal.DEFAULT_PAGE_LIMIT,
     ),
 )
 DOWNLOAD = (
-    Param(name="url", says="What to fetch (http or https)", schema=URL, required=True),
+    Param(
+        name="url",
+        says="What to fetch (http or https)",
+        schema=URL,
+        required=True,
+        example=EXAMPLE_URL,
+    ),
     Param(name="backgrounded", says="Queue it as a backgrounded upload", schema=BOOL),
     *UPLOAD_QUERY,
 )
