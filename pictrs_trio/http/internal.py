@@ -11,10 +11,9 @@ import hmac
 from pathlib import Path
 
 import msgspec
-from quart import Blueprint, Response, current_app, request
-from werkzeug.exceptions import MethodNotAllowed
+from quart import Blueprint, Response, request
 
-from pictrs_trio.http.state import app_state, empty, json_response
+from pictrs_trio.http.state import app_state, empty, json_response, wrong_method
 from pictrs_trio.http.wire import WireDetails, encode, wire_details
 from pictrs_trio.repo.records import Hash
 from pictrs_trio.rules import ids, jobs
@@ -276,13 +275,7 @@ async def unknown(_rest: str) -> Response:
     """Unknown internal paths: 401 without a key (above), 404 with one. A known path asked
     with another method lands here too (this rule takes every method): 405 with Allow, as
     on every other path (pict-rs: actix's 405 of a resource)."""
-    this = request.url_rule
-    allowed = {
-        method
-        for rule in current_app.url_map.iter_rules()
-        if rule is not this and rule.rule == request.path
-        for method in rule.methods or ()
-    }
-    if allowed:
-        raise MethodNotAllowed(valid_methods=sorted(allowed))
+    refused = wrong_method(request.path)
+    if refused.valid_methods:
+        raise refused
     raise RouteNotFound("Not found")

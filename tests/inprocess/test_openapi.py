@@ -13,13 +13,11 @@ import msgspec
 from pictrs_trio import version
 from pictrs_trio.http import openapi, operations, serve
 from pictrs_trio.http.app import PictrsApp
+from pictrs_trio.http.state import CATCH_ALL  # unknown /internal paths: 401, or 404
 
-# Methods werkzeug adds to every rule on its own: OPTIONS answers with Allow, HEAD answers a
-# GET without its body. The document describes HEAD only where it is a route of its own
-# (stored media, http/serve.py).
+# Methods werkzeug adds to every rule on its own: OPTIONS answers with Allow, HEAD is
+# refused (405; HEAD is a route only for stored media, http/serve.py).
 IMPLICIT = {"HEAD", "OPTIONS"}
-# The catch-all of /internal: unknown internal paths answer 401, or 404 with the key.
-CATCH_ALL = "internal.unknown"
 
 
 def documented() -> set[tuple[str, str]]:
