@@ -6,7 +6,7 @@ The document is made from two things the server itself uses, so it cannot drift 
   Structs, and ``rules/errors.py``'s ``ErrorBody``), turned into component schemas by
   ``msgspec.json.schema_components`` (JSON Schema 2020-12, which OpenAPI 3.1 uses as is);
 - the table of operations in ``http/operations.py``, whose paths are the routing modules'
-  own constants and which tests/unit/test_openapi.py holds against the routes the app
+  own constants and which tests/inprocess/test_openapi.py holds against the routes the app
   answers, both ways.
 
 ``document(operations)`` is pure; ``encode_document`` is what ``create_app`` stores on the

@@ -4,11 +4,11 @@
 
 Paths are the routing modules' own constants where the routing has them (the raw routes of
 ``http/serve.py``, ``http/upload.py``, ``http/internal_raw.py``); the quart-trio routes are
-held to this table by tests/unit/test_openapi.py, which walks the app's url_map and raw
+held to this table by tests/inprocess/test_openapi.py, which walks the app's url_map and raw
 route tables and this table both ways. Query keys come from the parsers' own tables
 (``rules/query.py``, ``rules/variants.py``). Answers every operation can give (400
-parse-deadline, 408, 500; 401 on /internal; 413 where a body is read) are added by
-``openapi.document``.
+parse-deadline, 408, 500; 401 on /internal; 413 where a body is read; the JSON 404 of a
+path parameter holding a slash) are added by ``openapi.document``.
 """
 
 from __future__ import annotations
