@@ -22,6 +22,7 @@ What generated data cannot do alone is supplied by hooks, and nothing is exclude
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -61,7 +62,14 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-CAT = (shared_media() / "cat.jpg").read_bytes()
+
+
+@functools.cache
+def cat() -> bytes:
+    """The sample photo, read when first needed (not at collection)."""
+    return (shared_media() / "cat.jpg").read_bytes()
+
+
 # Headers that frame the message, which the HTTP/1.1 parser (h11, under hypercorn) judges
 # before the app sees a request: a generated "Content-Length: !" gets h11's bare 400.
 FRAMING = {"content-length", "transfer-encoding", "host", "connection", "expect", "te", "upgrade"}
@@ -71,7 +79,7 @@ DESTRUCTIVE = {("POST", "/internal/purge"), ("POST", "/internal/delete")}
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[Origin]:
-    o = Origin({"cat.jpg": CAT})
+    o = Origin({"cat.jpg": cat()})
     yield o
     o.close()
 
@@ -98,7 +106,7 @@ def known(live: Server) -> None:
         if client.get(f"/image/details/original/{KNOWN}").status_code == 200:
             return
         r = client.post(
-            "/internal/import", files={"images[]": (KNOWN, CAT)}, headers={"X-Api-Token": KEY}
+            "/internal/import", files={"images[]": (KNOWN, cat())}, headers={"X-Api-Token": KEY}
         )
         assert r.status_code == 201, r.text
 
@@ -160,7 +168,7 @@ def known_alias_path(context: Any, path_parameters: Any) -> Any:
 def real_photo(context: Any, body: Any) -> Any:
     if not isinstance(body, dict) or "images[]" not in body:
         return st.just(body)
-    return st.sampled_from([body, {**body, "images[]": [CAT]}])
+    return st.sampled_from([body, {**body, "images[]": [cat()]}])
 
 
 def test_the_server_serves_this_document(live: Server) -> None:
