@@ -6,10 +6,10 @@ the documented headers, a body that conforms to the documented schema.
 What generated data cannot do alone is supplied by hooks, and nothing is excluded:
 
 - URLs (``?proxy=``, ``/image/download?url=``) would be fetched from the internet, which
-  this machine cannot reach (a name that does not resolve is pict-rs's 500
-  http-client-error): every http(s) URL generated is pointed at a local origin serving
-  cat.jpg, so proxies and downloads run for real. Other values (no URL, another scheme)
-  are sent as generated.
+  tests do not reach (a name that does not resolve is pict-rs's 500 http-client-error):
+  every http(s) URL generated is pointed at a local origin serving cat.jpg, so proxies
+  and downloads run for real. Other values (no URL, another scheme) are sent as
+  generated.
 - Aliases: random ones name nothing. The document's example alias, and half the
   generated aliases of reads, name cat.jpg, imported before each operation's run, so
   details, blurhash, variants (with generated operations) and ranges run on a stored file.
@@ -127,7 +127,9 @@ def _origin_url(origin: Origin, value: Any) -> Any:
 
 def _schema() -> Any:
     """The document as this code builds it (the server's is checked to be the same bytes),
-    loaded at collection time so that each operation is a test of its own."""
+    loaded at collection time so that each operation is a test of its own. (Loading it from
+    the live server in a fixture, ``schemathesis.pytest.from_fixture``, fails on pytest
+    9.2: schemathesis 4.32 sets ``Node._nodeid``, which pytest no longer has.)"""
     schema = schemathesis.openapi.from_dict(
         msgspec.json.decode(openapi.encode_document(operations.OPERATIONS, version()))
     )
