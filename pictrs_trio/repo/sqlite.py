@@ -61,7 +61,7 @@ from pictrs_trio.repo.records import (
     UploadOutcome,
 )
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import AlreadyClaimed, DuplicateAlias, PictrsError, RepoError
+from pictrs_trio.rules.errors import DuplicateAlias, PictrsError, RepoError
 
 __all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
 
@@ -87,7 +87,6 @@ _OUTCOME_DECODER = msgspec.json.Decoder(UploadOutcome)
 # the database is a RepoError.
 _CONSTRAINTS: tuple[tuple[str, Callable[[], PictrsError]], ...] = (
     ("aliases.alias", lambda: DuplicateAlias("Alias already exists")),
-    (media_sql.UPLOAD_FINISHED, lambda: AlreadyClaimed("Upload was already finished")),
 )
 
 
