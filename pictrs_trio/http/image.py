@@ -36,12 +36,16 @@ def _alias_from(raw: str) -> str | None:
         return None
 
 
-async def _query_alias() -> str | None:
-    """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
-    ``?alias=``, pict-rs's order. None: the alias cannot exist."""
+async def _query_alias(*, fetch: bool = False) -> str | None:
+    """``?proxy=`` (looked up, never downloaded: unknown is 404 proxy-not-found; with
+    ``fetch``, downloaded when new as GET /image/original does), then ``?alias=``,
+    pict-rs's order. None: the alias cannot exist."""
     raw_url = request.args.get("proxy")
     if raw_url is not None:
-        return await proxy.existing(app_state(), parse_url(raw_url, "proxy"))
+        url = parse_url(raw_url, "proxy")
+        if fetch:
+            return await proxy.fetch(app_state(), url)
+        return await proxy.existing(app_state(), url)
     raw = request.args.get("alias")
     if raw is None:
         raise InvalidQuery("Invalid query: expected alias or proxy")
@@ -74,20 +78,11 @@ class Blurhash(msgspec.Struct, frozen=True, kw_only=True):
 
 @bp.get("/image/blurhash")
 async def blurhash_query() -> Response:
-    """pict-rs ``blurhash``: ``?proxy=`` first (downloaded when new, as GET
-    /image/original does), then ``?alias=``."""
-    state = app_state()
-    raw_url = request.args.get("proxy")
-    if raw_url is not None:
-        alias: str | None = await proxy.fetch(state, parse_url(raw_url, "proxy"))
-    else:
-        raw = request.args.get("alias")
-        if raw is None:
-            raise InvalidQuery("Invalid query: expected alias or proxy")
-        alias = _alias_from(raw)
+    """pict-rs ``blurhash``: ``?proxy=`` first (downloaded when new), then ``?alias=``."""
+    alias = await _query_alias(fetch=True)
     if alias is None:
         raise AliasNotFound("Alias not found")
-    value = await blurhash.blurhash_of(state, alias)
+    value = await blurhash.blurhash_of(app_state(), alias)
     return json_response(encode(Blurhash(blurhash=value)))
 
 

@@ -28,6 +28,7 @@ from pictrs_trio.config import (
     ConfigError,
     ObjectStorageStore,
     parse_address,
+    parse_http_url,
 )
 
 if TYPE_CHECKING:
@@ -77,8 +78,10 @@ def check_object_storage(store: ObjectStorageStore) -> None:
         parts = urlsplit(store.public_endpoint)
         secret = parts.username or parts.password or parts.query
         shown = url_for_log(store.public_endpoint) if secret else store.public_endpoint
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"store.public_endpoint {shown!r} is not an http(s) URL")
+        try:
+            parse_http_url(store.public_endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"store.public_endpoint {shown!r}: {exc}") from None
         if parts.username is not None or parts.password is not None:
             # every client would get it in the redirect's Location
             raise ConfigError(

@@ -610,6 +610,10 @@ def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
         ({"bucket_name": "a/b"}, "store.bucket_name 'a/b' is not a bucket name"),
         ({"public_endpoint": "cdn.example.com"}, "store.public_endpoint 'cdn.example.com'"),
         (
+            {"public_endpoint": "https://cdn.example.com:99999/m"},
+            "store.public_endpoint 'https://cdn.example.com:99999/m': bad port",
+        ),
+        (
             {"public_endpoint": "https://u:hunter2@cdn.example.com/m?sig=hunter2"},
             "store.public_endpoint 'https://cdn.example.com/m' must not carry a user",
         ),
