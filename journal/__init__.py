@@ -19,6 +19,7 @@ from journal.queue import Database, Journal, open_journal
 from journal.records import (
     Abort,
     Backoff,
+    Event,
     Job,
     JobNotFound,
     JournalError,
@@ -34,6 +35,7 @@ __all__ = [
     "Abort",
     "Backoff",
     "Database",
+    "Event",
     "Handler",
     "IntentLost",
     "Job",

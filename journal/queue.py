@@ -29,7 +29,16 @@ from loguru import logger
 
 from journal import owners, schema, store
 from journal.owners import Reaped
-from journal.records import Backoff, Job, JobNotFound, JournalError, Outcome, Status
+from journal.records import (
+    Backoff,
+    Event,
+    EventName,
+    Job,
+    JobNotFound,
+    JournalError,
+    Outcome,
+    Status,
+)
 
 __all__ = ["Database", "Journal", "open_journal"]
 
@@ -69,6 +78,7 @@ class Journal:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
         keep_done: float = 3600.0,
+        keep_events: int = 10_000,
         max_attempts: int = store.DEFAULT_MAX_ATTEMPTS,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
@@ -77,6 +87,7 @@ class Journal:
         self.clock = clock
         self.poll_interval = poll_interval
         self.keep_done = keep_done  # seconds a done job stays visible; 0 deletes at once
+        self.keep_events = keep_events  # newest events kept in the log by the purger
         self.max_attempts = max_attempts
         self.backoff = backoff or Backoff()
         self._rng = rng or random.Random()
@@ -365,6 +376,26 @@ class Journal:
         cutoff = self.clock() - older_than
         return await self._write(lambda conn: store.purge(conn, "dead", cutoff))
 
+    # -- the event log (docs/journal.md "Events") --
+
+    async def announce(
+        self, queue: str, event: EventName, payload: bytes | msgspec.Struct, *, kind: str = ""
+    ) -> int:
+        """Log ``progress`` or ``done`` of work that is not one job; returns its event id."""
+        now = self.clock()
+        return await self._write(
+            lambda conn: store.announce_in(conn, queue, event, payload, now, kind=kind)
+        )
+
+    async def events_after(self, after: int | None, limit: int = 500) -> tuple[list[Event], int]:
+        """Events newer than id ``after`` (None: only the id to read on from), oldest
+        first, and the id to pass next time."""
+        return await self._read(lambda conn: store.events_after(conn, after, limit))
+
+    async def trim_events(self) -> int:
+        """Keep only the newest ``keep_events`` events."""
+        return await self._write(lambda conn: store.trim_events(conn, self.keep_events))
+
 
 @asynccontextmanager
 async def open_journal(
@@ -373,6 +404,7 @@ async def open_journal(
     clock: Callable[[], float] = time.time,
     poll_interval: float = 1.0,
     keep_done: float = 3600.0,
+    keep_events: int = 10_000,
     max_attempts: int = store.DEFAULT_MAX_ATTEMPTS,
     backoff: Backoff | None = None,
     busy_timeout_ms: int = 5_000,
@@ -396,6 +428,7 @@ async def open_journal(
             clock=clock,
             poll_interval=poll_interval,
             keep_done=keep_done,
+            keep_events=keep_events,
             max_attempts=max_attempts,
             backoff=backoff,
         )

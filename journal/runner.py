@@ -122,9 +122,11 @@ async def _purger(journal: Journal, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         try:
-            await journal.purge_done(journal.keep_done)
+            if journal.keep_done > 0:
+                await journal.purge_done(journal.keep_done)
+            await journal.trim_events()
         except JournalError as exc:
-            logger.warning("Purging done jobs failed: {}", exc)
+            logger.warning("Purging done jobs and old events failed: {}", exc)
 
 
 async def run_workers(
@@ -154,6 +156,5 @@ async def run_workers(
             for n in range(concurrency.get(queue, 1)):
                 worker = journal.worker_id(queue, n)
                 nursery.start_soon(_worker, journal, queue, handler, worker, lease_seconds, limit)
-        if journal.keep_done > 0:
-            nursery.start_soon(_purger, journal, purge_interval)
+        nursery.start_soon(_purger, journal, purge_interval)
         task_status.started()

@@ -114,7 +114,61 @@ def _v2_owners(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1, _v2_owners)
+def _v3_events(conn: apsw.Connection) -> None:
+    """The event log (docs/journal.md "Events"): one row per job state change, written by
+    triggers in the transaction that made the change, whoever made it (this code, a
+    ``push_in`` inside a caller's transaction, another process), and rows ``announce``
+    adds (progress of long work). Readers tail it by id; ``trim_events`` bounds it."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS journal_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            job INTEGER,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            payload BLOB,
+            error TEXT
+        );
+        CREATE TRIGGER IF NOT EXISTS journal_events_pushed AFTER INSERT ON journal_jobs
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload)
+            VALUES (NEW.created, 'pushed', NEW.id, NEW.queue, NEW.kind, NEW.attempts,
+                    NEW.payload);
+        END;
+        -- A heartbeat changes neither status nor worker; a claim of an expired lease
+        -- changes the worker only (a new attempt: started again).
+        CREATE TRIGGER IF NOT EXISTS journal_events_changed
+        AFTER UPDATE OF status, worker ON journal_jobs
+        WHEN OLD.status IS NOT NEW.status
+            OR (NEW.status = 'running' AND OLD.worker IS NOT NEW.worker)
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload, error)
+            VALUES (NEW.updated,
+                    CASE WHEN NEW.status = 'running' THEN 'started'
+                         WHEN NEW.status = 'done' THEN 'finished'
+                         WHEN NEW.status = 'dead' THEN 'failed'
+                         WHEN OLD.status = 'dead' THEN 'requeued'
+                         ELSE 'retried' END,
+                    NEW.id, NEW.queue, NEW.kind, NEW.attempts, NEW.payload,
+                    CASE WHEN OLD.status = 'running' AND NEW.status IN ('pending', 'dead')
+                         THEN NEW.last_error END);
+        END;
+        -- complete() without keeping done jobs deletes a running one: it finished.
+        CREATE TRIGGER IF NOT EXISTS journal_events_deleted AFTER DELETE ON journal_jobs
+        WHEN OLD.status = 'running'
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload)
+            VALUES (CAST((julianday('now') - 2440587.5) * 86400000000000 AS INTEGER),
+                    'finished', OLD.id, OLD.queue, OLD.kind, OLD.attempts, OLD.payload);
+        END;
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1, _v2_owners, _v3_events)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
