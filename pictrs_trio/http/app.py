@@ -7,6 +7,7 @@
       anything else             -> the quart-trio app: details, deletes, claims, downloads,
                                    process_backgrounded, /internal/*, /healthz, the JSON
                                    404 of unknown routes and the 405 of wrong methods
+    WebSocket /internal/events  -> http/events.py  (raw ASGI: the journal's event feed)
     lifespan                    -> the quart-trio app
 
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
@@ -25,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from pictrs_trio.http import (
     access_log,
     download,
+    events,
     health,
     image,
     internal,
@@ -115,15 +117,17 @@ class PictrsApp:
                 self._serve, requests=logs.log_requests, spans=logs.log_spans
             )
         self.stopping = False  # answers say Connection: close from now on
+        self._stopped = trio.Event()  # event feeds close with "going away"
         self._in_flight = 0
         self._quiet = trio.Event()
 
     def stop(self) -> None:
         """Shutdown began: every answer from now on closes its connection."""
         self.stopping = True
+        self._stopped.set()
 
     async def wait_quiet(self) -> None:
-        """Return when no request is being handled."""
+        """Return when no request (or event feed) is being handled."""
         while self._in_flight:
             await self._quiet.wait()
 
@@ -134,17 +138,36 @@ class PictrsApp:
         await self._entry(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self._quart(scope, receive, send)
             return
+        # Event feeds count too: they close ("going away") as soon as the server stops, and
+        # waiting for them lets that close frame go out before hypercorn is cancelled.
         self._in_flight += 1
         try:
-            await self._route(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._socket(scope, receive, send)
+            else:
+                await self._route(scope, receive, send)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._quiet.set()
                 self._quiet = trio.Event()
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != events.PATH:
+            if (await receive())["type"] == "websocket.connect":
+                await events.refuse(scope, send, RouteNotFound("Not found"))
+            return
+        await events.events_socket(
+            scope,
+            receive,
+            send,
+            journal=self.state.journal,
+            api_key=self.state.config.server.api_key,
+            stopping=self._stopped,
+        )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, method, path = self.state, scope["method"], scope["path"]

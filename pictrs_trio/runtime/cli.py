@@ -5,6 +5,7 @@
     pictrs-trio [GLOBAL FLAGS] migrate-store [FLAGS] FROM-STORE TO-STORE [REPO]
     pictrs-trio [GLOBAL FLAGS] migrate-repo FROM-REPO TO-REPO
     pictrs-trio [GLOBAL FLAGS] check-config [RUN FLAGS] [STORE ...] [REPO ...]
+    pictrs-trio [GLOBAL FLAGS] jobs [watch [--url URL] [--since ID]] [REPO ...]
 
 pict-rs chains its store and repo subcommands after ``run`` (``run -a X filesystem -p Y
 sqlite -p Z``); cyclopts resolves commands only at the front of argv and the segments reuse
@@ -189,6 +190,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, tuple[Flag, ...], str]] = {
                   Flag(("--certificate-file", "-c"), "repo.certificate_file", "CA file.",
                        hint=str)),
                  "pict-rs's postgres repo: not supported yet."),
+    # Not a store or repo: `jobs watch` (no config section; its flags are its own).
+    "watch": ("", "", (Flag(("--url",), None, "The event feed: ws://HOST:PORT/internal/events "
+                                               "(default: the configured server.address).",
+                            hint=str),
+                       Flag(("--since",), None, "Begin after this event id.", hint=int)),
+              "Follow the journal's events live (GET /internal/events)."),
 }  # fmt: skip
 STORES = frozenset({"filesystem", "object-storage"})
 REPOS = frozenset({"sqlite", "sled", "postgres"})
@@ -203,7 +210,7 @@ CHAINS = {
     "check-config": (STORES, REPOS),
     "migrate-store": (STORES, STORES, REPOS),
     "migrate-repo": (REPOS, REPOS),
-    "jobs": (REPOS,),
+    "jobs": (frozenset({"watch"}), REPOS),
 }
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
@@ -286,7 +293,7 @@ def _main(
     flat: dict[str, object] = {}
     special: dict[str, object] = {}
     for word, result in [("", parsed_globals), *parsed]:
-        if word in SUBCOMMANDS:
+        if word in SUBCOMMANDS and SUBCOMMANDS[word][0]:
             section, kind, _, _ = SUBCOMMANDS[word]
             flat[f"{section}.type"] = kind
         for flag, value in result:
@@ -320,6 +327,15 @@ def _main(
 
         startup.check_config(config)
         return _check_config(loaded)
+    if runner is None and command == "jobs" and any(w == "watch" for w, _ in parsed):
+        from pictrs_trio.runtime import watch_command
+
+        url, since = special.get("url"), special.get("since")
+        runner = functools.partial(
+            watch_command.watch,
+            url=url if isinstance(url, str) else None,
+            since=since if isinstance(since, int) else None,
+        )
     if runner is None and command == "jobs":
         from pictrs_trio.runtime import jobs_command
 
@@ -460,8 +476,9 @@ def build_app() -> App:
     jobs = App(
         name="jobs",
         help="Show the job journal: jobs per queue and status, and dead jobs with their last "
-        "error. Safe while the server runs.",
-        usage="Usage: pictrs-trio jobs [REPO [FLAGS]]",
+        "error. Safe while the server runs. `jobs watch` follows the server's live event feed "
+        "(needs server.api_key).",
+        usage="Usage: pictrs-trio jobs [watch [--url URL] [--since ID]] [REPO [FLAGS]]",
     )
     jobs.default(_command("jobs", "Show the job journal.", ()))
     check_config = App(
@@ -476,7 +493,7 @@ def build_app() -> App:
         (check_config, STORES | REPOS),
         (migrate_store, STORES | REPOS),
         (migrate_repo, REPOS),
-        (jobs, REPOS),
+        (jobs, REPOS | {"watch"}),
     ):
         for word in sorted(words):
             _, _, flags, help_ = SUBCOMMANDS[word]
