@@ -98,6 +98,7 @@ class ErrorCode(enum.StrEnum):
     REQUEST_TIMEOUT = "request-timeout"
     PROXY_NOT_ALLOWED = "proxy-not-allowed"
     URL_NOT_ALLOWED = "url-not-allowed"
+    MIGRATING = "migrating"  # ours: migrate-store holds the address (503)
 
 
 class PictrsError(Exception):

@@ -28,9 +28,11 @@ from loguru import logger
 from journal import Journal, JournalError
 from pictrs_trio import store as stores
 from pictrs_trio.config import Config, ConfigError, FilesystemStore, ObjectStorageStore
+from pictrs_trio.http.events import POLL_SECONDS as EVENTS_POLL_SECONDS
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
 from pictrs_trio.runtime import logging as pictrs_logging
+from pictrs_trio.runtime.migrate_feed import announce, announce_end, serve_feed
 from pictrs_trio.runtime.startup import StartupError, check_object_storage
 from pictrs_trio.services.migrate import (
     MigrateOptions,
@@ -190,9 +192,12 @@ async def _migrate(
                 stack, destination_name, stores.open_store(destination_config)
             )
             journal = Journal(repo.journal_db())
+            feed_stopping = trio.Event()
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run_owner)  # also undoes what dead owners left
                 nursery.start_soon(_report, progress, sys.stderr)
+                feed = await nursery.start(serve_feed, config, journal, feed_stopping)
+                nursery.start_soon(announce, journal, progress, source_name, destination_name)
                 with trio.CancelScope() as work:
                     nursery.start_soon(_watch_signals, work)
                     try:
@@ -209,7 +214,14 @@ async def _migrate(
                         )
                     except (MigrationRefused, PictrsError, JournalError) as exc:
                         error = _message(exc)
-                nursery.cancel_scope.cancel()  # the owner, the reporter, the signal watcher
+                if progress.run is not None:
+                    await announce_end(journal, progress, source_name, destination_name)
+                if feed is not None:  # open feeds get the last events, then "going away"
+                    await trio.sleep(2 * EVENTS_POLL_SECONDS)
+                    feed_stopping.set()
+                    await trio.sleep(1.0)
+                # the owner, the reporter, the signal watcher, the feed
+                nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(5, shield=True):
             await trio.to_thread.run_sync(lambda: shutil.rmtree(tmp_dir, ignore_errors=True))

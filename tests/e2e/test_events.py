@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket as socket_module
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
+from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.runtime.watch_command import open_feed
-from tests.e2e.conftest import REPO, Server
+from pictrs_trio.store.file import open_file_store
+from tests.e2e.conftest import REPO, Server, free_port
+from tests.migrate_helpers import fill
 
 API_KEY = "events-key"
 
@@ -156,3 +160,51 @@ async def test_jobs_watch_stops_when_the_key_is_refused(keyed_server: Server) ->
     assert watcher.returncode == 1, err
     assert "the API key was refused (401)" in err
     assert out == ""
+
+
+async def test_migrate_store_serves_the_feed_with_its_progress(tmp_path: Path) -> None:
+    """migrate-store (the server stopped) answers on server.address: its progress events on
+    the feed, 503 migrating to anything else; the address is free again when it ends."""
+    a, b, db = tmp_path / "a", tmp_path / "b", tmp_path / "db"
+    async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
+        await fill(repo, store, 400, variant_every=0, motion_every=0)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PICTRS__SERVER__TEMPORARY_DIRECTORY": str(tmp_path / "tmp"),
+        "PICTRS__SERVER__API_KEY": API_KEY,
+        "PICTRS__SERVER__ADDRESS": f"127.0.0.1:{port}",
+    }
+    argv = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency", "1",
+            "filesystem", "-p", str(a), "filesystem", "-p", str(b),
+            "sqlite", "-p", str(db)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
+    try:
+        busy = None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            with trio.fail_after(30):
+                while busy is None:
+                    try:
+                        busy = await c.get("/healthz")
+                    except httpx.TransportError:
+                        await trio.sleep(0.02)
+        assert busy.status_code == 503 and busy.json()["code"] == "migrating"
+        url = f"ws://127.0.0.1:{port}/internal/events"
+        async with open_feed(url, API_KEY, since=0) as socket:
+            seen = await until(socket, lambda m: m["event"] == "done", seconds=60)
+        out, _ = await trio.to_thread.run_sync(proc.communicate, None, 30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    progress = [m for m in seen if m["type"] == "progress"]
+    assert {(m["queue"], m["kind"]) for m in progress} == {("migrate", "MigrationProgress")}
+    moved = [m["payload"]["moved"] for m in progress]
+    assert moved == sorted(moved) and moved[-1] == 400 and len(moved) >= 2
+    end = progress[-1]["payload"]
+    assert end["finished"] is True and end["failed"] == 0
+    assert end["from_store"] == f"filesystem -p {a}" and end["to_store"] == f"filesystem -p {b}"
+    assert "moved 400 files" in out
+    with socket_module.socket() as probe:  # no listener left (TIME_WAIT is fine, as for run)
+        probe.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
