@@ -8,14 +8,22 @@ either fully visible under its identifier or not at all.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 
-__all__ = ["Store", "StoreError", "StoreNotFound", "open_store"]
+__all__ = ["Reading", "Store", "StoreError", "StoreNotFound", "open_store"]
+
+
+class Reading(NamedTuple):
+    """An open read (``Store.open_read``): the file's whole ``length``, and ``chunks``, the
+    bytes asked for, as ``read`` streams them."""
+
+    length: int
+    chunks: AsyncIterator[bytes]
 
 
 class Store(Protocol):
@@ -45,6 +53,16 @@ class Store(Protocol):
     ) -> AsyncGenerator[bytes, None]:
         """Stream bytes ``[start, end)`` (end None = to the end) in chunks of at most 64 KiB.
         Raises StoreNotFound (when iteration starts) if the identifier has no bytes."""
+        ...
+
+    def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[Reading]:
+        """``length`` and ``read`` in one: ``async with store.open_read(i, start, end) as r``
+        gives the file's whole length and its bytes ``[start, end)`` (none past the end),
+        open until the block ends. For object storage that is one GET where ``length`` then
+        ``read`` are a HEAD and a GET (the serving path, ``http/serve.py``). Raises
+        StoreNotFound on entering when the identifier has no bytes."""
         ...
 
     def read_now(self, identifier: str, limit: int) -> bytes | None:

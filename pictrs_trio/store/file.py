@@ -22,13 +22,14 @@ import os
 import secrets
 import stat
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
 
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.store import Reading
 
 __all__ = ["FileStore", "open_file_store"]
 
@@ -223,15 +224,15 @@ def _save_bytes_sync(root: Path, identifier: str, data: bytes) -> None:
         raise
 
 
-def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, list[bytes]]:
-    """Open, check, and read the first batch: (fd, stop offset, chunks)."""
+def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, int, list[bytes]]:
+    """Open, check, and read the first batch: (fd, size, stop offset, chunks)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
         stop = info.st_size if end is None else min(end, info.st_size)
-        return fd, stop, _read_batch(fd, start, stop)
+        return fd, info.st_size, stop, _read_batch(fd, start, stop)
     except BaseException:
         os.close(fd)
         raise
@@ -289,6 +290,23 @@ def _health_sync(root: Path, write: bool) -> None:
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
+
+
+async def _chunks(
+    identifier: str, fd: int, offset: int, stop: int, chunks: list[bytes]
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` (the first batch, read from ``offset``), then the rest of ``fd`` up to
+    ``stop``, a batch per thread hop. The caller closes ``fd``."""
+    while chunks:
+        for chunk in chunks:
+            yield chunk
+            offset += len(chunk)
+        if offset >= stop:
+            break
+        try:
+            chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
+        except OSError as exc:
+            raise StoreError(f"Cannot read {identifier}: {exc}") from exc
 
 
 class FileStore:
@@ -352,30 +370,39 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot stat {identifier}: {exc}") from exc
 
-    async def read(
-        self, identifier: str, start: int = 0, end: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    async def _open(
+        self, identifier: str, start: int, end: int | None
+    ) -> tuple[int, int, int, list[bytes]]:
         path = self._existing(identifier)
         try:
-            fd, stop, chunks = await trio.to_thread.run_sync(_open_and_read, path, start, end)
+            return await trio.to_thread.run_sync(_open_and_read, path, start, end)
         except FileNotFoundError as exc:
             raise StoreNotFound(f"No file for {identifier}") from exc
         except OSError as exc:
             raise StoreError(f"Cannot read {identifier}: {exc}") from exc
+
+    async def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        fd, _size, stop, chunks = await self._open(identifier, start, end)
         try:
-            offset = start
-            while chunks:
-                for chunk in chunks:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                async for chunk in rest:
                     yield chunk
-                    offset += len(chunk)
-                if offset >= stop:
-                    break
-                try:
-                    chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
-                except OSError as exc:
-                    raise StoreError(f"Cannot read {identifier}: {exc}") from exc
         finally:
             os.close(fd)  # no await in an async generator's finally
+
+    @asynccontextmanager
+    async def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[Reading]:
+        """One thread hop opens the file, learns its size and reads the first batch."""
+        fd, size, stop, chunks = await self._open(identifier, start, end)
+        try:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                yield Reading(size, rest)
+        finally:
+            os.close(fd)
 
     def read_now(self, identifier: str, limit: int) -> bytes | None:
         """The whole file, read without leaving the calling thread, if it is at most

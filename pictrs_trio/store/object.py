@@ -14,7 +14,9 @@ Keys are the identifiers, in the file store's layout (``aa/…/jj/<12 hex>.ext``
   run (migrate-store runs dozens): the rest of the pool stays free for reads and deletes,
   and an upload waiting for its turn is not yet signed or timed.
 * **Reads stream** in chunks of at most 64 KiB and ask the server for ``Range``; a body cut
-  off half-way is resumed from where it stopped.
+  off half-way is resumed from where it stopped. ``open_read`` learns the object's length
+  from the same GET (its ``Content-Range`` or ``Content-Length``), so serving costs one
+  request, not a HEAD and a GET.
 * **Retries** (``_retrying``, the one loop): connection errors, timeouts and 5xx answers are
   tried ``ATTEMPTS`` times in all, with doubling pauses; whatever else the server says is
   final. Starting a multipart upload is the one request that is not idempotent: it is
@@ -47,7 +49,7 @@ from loguru import logger
 from pictrs_trio.config import ObjectStorageStore
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
-from pictrs_trio.store import s3
+from pictrs_trio.store import Reading, s3
 
 if TYPE_CHECKING:
     import httpx
@@ -483,6 +485,32 @@ class ObjectStore:
             async for chunk in chunks:
                 yield chunk
 
+    @asynccontextmanager
+    async def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[Reading]:
+        """One GET: its ``Content-Range`` (or, for a whole object, ``Content-Length``) gives
+        the object's length, its body the bytes. A range past the end (416) takes the
+        length from S3's error, else from a HEAD."""
+        if not ids.is_safe_identifier(identifier):
+            raise StoreNotFound(f"Invalid identifier {identifier!r}")
+        if end is not None and end <= start:
+            yield Reading(await self.length(identifier), _nothing())
+            return
+        opened = await self._open(identifier, start, end)
+        if isinstance(opened, _Answer):
+            length = _unsatisfied_length(opened)
+            yield Reading(await self.length(identifier) if length is None else length, _nothing())
+            return
+        try:
+            length = _whole_length(opened)
+            if length is None:  # a server that gave neither: ask
+                length = await self.length(identifier)
+            async with aclosing(self._body(identifier, opened, start, end)) as chunks:
+                yield Reading(length, chunks)
+        finally:
+            await opened.aclose()
+
     async def _body(
         self, key: str, response: httpx.Response, start: int, end: int | None
     ) -> AsyncGenerator[bytes, None]:
@@ -668,11 +696,35 @@ class ObjectStore:
             await self._client.aclose()
 
 
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+async def _nothing() -> AsyncGenerator[bytes, None]:
+    return
+    yield
+
+
+def _whole_length(response: httpx.Response) -> int | None:
+    """The object's length from the head of a GET of it: ``Content-Range``'s total of a
+    206, the ``Content-Length`` of a 200 (a whole object, unencoded: we ask for identity)."""
+    if response.status_code == 206:
+        _, _, total = response.headers.get("content-range", "").rpartition("/")
+        return _int(total)
+    if response.headers.get("content-encoding", "identity") != "identity":
         return None
+    return _int(response.headers.get("content-length"))
+
+
+def _unsatisfied_length(answer: _Answer) -> int | None:
+    """The object's length from a 416: ``Content-Range: bytes */N`` (RFC 9110), or the
+    ``ActualObjectSize`` of S3's InvalidRange error."""
+    _, _, total = answer.headers.get("content-range", "").rpartition("/")
+    if _int(total) is not None:
+        return _int(total)
+    root = s3.xml_root(answer.body)
+    return _int(s3.text(root, "ActualObjectSize")) if root is not None else None
+
+
+def _int(value: str | None) -> int | None:
+    """A count in a header (digits only), else None."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def _never_sent(exc: Exception) -> bool:

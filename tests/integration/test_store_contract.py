@@ -21,6 +21,7 @@ from pictrs_trio.rules.errors import StoreError, StoreNotFound
 from pictrs_trio.store import Store, open_store
 from pictrs_trio.store import object as object_module
 from pictrs_trio.store.file import FileStore
+from pictrs_trio.store.memory import MemoryStore
 from pictrs_trio.store.object import ObjectStore, open_object_store
 from tests.s3 import LoopbackTransport, MotoServer, ThrottledProxy, small_send_buffer
 
@@ -114,6 +115,72 @@ async def test_read_ranges(opened: Opened, start: int, end: int | None) -> None:
         DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
     )
     assert b"".join(await collect(store.read(ident, start, end))) == DATA[start:end]
+
+
+OPEN_READS = [
+    (0, None),
+    (0, 1),
+    (10, 20),
+    (65535, 65537),
+    (100_000, None),
+    (len(DATA) - 1, None),
+    (len(DATA), None),
+    (5, 10**9),
+    (len(DATA) + 5, None),
+    (len(DATA) + 5, len(DATA) + 10),
+    (7, 7),
+]
+
+
+async def check_open_read(store: Store, ident: str, start: int, end: int | None) -> None:
+    async with store.open_read(ident, start, end) as reading:
+        assert reading.length == len(DATA)
+        chunks = await collect(reading.chunks)
+    assert b"".join(chunks) == DATA[start:end]
+    assert all(len(c) <= 64 * 1024 for c in chunks)
+
+
+@pytest.mark.parametrize(("start", "end"), OPEN_READS)
+async def test_open_read_gives_the_length_and_the_bytes(
+    opened: Opened, start: int, end: int | None
+) -> None:
+    store = opened.store
+    ident = await store.save_bytes(
+        DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
+    before = len(opened.transport.sent) if opened.transport is not None else 0
+    await check_open_read(store, ident, start, end)
+    if opened.transport is not None:
+        sent = [method for method, _, _ in opened.transport.sent[before:]]
+        if end is not None and end <= start:
+            assert sent == ["HEAD"]  # no bytes asked for: the length alone
+        else:
+            assert sent == ["GET"]  # one request, where length() + read() made two
+    with pytest.raises(StoreNotFound):
+        async with store.open_read(store.new_identifier(".jpeg")):
+            pass
+    with pytest.raises(StoreNotFound):
+        async with store.open_read("../escape"):
+            pass
+
+
+async def test_open_read_of_the_memory_store() -> None:
+    store = MemoryStore()
+    ident = await store.save_bytes(DATA, identifier=store.new_identifier(".png"), content_type="x")
+    for start, end in OPEN_READS:
+        await check_open_read(store, ident, start, end)
+    with pytest.raises(StoreNotFound):
+        async with store.open_read(store.new_identifier(".png")):
+            pass
+
+
+async def test_open_read_of_an_empty_file(opened: Opened) -> None:
+    store = opened.store
+    ident = await store.save_bytes(b"", identifier=store.new_identifier(""), content_type="x/y")
+    for start, end in ((0, None), (0, 10), (3, None)):
+        async with store.open_read(ident, start, end) as reading:
+            assert reading.length == 0
+            assert await collect(reading.chunks) == []
 
 
 async def test_empty_file(opened: Opened) -> None:
