@@ -85,9 +85,11 @@ class Store(Protocol):
         unfinished save of it left (temporary files, an unfinished multipart upload)."""
         ...
 
-    def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored identifier (for the start-up audit and migrate-store):
-        ``async for identifier in store.identifiers()``."""
+    def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        """Every stored identifier (for the store audit): ``async for identifier in
+        store.identifiers()``, fetched a page at a time, in an order of the store's own that
+        can be resumed: ``after`` (an identifier this listing gave) starts with the ones that
+        followed it."""
         ...
 
     async def health(self, *, write: bool = True) -> None:

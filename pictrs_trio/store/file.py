@@ -38,6 +38,7 @@ CHUNKS_PER_HOP = 4  # 256 KiB per thread hop when streaming: bounded memory per 
 FILE_MODE = 0o644  # media is public; the same mode whether linked or copied
 TEMP_MARKER = ".tmp-"
 PROBE_PREFIX = ".health-"
+LIST_BATCH = 1000  # names per thread hop of ``identifiers``
 _DIR_RETRIES = 5  # a concurrent remove may prune a directory we just made
 # link() errors that mean "cannot link here", so copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -269,11 +270,35 @@ def _remove_sync(root: Path, path: Path, partial: bool = False) -> None:
     _prune(path.parent, root)
 
 
-def _walk(root: Path) -> list[str]:
+def _walk_after(root: Path, after: tuple[str, ...], limit: int) -> list[str]:
+    """Up to ``limit`` stored files (temp and probe files left out) that come after the
+    path ``after`` (its components; () for the start) in a walk of sorted directories."""
     found: list[str] = []
-    for dirpath, _dirs, files in os.walk(root):
-        base = Path(dirpath).relative_to(root)
-        found.extend((base / name).as_posix() for name in files if not _is_ours_hidden(name))
+
+    def visit(directory: str, prefix: tuple[str, ...]) -> bool:
+        """False once ``limit`` files are found."""
+        depth = len(prefix)
+        # On the path to ``after``: what sorts before its next component is done.
+        bound = after[depth] if depth < len(after) and after[:depth] == prefix else None
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # pruned by a remove meanwhile
+            return True
+        for entry in entries:
+            if bound is not None and entry.name < bound:
+                continue
+            path = (*prefix, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if not visit(entry.path, path):
+                    return False
+            elif path != after and not entry.is_dir() and not _is_ours_hidden(entry.name):
+                found.append("/".join(path))
+                if len(found) >= limit:
+                    return False
+        return True
+
+    visit(os.fspath(root), ())
     return found
 
 
@@ -454,15 +479,21 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored file, temp files excluded. Walks the whole tree in one thread hop,
-        so the list is held in memory (fine up to millions of names)."""
-        try:
-            found = await trio.to_thread.run_sync(_walk, self.root)
-        except OSError as exc:
-            raise StoreError(f"Cannot list store: {exc}") from exc
-        for identifier in found:
-            yield identifier
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        """Every stored file, temp files excluded, in a walk of sorted directories, a batch
+        of ``LIST_BATCH`` per thread hop (each picks the walk up after the last one's final
+        file, so only a batch is ever held)."""
+        position = tuple(after.split("/")) if after is not None else ()
+        while True:
+            try:
+                batch = await trio.to_thread.run_sync(_walk_after, self.root, position, LIST_BATCH)
+            except OSError as exc:
+                raise StoreError(f"Cannot list store: {exc}") from exc
+            for identifier in batch:
+                yield identifier
+            if len(batch) < LIST_BATCH:
+                return
+            position = tuple(batch[-1].split("/"))
 
     async def health(self, *, write: bool = True) -> None:
         try:

@@ -93,9 +93,10 @@ class MemoryStore:
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
         self.files.pop(identifier, None)
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
-        for identifier in list(self.files):
-            yield identifier
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        for identifier in sorted(self.files):
+            if after is None or identifier > after:
+                yield identifier
 
     async def health(self, *, write: bool = True) -> None:
         await trio.lowlevel.checkpoint()

@@ -664,10 +664,13 @@ class ObjectStore:
                 return found
             query = {**query, "key-marker": key_marker or "", "upload-id-marker": id_marker or ""}
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
         """Every key in the bucket but the health probe, a page of 1000 at a time
-        (ListObjectsV2)."""
+        (ListObjectsV2), in S3's order (by UTF-8 bytes); ``after``: from the key after it
+        (``start-after``)."""
         query = {"list-type": "2", "max-keys": str(LIST_PAGE)}
+        if after is not None:
+            query["start-after"] = after
         while True:
             answer = self._check(await self._request("GET", query=query), 200)
             root = s3.xml_root(answer.body)

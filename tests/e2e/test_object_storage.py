@@ -207,6 +207,38 @@ def test_a_served_read_is_one_get(
     assert srv.stop() == 0
 
 
+def wait_log(srv: Server, text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in srv.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = srv.log.read_text()
+    assert text in log, log
+    return log
+
+
+def test_a_bucket_is_audited_once_a_week(
+    tmp_path: Path, moto: MotoServer, stalling: StallingProxy
+) -> None:
+    """The first start lists the bucket (and leaves a foreign object alone); the next start
+    on it, within the week, lists nothing."""
+    first = Server(tmp_path, store="object", moto=moto)
+    moto.client().put_object(Bucket=first.bucket, Key="aa/bb/theirs.png", Body=b"theirs")
+    first.store_endpoint = stalling.endpoint
+    first.start()
+    log = wait_log(first, "store audit: 1 files listed, 1 unknown")
+    assert "the store holds 1 files this repo does not know (for example aa/bb/theirs.png)" in log
+    assert first.stop() == 0
+    listed = [path for _, path, _ in stalling.seen if "list-type=2" in path]
+    assert len(listed) == 1
+    second = Server(tmp_path, store="object", moto=moto)
+    second.store_endpoint = stalling.endpoint
+    second.start()
+    wait_log(second, "store audit: not due (object storage: once a week; the last began ")
+    assert second.stop() == 0
+    assert [path for _, path, _ in stalling.seen if "list-type=2" in path] == listed
+    assert moto.keys(first.bucket) == ["aa/bb/theirs.png"]
+
+
 def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: MotoServer) -> None:
     """300 files from a folder into a bucket: SIGKILL halfway, run again, and each run says
     how many it moved; then a server on the bucket serves every alias byte-identical, and

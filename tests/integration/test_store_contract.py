@@ -19,6 +19,7 @@ import trio
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 from pictrs_trio.store import Store, open_store
+from pictrs_trio.store import file as file_module
 from pictrs_trio.store import object as object_module
 from pictrs_trio.store.file import FileStore
 from pictrs_trio.store.memory import MemoryStore
@@ -262,6 +263,24 @@ async def test_identifiers_lists_every_file(
         made.append(await store.save_bytes(bytes([n]), identifier=ident, content_type="x"))
     await store.health()  # its probe is never listed
     assert await listed(store) == sorted(made)
+
+
+async def test_identifiers_resume_after_any_of_them(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing picks up after any identifier it gave, in the same order (the store
+    audit's batches): pages of two, and names whose order by path and by text differ."""
+    store = opened.store
+    monkeypatch.setattr(object_module, "LIST_PAGE", 2)
+    monkeypatch.setattr(file_module, "LIST_BATCH", 2)
+    made = {store.new_identifier(".webp") for _ in range(4)}
+    made |= {"ab/cd.png", "ab-cd/ef.png", "ab.png", "ab/cd/ef.png", "abc/de.png"}
+    for ident in made:
+        await store.save_bytes(b"x", identifier=ident, content_type="x")
+    full = [identifier async for identifier in store.identifiers()]
+    assert sorted(full) == sorted(made)  # each once
+    for n, after in enumerate(full):
+        assert [i async for i in store.identifiers(after=after)] == full[n + 1 :], after
 
 
 async def test_health(opened: Opened) -> None:
