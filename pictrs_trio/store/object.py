@@ -21,10 +21,12 @@ Keys are the identifiers, in the file store's layout (``aa/…/jj/<12 hex>.ext``
   tried ``ATTEMPTS`` times in all, with doubling pauses; whatever else the server says is
   final. Starting a multipart upload is the one request that is not idempotent: it is
   tried again only when it surely never reached the server (``_never_sent``).
-* **Time**: ``client_timeout`` bounds each wait on the server (to connect, for each write of
-  a body to go out, for each read of the answer, for a free connection of the pool), as
-  pict-rs's "how long pict-rs will wait for a response from object storage"; never a whole
-  request, so a large part on a slow uplink takes as long as it needs while it moves.
+* **Time**: ``client_timeout`` bounds each wait on the server: to connect, for each write of
+  a body to go out, for each read of the answer, for a free connection of the pool. That is
+  the meaning pict-rs documents ("how long pict-rs will wait for a response from object
+  storage", ``pict-rs.toml``), though ``src/store/object_store.rs`` hands it to its client
+  as one deadline for a whole request: here a large part on a slow uplink takes as long as
+  it needs while it moves, and a server that stops moving is given up on all the same.
 
 An S3 PUT overwrites, and S3 has no create-only PUT every provider honours, so unlike the
 file store this one cannot refuse to overwrite: identifiers are fresh UUID v7 values, which
