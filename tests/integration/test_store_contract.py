@@ -488,7 +488,7 @@ async def test_a_slow_upload_that_moves_is_not_cut_off(
             spool(tmp_path, data), identifier=store.new_identifier(".mp4"), content_type="x"
         )
         took = trio.current_time() - began
-    assert took > 2.0  # it really was slower than client_timeout, and went through
+    assert took > 1.5  # well over client_timeout, and it went through
     assert moto.get(bucket, ident) == data
     assert proxy.connections == 1  # in one attempt
 
