@@ -24,7 +24,7 @@ transaction; they raise ``journal.IntentLost`` (nothing written) if that intent 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -137,6 +137,11 @@ class MediaRepo(Protocol):
 
     async def identifiers(self) -> set[str]:
         """Every store identifier some row references (what the store should hold)."""
+        ...
+
+    async def known_identifiers(self, identifiers: Sequence[str]) -> set[str]:
+        """Which of ``identifiers`` some row references: one indexed look-up each, for a
+        page of a store's listing (the store audit), where ``identifiers`` reads them all."""
         ...
 
 

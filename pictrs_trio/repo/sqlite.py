@@ -21,7 +21,7 @@ Errors: ``apsw`` and ``msgspec`` exceptions are translated once, in ``_translate
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # SQLiteValue exists only in apsw's type stubs
 _DETAILS_ENCODER = msgspec.json.Encoder()
 _DETAILS_DECODER = msgspec.json.Decoder(Details)
 _OUTCOME_ENCODER = msgspec.json.Encoder()
+_LIST_ENCODER = msgspec.json.Encoder()
 _OUTCOME_DECODER = msgspec.json.Decoder(UploadOutcome)
 
 # (constraint message fragment, error to raise) for apsw.ConstraintError; anything else from
@@ -185,6 +186,20 @@ def _q_identifiers(conn: apsw.Connection) -> set[str]:
         " UNION SELECT motion_identifier FROM hashes WHERE motion_identifier IS NOT NULL"
         " UNION SELECT identifier FROM variants"
         " UNION SELECT raw_identifier FROM uploads WHERE raw_identifier IS NOT NULL"
+    ).fetchall()
+    return {media_sql.as_str(identifier) for (identifier,) in rows}
+
+
+def _q_known_identifiers(conn: apsw.Connection, identifiers: str) -> set[str]:
+    """Which of ``identifiers`` (a JSON array) a row references; every column has an index
+    (uploads' partial one too: equality implies NOT NULL)."""
+    rows = conn.execute(
+        "SELECT j.value FROM json_each(?1) AS j WHERE"
+        " EXISTS (SELECT 1 FROM hashes WHERE identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM hashes WHERE motion_identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM variants WHERE identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM uploads WHERE raw_identifier = j.value)",
+        (identifiers,),
     ).fetchall()
     return {media_sql.as_str(identifier) for (identifier,) in rows}
 
@@ -398,6 +413,13 @@ class SqliteRepo:
 
     async def identifiers(self) -> set[str]:
         return await self._read(_q_identifiers)
+
+    async def known_identifiers(self, identifiers: Sequence[str]) -> set[str]:
+        if not identifiers:
+            return set()
+        return await self._read(
+            _q_known_identifiers, _LIST_ENCODER.encode(list(identifiers)).decode()
+        )
 
     # -- VariantRepo --
 

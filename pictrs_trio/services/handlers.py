@@ -2,7 +2,8 @@
 
     cleanup  RemoveFiles (files of removed rows; of unfinished writes of dead processes),
              ExpireVariants, ExpireProxies (retention), RemoveAllVariants (DELETE
-             /internal/variants), AuditStore (count files this repo does not know),
+             /internal/variants), AuditStore (count files this repo does not know, a
+             batch per job: services/audit.py),
              PruneMissing (POST /internal/prune_missing, services/prune.py)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
@@ -32,7 +33,7 @@ from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.errors import PictrsError, StoreError, StoreNotFound
 from pictrs_trio.rules.query import parse_upload_query
-from pictrs_trio.services import prune, render
+from pictrs_trio.services import audit, prune, render
 from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
 
@@ -72,7 +73,7 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
     elif isinstance(payload, jobs.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     elif isinstance(payload, jobs.AuditStore):
-        await audit_store(state)
+        await audit.run_batch(state, payload)
     elif isinstance(payload, jobs.PruneMissing):
         await prune.run_batch(state, payload)
     else:
@@ -101,30 +102,6 @@ async def _drain(
             break
     if total:
         logger.info("{} {} {}", verb, total, what)
-
-
-async def audit_store(state: AppState) -> int:
-    """Count the store's files that no row and no write in flight accounts for, and warn
-    once if there are any. They are left alone: a store may hold another program's files
-    (an earlier pict-rs volume, say), and only what this program's journal recorded as its
-    own unfinished writes is ever removed (services/storing.py). Returns the count."""
-    async with aclosing(state.store.identifiers()) as listing:
-        listed = [identifier async for identifier in listing]
-    # Read what is known after listing: a file listed was intended before it was written, and
-    # its intent is fulfilled in the commit that adds its row. Intents first, rows second: a
-    # commit between the two reads moves a file from the first set into the second, never
-    # out of both.
-    intended = await state.journal.intended()
-    known = intended | await state.repo.identifiers()
-    unknown = [identifier for identifier in listed if identifier not in known]
-    if unknown:
-        logger.warning(
-            "the store holds {} files this repo does not know (for example {}); they are "
-            "left alone. If this store was pict-rs's, see docs/migration.md",
-            len(unknown),
-            unknown[0],
-        )
-    return len(unknown)
 
 
 # --- backgrounded uploads --------------------------------------------------------------------
@@ -214,9 +191,9 @@ async def handle_generate(state: AppState, job: Job) -> None:
 
 
 async def schedule(state: AppState, journal: Journal) -> None:
-    """Queue the start-up audit and the periodic cleanup jobs (pict-rs: not in read-only
-    mode)."""
-    await journal.push(jobs.CLEANUP, jobs.AuditStore(), unique_key="audit-store")
+    """Queue the store audit when it is due (services/audit.py) and the periodic cleanup
+    jobs (pict-rs: not in read-only mode)."""
+    await audit.start(state)
     retention = state.config.media.retention
     shortest = min(
         parse_retention(retention.variants).total_seconds(),

@@ -8,14 +8,22 @@ either fully visible under its identifier or not at all.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 
-__all__ = ["Store", "StoreError", "StoreNotFound", "open_store"]
+__all__ = ["Reading", "Store", "StoreError", "StoreNotFound", "open_store"]
+
+
+class Reading(NamedTuple):
+    """An open read (``Store.open_read``): the file's whole ``length``, and ``chunks``, the
+    bytes asked for, as ``read`` streams them."""
+
+    length: int
+    chunks: AsyncIterator[bytes]
 
 
 class Store(Protocol):
@@ -47,6 +55,16 @@ class Store(Protocol):
         Raises StoreNotFound (when iteration starts) if the identifier has no bytes."""
         ...
 
+    def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[Reading]:
+        """``length`` and ``read`` in one: ``async with store.open_read(i, start, end) as r``
+        gives the file's whole length and its bytes ``[start, end)`` (none past the end),
+        open until the block ends. For object storage that is one GET where ``length`` then
+        ``read`` are a HEAD and a GET (the serving path, ``http/serve.py``). Raises
+        StoreNotFound on entering when the identifier has no bytes."""
+        ...
+
     def read_now(self, identifier: str, limit: int) -> bytes | None:
         """The whole content without a thread hop or await, if it is small (at most
         ``limit``) and local; else None and the caller streams with ``read``."""
@@ -67,9 +85,11 @@ class Store(Protocol):
         unfinished save of it left (temporary files, an unfinished multipart upload)."""
         ...
 
-    def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored identifier (for the start-up audit and migrate-store):
-        ``async for identifier in store.identifiers()``."""
+    def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        """Every stored identifier (for the store audit): ``async for identifier in
+        store.identifiers()``, fetched a page at a time, in an order of the store's own that
+        can be resumed: ``after`` (an identifier this listing gave) starts with the ones that
+        followed it."""
         ...
 
     async def health(self, *, write: bool = True) -> None:

@@ -22,13 +22,14 @@ import os
 import secrets
 import stat
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
 
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.store import Reading
 
 __all__ = ["FileStore", "open_file_store"]
 
@@ -37,6 +38,7 @@ CHUNKS_PER_HOP = 4  # 256 KiB per thread hop when streaming: bounded memory per 
 FILE_MODE = 0o644  # media is public; the same mode whether linked or copied
 TEMP_MARKER = ".tmp-"
 PROBE_PREFIX = ".health-"
+LIST_BATCH = 1000  # names per thread hop of ``identifiers``
 _DIR_RETRIES = 5  # a concurrent remove may prune a directory we just made
 # link() errors that mean "cannot link here", so copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -223,15 +225,15 @@ def _save_bytes_sync(root: Path, identifier: str, data: bytes) -> None:
         raise
 
 
-def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, list[bytes]]:
-    """Open, check, and read the first batch: (fd, stop offset, chunks)."""
+def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, int, list[bytes]]:
+    """Open, check, and read the first batch: (fd, size, stop offset, chunks)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
         stop = info.st_size if end is None else min(end, info.st_size)
-        return fd, stop, _read_batch(fd, start, stop)
+        return fd, info.st_size, stop, _read_batch(fd, start, stop)
     except BaseException:
         os.close(fd)
         raise
@@ -268,11 +270,35 @@ def _remove_sync(root: Path, path: Path, partial: bool = False) -> None:
     _prune(path.parent, root)
 
 
-def _walk(root: Path) -> list[str]:
+def _walk_after(root: Path, after: tuple[str, ...], limit: int) -> list[str]:
+    """Up to ``limit`` stored files (temp and probe files left out) that come after the
+    path ``after`` (its components; () for the start) in a walk of sorted directories."""
     found: list[str] = []
-    for dirpath, _dirs, files in os.walk(root):
-        base = Path(dirpath).relative_to(root)
-        found.extend((base / name).as_posix() for name in files if not _is_ours_hidden(name))
+
+    def visit(directory: str, prefix: tuple[str, ...]) -> bool:
+        """False once ``limit`` files are found."""
+        depth = len(prefix)
+        # On the path to ``after``: what sorts before its next component is done.
+        bound = after[depth] if depth < len(after) and after[:depth] == prefix else None
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # pruned by a remove meanwhile
+            return True
+        for entry in entries:
+            if bound is not None and entry.name < bound:
+                continue
+            path = (*prefix, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if not visit(entry.path, path):
+                    return False
+            elif path != after and not entry.is_dir() and not _is_ours_hidden(entry.name):
+                found.append("/".join(path))
+                if len(found) >= limit:
+                    return False
+        return True
+
+    visit(os.fspath(root), ())
     return found
 
 
@@ -289,6 +315,23 @@ def _health_sync(root: Path, write: bool) -> None:
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
+
+
+async def _chunks(
+    identifier: str, fd: int, offset: int, stop: int, chunks: list[bytes]
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` (the first batch, read from ``offset``), then the rest of ``fd`` up to
+    ``stop``, a batch per thread hop. The caller closes ``fd``."""
+    while chunks:
+        for chunk in chunks:
+            yield chunk
+            offset += len(chunk)
+        if offset >= stop:
+            break
+        try:
+            chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
+        except OSError as exc:
+            raise StoreError(f"Cannot read {identifier}: {exc}") from exc
 
 
 class FileStore:
@@ -352,30 +395,39 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot stat {identifier}: {exc}") from exc
 
-    async def read(
-        self, identifier: str, start: int = 0, end: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    async def _open(
+        self, identifier: str, start: int, end: int | None
+    ) -> tuple[int, int, int, list[bytes]]:
         path = self._existing(identifier)
         try:
-            fd, stop, chunks = await trio.to_thread.run_sync(_open_and_read, path, start, end)
+            return await trio.to_thread.run_sync(_open_and_read, path, start, end)
         except FileNotFoundError as exc:
             raise StoreNotFound(f"No file for {identifier}") from exc
         except OSError as exc:
             raise StoreError(f"Cannot read {identifier}: {exc}") from exc
+
+    async def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        fd, _size, stop, chunks = await self._open(identifier, start, end)
         try:
-            offset = start
-            while chunks:
-                for chunk in chunks:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                async for chunk in rest:
                     yield chunk
-                    offset += len(chunk)
-                if offset >= stop:
-                    break
-                try:
-                    chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
-                except OSError as exc:
-                    raise StoreError(f"Cannot read {identifier}: {exc}") from exc
         finally:
             os.close(fd)  # no await in an async generator's finally
+
+    @asynccontextmanager
+    async def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[Reading]:
+        """One thread hop opens the file, learns its size and reads the first batch."""
+        fd, size, stop, chunks = await self._open(identifier, start, end)
+        try:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                yield Reading(size, rest)
+        finally:
+            os.close(fd)
 
     def read_now(self, identifier: str, limit: int) -> bytes | None:
         """The whole file, read without leaving the calling thread, if it is at most
@@ -427,15 +479,21 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored file, temp files excluded. Walks the whole tree in one thread hop,
-        so the list is held in memory (fine up to millions of names)."""
-        try:
-            found = await trio.to_thread.run_sync(_walk, self.root)
-        except OSError as exc:
-            raise StoreError(f"Cannot list store: {exc}") from exc
-        for identifier in found:
-            yield identifier
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        """Every stored file, temp files excluded, in a walk of sorted directories, a batch
+        of ``LIST_BATCH`` per thread hop (each picks the walk up after the last one's final
+        file, so only a batch is ever held)."""
+        position = tuple(after.split("/")) if after is not None else ()
+        while True:
+            try:
+                batch = await trio.to_thread.run_sync(_walk_after, self.root, position, LIST_BATCH)
+            except OSError as exc:
+                raise StoreError(f"Cannot list store: {exc}") from exc
+            for identifier in batch:
+                yield identifier
+            if len(batch) < LIST_BATCH:
+                return
+            position = tuple(batch[-1].split("/"))
 
     async def health(self, *, write: bool = True) -> None:
         try:

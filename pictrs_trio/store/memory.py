@@ -6,13 +6,15 @@ code tested against it behaves the same on disk.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.store import Reading
 
 __all__ = ["MemoryStore"]
 
@@ -67,6 +69,14 @@ class MemoryStore:
             yield data[offset : min(offset + CHUNK, stop)]
             await trio.lowlevel.checkpoint()
 
+    @asynccontextmanager
+    async def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[Reading]:
+        data = self._get(identifier)
+        async with aclosing(self.read(identifier, start, end)) as chunks:
+            yield Reading(len(data), chunks)
+
     def read_now(self, identifier: str, limit: int) -> bytes | None:
         data = self.files.get(identifier)
         return data if data is not None and len(data) <= limit else None
@@ -83,9 +93,10 @@ class MemoryStore:
             raise StoreError(f"Refusing to remove invalid identifier {identifier!r}")
         self.files.pop(identifier, None)
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
-        for identifier in list(self.files):
-            yield identifier
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        for identifier in sorted(self.files):
+            if after is None or identifier > after:
+                yield identifier
 
     async def health(self, *, write: bool = True) -> None:
         await trio.lowlevel.checkpoint()

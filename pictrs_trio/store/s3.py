@@ -28,7 +28,9 @@ __all__ = [
     "S3Failure",
     "Signer",
     "addressing",
+    "describe_denied_read",
     "describe_failure",
+    "is_denied_read",
     "parse_error",
     "public_url",
 ]
@@ -283,3 +285,22 @@ def describe_failure(failure: S3Failure, *, where: str, region: str, bucket: str
             "read, write, list and delete in the bucket"
         )
     return f"object storage {where} failed ({code}){_short(failure.message)}"
+
+
+def is_denied_read(failure: S3Failure) -> bool:
+    """A plain refusal of a HEAD or GET (403 without a code, as HEAD answers have no body,
+    or AccessDenied): what S3 answers for a missing key when the access key lacks
+    s3:ListBucket. Other 403 codes (a bad signature, an unknown key) say what they are."""
+    return failure.status == 403 and failure.code in (None, "AccessDenied")
+
+
+def describe_denied_read(failure: S3Failure, *, where: str, key: str) -> str:
+    """One line for a refused read of ``key``: it is never taken for a missing key (that
+    would make prune-missing forget, or migrate-store skip, a file that exists), but the
+    line says that it may be one, and how to make S3 say so."""
+    code = failure.code or f"HTTP {failure.status}"
+    return (
+        f"object storage {where} denied reading {key} ({code}): the key may be missing (S3 "
+        "answers 403, not 404, for a missing key unless the access key has s3:ListBucket "
+        "on the bucket), or the access key may not read it (s3:GetObject)"
+    )

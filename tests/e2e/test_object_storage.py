@@ -62,9 +62,11 @@ def test_public_endpoint_redirects_reads(
 
 class StallingProxy:
     """An HTTP proxy to moto on loopback that holds any request for a second part of a
-    multipart upload until the test ends: the server is caught mid-upload."""
+    multipart upload until the test ends: the server is caught mid-upload. It records each
+    request it forwards: (method, path and query, Range header)."""
 
     def __init__(self, target: str) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
         self.stalled = threading.Event()
         self.first_part = threading.Event()
         self.release = threading.Event()
@@ -75,6 +77,7 @@ class StallingProxy:
                 pass
 
             def _forward(self) -> None:
+                proxy.seen.append((self.command, self.path, self.headers.get("range")))
                 if "partNumber=2" in self.path:
                     proxy.stalled.set()
                     proxy.release.wait(60)
@@ -93,7 +96,11 @@ class StallingProxy:
                 for name, value in answer.headers.items():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(name, value)
-                self.send_header("content-length", str(len(answer.content)))
+                # A HEAD's length is the object's, not that of its (empty) body.
+                length = answer.headers.get("content-length", "0")
+                self.send_header(
+                    "content-length", str(len(answer.content)) if self.command != "HEAD" else length
+                )
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(answer.content)
@@ -153,6 +160,83 @@ def test_sigkill_mid_multipart_upload_is_aborted_by_recovery(
     assert moto.uploads(srv.bucket) == []
     assert moto.keys(srv.bucket) == []
     assert restarted.stop() == 0
+
+
+def test_a_served_read_is_one_get(
+    tmp_path: Path, moto: MotoServer, stalling: StallingProxy, samples: dict[str, Path]
+) -> None:
+    """The server learns an object's length from the GET that brings its bytes: one
+    request per read, where a HEAD then a GET were two. A HEAD, a revalidation (304) and a
+    range from the end ask the length alone first."""
+    srv = Server(tmp_path, store="object", moto=moto)
+    srv.store_endpoint = stalling.endpoint
+    srv.start()
+    with srv.client() as c:
+        alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+        (key,) = moto.keys(srv.bucket)
+        data = moto.get(srv.bucket, key)
+        url = f"/image/original/{alias}"
+        mark = [0]
+
+        def sent() -> list[tuple[str, str | None]]:
+            mine = [(m, r) for m, path, r in stalling.seen if path.split("?")[0].endswith(key)]
+            new, mark[0] = mine[mark[0] :], len(mine)
+            return new
+
+        sent()  # the upload
+        answer = c.get(url)
+        assert (answer.status_code, answer.content) == (200, data)
+        assert sent() == [("GET", None)]
+        answer = c.get(url, headers={"range": "bytes=10-19"})
+        assert (answer.status_code, answer.content) == (206, data[10:20])
+        assert answer.headers["content-range"] == f"bytes 10-19/{len(data)}"
+        assert sent() == [("GET", "bytes=10-19")]
+        answer = c.get(url, headers={"range": f"bytes={len(data)}-"})
+        assert answer.status_code == 416
+        assert answer.headers["content-range"] == f"bytes */{len(data)}"
+        assert sent() == [("GET", f"bytes={len(data)}-")]
+        answer = c.head(url)
+        assert answer.headers["content-length"] == str(len(data))
+        assert sent() == [("HEAD", None)]
+        answer = c.get(url, headers={"if-none-match": answer.headers["etag"]})
+        assert answer.status_code == 304
+        assert sent() == [("HEAD", None)]
+        answer = c.get(url, headers={"range": "bytes=-5"})
+        assert (answer.status_code, answer.content) == (206, data[-5:])
+        assert sent() == [("HEAD", None), ("GET", f"bytes={len(data) - 5}-{len(data) - 1}")]
+    assert srv.stop() == 0
+
+
+def wait_log(srv: Server, text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in srv.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = srv.log.read_text()
+    assert text in log, log
+    return log
+
+
+def test_a_bucket_is_audited_once_a_week(
+    tmp_path: Path, moto: MotoServer, stalling: StallingProxy
+) -> None:
+    """The first start lists the bucket (and leaves a foreign object alone); the next start
+    on it, within the week, lists nothing."""
+    first = Server(tmp_path, store="object", moto=moto)
+    moto.client().put_object(Bucket=first.bucket, Key="aa/bb/theirs.png", Body=b"theirs")
+    first.store_endpoint = stalling.endpoint
+    first.start()
+    log = wait_log(first, "store audit: 1 files listed, 1 unknown")
+    assert "the store holds 1 files this repo does not know (for example aa/bb/theirs.png)" in log
+    assert first.stop() == 0
+    listed = [path for _, path, _ in stalling.seen if "list-type=2" in path]
+    assert len(listed) == 1
+    second = Server(tmp_path, store="object", moto=moto)
+    second.store_endpoint = stalling.endpoint
+    second.start()
+    wait_log(second, "store audit: not due (object storage: once a week; the last began ")
+    assert second.stop() == 0
+    assert [path for _, path, _ in stalling.seen if "list-type=2" in path] == listed
+    assert moto.keys(first.bucket) == ["aa/bb/theirs.png"]
 
 
 def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: MotoServer) -> None:
