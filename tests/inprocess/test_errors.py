@@ -64,6 +64,7 @@ EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.REQUEST_TIMEOUT: (e.RequestTimeout("deadline"), 408),
     C.PROXY_NOT_ALLOWED: (e.ProxyNotAllowed("alias only"), 400),
     C.URL_NOT_ALLOWED: (e.UrlNotAllowed("loopback"), 400),
+    C.MIGRATING: (e.Unhealthy("migrate-store runs", code=C.MIGRATING), 503),
 }  # fmt: skip
 
 # The same code, another kind, another status (pict-rs picks it by kind).
