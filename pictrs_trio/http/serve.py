@@ -237,25 +237,15 @@ async def _variant(state: AppState, exchange: Exchange, ext: str) -> None:
         return
     if exchange.method == "HEAD":
         # HEAD never renders: only an existing variant is described.
-        found = state.repo.find_variant_now(alias, variant.key)
-        if found is None or found.identifier is None or found.details is None:
+        ready = render.existing(state, alias, variant.key)
+        if ready is None:
             await exchange.answer_empty(404)
             return
-        render.record_access(state, found.hash, variant.key)
         try:
-            await serve_stored(state, exchange, found.identifier, found.details)
+            await serve_stored(state, exchange, ready.identifier, ready.details)
         except StoreNotFound:
             await exchange.answer_empty(404)
         return
-    found = state.repo.find_variant_now(alias, variant.key)
-    if found is not None and found.identifier is not None and found.details is not None:
-        # Already rendered, the common case: no render machinery, no timer.
-        render.record_access(state, found.hash, variant.key)
-        try:
-            await serve_stored(state, exchange, found.identifier, found.details)
-            return
-        except StoreNotFound:
-            await render.forget(state, alias, variant, found.identifier)
     try:
         rendered = await render.find_or_render(state, alias, variant)
         try:
