@@ -14,6 +14,7 @@ file. Each process is an owner (``Journal.run_owner``) whose leases on keys and 
 (journal/owners.py). Design and guarantees: docs/journal.md.
 """
 
+from journal.monitor import Ending, Monitor, Unmonitored
 from journal.owners import IntentLost, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
@@ -34,16 +35,19 @@ __all__ = [
     "Abort",
     "Backoff",
     "Database",
+    "Ending",
     "Handler",
     "IntentLost",
     "Job",
     "JobNotFound",
     "Journal",
     "JournalError",
+    "Monitor",
     "Outcome",
     "Reaped",
     "Retry",
     "Status",
+    "Unmonitored",
     "encode_payload",
     "fulfil_in",
     "open_journal",

@@ -29,6 +29,7 @@ from pictrs_trio.http import (
     image,
     internal,
     internal_raw,
+    metered,
     serve,
     upload,
     variants,
@@ -114,6 +115,8 @@ class PictrsApp:
             self._entry = access_log.logged(
                 self._serve, requests=logs.log_requests, spans=logs.log_spans
             )
+        if state.metrics.enabled:
+            self._entry = metered.metered(self._entry, state.metrics)
         self.stopping = False  # answers say Connection: close from now on
         self._in_flight = 0
         self._quiet = trio.Event()

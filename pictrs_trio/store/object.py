@@ -37,6 +37,8 @@ import trio
 from loguru import logger
 
 from pictrs_trio.config import ObjectStorageStore
+from pictrs_trio.metrics import Metrics
+from pictrs_trio.metrics.names import OBJECT_STORAGE
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
 from pictrs_trio.store import s3
@@ -57,6 +59,8 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 PROBE_KEY = "health-check"  # pict-rs's health-check object
 CLEANUP_SECONDS = 10.0
 LIST_PAGE = 1000
+GET_OBJECT = OBJECT_STORAGE + "get-object-request"  # until the answer's head
+GET_OBJECT_STREAM = OBJECT_STORAGE + "get-object-request.stream"  # until its body was read
 
 
 class _FileBody(msgspec.Struct, frozen=True):
@@ -95,11 +99,34 @@ async def _file_chunks(fd: int, start: int, length: int) -> AsyncGenerator[bytes
         sent += size
 
 
+def operation(method: str, key: str, query: Mapping[str, str] | None) -> str:
+    """The name of a request in ``pict-rs.object-storage.<operation>`` (the series of its
+    timings): pict-rs's names, and ``list-…`` for the listings only pictrs-trio makes."""
+    query = query or {}
+    if not key:
+        return "list-multipart-uploads-request" if "uploads" in query else "list-objects-request"
+    if method == "PUT":
+        return "create-upload-part-request" if "partNumber" in query else "put-object-request"
+    if method == "POST":
+        return "create-multipart-request" if "uploads" in query else "complete-multipart-request"
+    if method == "DELETE":
+        return "abort-multipart-request" if "uploadId" in query else "delete-object-request"
+    if method == "HEAD":
+        return "head-object-request"
+    return "get-object-request"
+
+
 class ObjectStore:
     """``Store`` over an S3 bucket."""
 
-    def __init__(self, config: ObjectStorageStore, client: httpx.AsyncClient) -> None:
-        """Raises StoreError for an endpoint that cannot be used."""
+    def __init__(
+        self,
+        config: ObjectStorageStore,
+        client: httpx.AsyncClient,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Raises StoreError for an endpoint that cannot be used. Each request (with its
+        retries) is timed in ``metrics``."""
         try:
             self._address = s3.addressing(
                 config.endpoint, config.bucket_name, config.use_path_style
@@ -116,6 +143,7 @@ class ObjectStore:
         self._timeout = config.client_timeout
         self._public = config.public_endpoint or None
         self._region, self._bucket = config.region, config.bucket_name
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def __repr__(self) -> str:
         return f"ObjectStore({self._address.where})"
@@ -197,15 +225,16 @@ class ObjectStore:
         on the last attempt. Raises StoreError after the last failed attempt."""
         url = s3.key_url(self._address, key, query)
         pause = FIRST_PAUSE
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await self._attempt(method, url, headers or {}, body)
-            except _Retry as exc:
-                if attempt == ATTEMPTS:
-                    raise StoreError(str(exc), code=ErrorCode.OBJECT_REQUEST_ERROR) from None
-                logger.debug("{} {}: {}; trying again", method, key or "bucket", exc)
-                await trio.sleep(pause * (0.5 + random.random()))
-                pause *= 2
+        with self._metrics.timed(OBJECT_STORAGE + operation(method, key, query)):
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    return await self._attempt(method, url, headers or {}, body)
+                except _Retry as exc:
+                    if attempt == ATTEMPTS:
+                        raise StoreError(str(exc), code=ErrorCode.OBJECT_REQUEST_ERROR) from None
+                    logger.debug("{} {}: {}; trying again", method, key or "bucket", exc)
+                    await trio.sleep(pause * (0.5 + random.random()))
+                    pause *= 2
         raise AssertionError("unreachable")
 
     def _check(self, answer: _Answer, *ok: int) -> _Answer:
@@ -362,40 +391,43 @@ class ObjectStore:
         if end is not None and end <= start:
             await self.length(identifier)  # StoreNotFound when missing, as the file store
             return
-        offset, resumed = start, 0
-        while end is None or offset < end:
-            response = await self._open(identifier, offset, end)
-            if response is None:
-                return  # nothing at or past ``offset`` (416)
-            try:
-                # A server that ignored Range sends it all: skip what is before ``offset``.
-                skip = offset if response.status_code == 200 else 0
-                # aiter_raw is an async generator (typed as an iterator): close it, too.
-                raw = cast(AsyncGenerator[bytes, None], response.aiter_raw(CHUNK))
-                async with aclosing(raw) as body:
-                    async for data in body:
-                        if skip:
-                            cut = min(skip, len(data))
-                            data, skip = data[cut:], skip - cut
-                        if end is not None and offset + len(data) > end:
-                            data = data[: end - offset]
-                        if data:
-                            offset += len(data)
-                            yield data
-                        if end is not None and offset >= end:
-                            return
-                return
-            except httpx.TransportError as exc:
-                resumed += 1
-                if resumed >= ATTEMPTS:
-                    raise StoreError(
-                        f"reading {identifier} from object storage {self.where} failed: "
-                        f"{_transport(exc)}",
-                        code=ErrorCode.OBJECT_REQUEST_ERROR,
-                    ) from None
-                logger.debug("read of {} cut off at byte {}; resuming", identifier, offset)
-            finally:
-                await response.aclose()
+        # The whole read, resumptions included (each GET is timed as get-object-request).
+        with self._metrics.timed(GET_OBJECT_STREAM):
+            offset, resumed = start, 0
+            while end is None or offset < end:
+                with self._metrics.timed(GET_OBJECT):
+                    response = await self._open(identifier, offset, end)
+                if response is None:
+                    return  # nothing at or past ``offset`` (416)
+                try:
+                    # A server that ignored Range sends it all: skip what is before ``offset``.
+                    skip = offset if response.status_code == 200 else 0
+                    # aiter_raw is an async generator (typed as an iterator): close it, too.
+                    raw = cast(AsyncGenerator[bytes, None], response.aiter_raw(CHUNK))
+                    async with aclosing(raw) as body:
+                        async for data in body:
+                            if skip:
+                                cut = min(skip, len(data))
+                                data, skip = data[cut:], skip - cut
+                            if end is not None and offset + len(data) > end:
+                                data = data[: end - offset]
+                            if data:
+                                offset += len(data)
+                                yield data
+                            if end is not None and offset >= end:
+                                return
+                    return
+                except httpx.TransportError as exc:
+                    resumed += 1
+                    if resumed >= ATTEMPTS:
+                        raise StoreError(
+                            f"reading {identifier} from object storage {self.where} failed: "
+                            f"{_transport(exc)}",
+                            code=ErrorCode.OBJECT_REQUEST_ERROR,
+                        ) from None
+                    logger.debug("read of {} cut off at byte {}; resuming", identifier, offset)
+                finally:
+                    await response.aclose()
 
     async def _open(self, key: str, start: int, end: int | None) -> httpx.Response | None:
         """The response to a GET of ``key`` from ``start``, its head read and its body not;
@@ -550,14 +582,18 @@ def _client(timeout: float, transport: httpx.AsyncBaseTransport | None) -> httpx
 
 @asynccontextmanager
 async def open_object_store(
-    config: ObjectStorageStore, *, transport: httpx.AsyncBaseTransport | None = None
+    config: ObjectStorageStore,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[ObjectStore]:
-    """An ``ObjectStore`` for ``config`` (not yet checked: call ``health``). ``transport``
-    replaces httpx's network (tests). Raises StoreError for an unusable endpoint."""
+    """An ``ObjectStore`` for ``config`` (not yet checked: call ``health``), its requests
+    timed in ``metrics``. ``transport`` replaces httpx's network (tests). Raises StoreError
+    for an unusable endpoint."""
     # Importing httpx and botocore and building a TLS context take a while: not on the loop.
     client = await trio.to_thread.run_sync(_client, config.client_timeout, transport)
     try:
-        store = ObjectStore(config, client)
+        store = ObjectStore(config, client, metrics)
     except BaseException:
         await client.aclose()
         raise
