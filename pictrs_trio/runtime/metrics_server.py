@@ -48,10 +48,12 @@ from pictrs_trio.rules import jobs
 from pictrs_trio.runtime.startup import temp_root
 
 QUEUES = (jobs.CLEANUP, jobs.INGEST, jobs.PROCESS, jobs.MIGRATE)  # always reported
-# The bytes of all originals take a scan of every hash (hash_sql.q_original_bytes): done again
-# only after BYTES_EVERY times as long as it took, and at least BYTES_MIN_SECONDS later.
+# The bytes of all originals take a scan of every hash (hash_sql.q_original_bytes, ~2 s a
+# million): counted again when the number of originals changed, or BYTES_MAX_AGE seconds
+# passed, but never sooner than BYTES_EVERY times as long as the last count took (at most 1%
+# of a core; a small repo's count takes well under a millisecond, so it is always fresh).
 BYTES_EVERY = 100
-BYTES_MIN_SECONDS = 60.0
+BYTES_MAX_AGE = 600.0
 BUSY_TIMEOUT_MS = 1000
 
 
@@ -62,7 +64,9 @@ class RepoGauges:
     def __init__(self, db_file: Path) -> None:
         self._db_file = db_file
         self._bytes: int | None = None
-        self._bytes_due = 0.0  # time.monotonic() when the bytes are counted again
+        self._counted = -1  # originals when the bytes were counted
+        self._not_before = 0.0  # time.monotonic() of the next count, at the soonest
+        self._stale_at = 0.0  # ... and at the latest
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -90,7 +94,7 @@ class RepoGauges:
         if original_bytes is not None:
             yield GaugeMetricFamily(
                 "pictrs_trio_store_original_bytes",
-                "Bytes of all stored originals (recounted every minute or more)",
+                "Bytes of all stored originals (in a large repo, up to minutes old)",
                 value=original_bytes,
             )
 
@@ -101,10 +105,12 @@ class RepoGauges:
             queues = stats(conn)
             files = hash_sql.q_file_counts(conn)
             now = time.monotonic()
-            if now >= self._bytes_due:
+            changed = files["original"] != self._counted or now >= self._stale_at
+            if changed and now >= self._not_before:
                 self._bytes = hash_sql.q_original_bytes(conn)
-                took = time.monotonic() - now
-                self._bytes_due = now + max(BYTES_MIN_SECONDS, BYTES_EVERY * took)
+                self._counted = files["original"]
+                self._not_before = now + BYTES_EVERY * (time.monotonic() - now)
+                self._stale_at = now + BYTES_MAX_AGE
         return queues, files, self._bytes
 
 
