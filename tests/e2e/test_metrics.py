@@ -17,6 +17,7 @@ from tests.e2e.conftest import Server, free_port
 from tests.e2e.test_startup_health import data_args, start
 from tests.e2e.test_supervision import children_of
 from tests.e2e.test_upload_serve_delete import upload
+from tests.s3 import MotoServer
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 PROCESS_PATH = 'Some("/image/process.{ext}")'
@@ -43,10 +44,14 @@ def value(samples: dict[Key, float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def metrics_server(root: Path, *, workers: int = 1) -> tuple[Server, str]:
+def metrics_server(
+    root: Path, *, workers: int = 1, moto: MotoServer | None = None
+) -> tuple[Server, str]:
     port = free_port()
     env = {"PICTRS__SERVER__WORKERS": str(workers)}
-    srv = Server(root, ["--metrics-prometheus-address", f"127.0.0.1:{port}"], env=env)
+    args = ["--metrics-prometheus-address", f"127.0.0.1:{port}"]
+    store = "object" if moto is not None else "filesystem"
+    srv = Server(root, args, env=env, store=store, moto=moto)
     return srv.start(), f"http://127.0.0.1:{port}"
 
 
@@ -178,6 +183,27 @@ def test_two_server_processes_add_up(tmp_path: Path, samples: dict[str, Path]) -
     finally:
         srv.stop()
     assert not folder.exists()  # the supervisor's folder goes with it
+
+
+def test_object_storage_requests_are_timed(
+    tmp_path: Path, samples: dict[str, Path], moto: MotoServer
+) -> None:
+    srv, metrics = metrics_server(tmp_path, moto=moto)
+    try:
+        with srv.client() as c:
+            alias = upload(c, samples["test.png"]).json()["files"][0]["file"]
+            assert c.get(f"/image/process.webp?src={alias}&thumbnail=20").status_code == 200
+            assert c.get(f"/image/original/{alias}").status_code == 200
+        after = scrape(metrics)
+        done = {"complete": "true"}
+        prefix = "pict_rs_object_storage_"
+        # the original and the variant (the start-up probe's PUT came before the listener)
+        assert value(after, prefix + "put_object_request_count", **done) >= 2
+        assert value(after, prefix + "get_object_request_count", **done) >= 2
+        assert value(after, prefix + "get_object_request_stream_count", **done) >= 2
+        assert value(after, prefix + "put_object_request_count", complete="false") == 0
+    finally:
+        assert srv.stop() == 0
 
 
 def test_off_by_default_and_a_taken_port_is_named(tmp_path: Path) -> None:
