@@ -45,36 +45,42 @@ class PrometheusMetrics(Metrics):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        # name -> (metric, every label of it empty): a call fills in the labels it has
-        self._counters: dict[str, tuple[Counter, dict[str, str]]] = {}
-        self._histograms: dict[str, tuple[Histogram, dict[str, str]]] = {}
+        # name -> (metric, its label names); a call gives the labels it has, the rest are ""
+        self._counters: dict[str, tuple[Counter, tuple[str, ...]]] = {}
+        self._histograms: dict[str, tuple[Histogram, tuple[str, ...]]] = {}
+        # (name, label values) -> the child: prometheus-client's labels() checks and locks
+        # on every call, several times what the recording itself costs
+        self._counted: dict[tuple[str, tuple[str, ...]], Counter] = {}
+        self._observed: dict[tuple[str, tuple[str, ...]], Histogram] = {}
         for series in n.SERIES:
-            blank = dict.fromkeys(series.label_names, "")
+            keys = series.label_names
             if series.kind == "counter":
-                counter = Counter(
-                    series.exported, series.help, series.label_names, registry=self.registry
-                )
-                self._counters[series.name] = (counter, blank)
+                counter = Counter(series.exported, series.help, keys, registry=self.registry)
+                self._counters[series.name] = (counter, keys)
             else:
                 histogram = Histogram(
-                    series.exported,
-                    series.help,
-                    series.label_names,
-                    registry=self.registry,
-                    buckets=n.BUCKETS,
+                    series.exported, series.help, keys, registry=self.registry, buckets=n.BUCKETS
                 )
-                self._histograms[series.name] = (histogram, blank)
+                self._histograms[series.name] = (histogram, keys)
 
     def count(self, name: str, labels: Labels | None = None, amount: float = 1.0) -> None:
-        counter, blank = self._counters[name]
-        if blank:
-            counter = counter.labels(**(blank if not labels else {**blank, **labels}))
+        counter, keys = self._counters[name]
+        if keys:
+            values = tuple([labels.get(k, "") for k in keys] if labels else [""] * len(keys))
+            child = self._counted.get((name, values))
+            if child is None:
+                child = self._counted[(name, values)] = counter.labels(*values)
+            counter = child
         counter.inc(amount)
 
     def observe(self, name: str, seconds: float, labels: Labels | None = None) -> None:
-        histogram, blank = self._histograms[name]
-        if blank:
-            histogram = histogram.labels(**(blank if not labels else {**blank, **labels}))
+        histogram, keys = self._histograms[name]
+        if keys:
+            values = tuple([labels.get(k, "") for k in keys] if labels else [""] * len(keys))
+            child = self._observed.get((name, values))
+            if child is None:
+                child = self._observed[(name, values)] = histogram.labels(*values)
+            histogram = child
         histogram.observe(seconds)
 
     def guard(self, guard: Guard, labels: Labels | None = None) -> AbstractContextManager[None]:
