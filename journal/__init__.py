@@ -11,7 +11,8 @@ Domain-free: it stores opaque msgspec-encoded payloads and knows nothing of what
 ``store.push_in(conn, ...)`` queues a job inside a caller's own SQLite transaction on the same
 file. Each process is an owner (``Journal.run_owner``) whose leases on keys and intents
 (write-ahead for effects outside the database) are released, and undone, when it dies
-(journal/owners.py). Design and guarantees: docs/journal.md.
+(journal/owners.py). A ``Monitor`` hears pushes, waits and job endings, for metrics
+(journal/monitor.py). Design and guarantees: docs/journal.md.
 """
 
 from journal.monitor import Ending, Monitor, Unmonitored

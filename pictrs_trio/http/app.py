@@ -9,6 +9,8 @@
                                    404 of unknown routes and the 405 of wrong methods
     lifespan                    -> the quart-trio app
 
+With metrics on, every HTTP request is counted and timed first (``http/metered.py``).
+
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
 whatever the client sends, so nothing is buffered behind a handler's back.
 """

@@ -4,6 +4,9 @@ metrics/routes.py), and the reshaping of prometheus-client's output into that fo
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -15,6 +18,7 @@ from pictrs_trio.metrics.names import sanitize, sanitize_label
 from pictrs_trio.metrics.prometheus import PrometheusMetrics, served_registry
 from pictrs_trio.metrics.routes import PATTERNS, path_label, status_label
 
+ROOT = Path(__file__).resolve().parents[2]
 VALID_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 VALID_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -139,3 +143,21 @@ def test_off_records_nothing_and_is_the_same_interface() -> None:
     assert public <= set(dir(PrometheusMetrics))
     overridden = {name for name in public if name != "enabled"}
     assert all(getattr(PrometheusMetrics, m) is not getattr(Metrics, m) for m in overridden)
+
+
+def test_off_a_server_process_never_imports_prometheus_client() -> None:
+    """Everything a server process (and the supervisor) imports to serve, without metrics:
+    prometheus-client is not among it."""
+    code = (
+        "import sys\n"
+        "from pictrs_trio.runtime import launch, service, supervisor\n"
+        "from pictrs_trio.http import app\n"
+        "from pictrs_trio.services import handlers, ingest, render\n"
+        "from pictrs_trio.config import Config\n"
+        "assert type(service.recorder(Config())).__name__ == 'Metrics'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
