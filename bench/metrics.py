@@ -186,9 +186,8 @@ def report(results: dict[str, dict[str, list[dict[str, float]]]], rounds: int) -
         )
         cpu_on = statistics.median(r["cpu_ms"] for r in on[name])
         cpu_off = statistics.median(r["cpu_ms"] for r in off[name])
-        print(
-            f"{name:<15} {rate_on:>9.1f} {rate_off:>9.1f} {ratio:>7.2f}  {cpu_on:.2f} ({cpu_off:.2f})"
-        )
+        rates = f"{rate_on:>9.1f} {rate_off:>9.1f} {ratio:>7.2f}"
+        print(f"{name:<15} {rates}  {cpu_on:.2f} ({cpu_off:.2f})")
 
 
 def main() -> None:
