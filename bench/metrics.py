@@ -3,6 +3,7 @@ without it, in one run, reported as ratios (on ÷ off).
 
     .venv/bin/python bench/metrics.py                 # 3 rounds
     .venv/bin/python bench/metrics.py --rounds 5 --seconds 8
+    .venv/bin/python bench/metrics.py --both-off       # calibration: off against off
 
 Both servers run at once on fresh data folders with the default configuration; the sides
 alternate order every round (this machine is noisy). Per round and side:
@@ -12,8 +13,10 @@ alternate order every round (this machine is noisy). Per round and side:
     cached c32      GETs of rendered thumbnails, 32 in flight, with bench/process.py's lean
                     client: the path where per-request overhead shows most
 
-While the "on" side is measured it is scraped every second (Prometheus scrapes every 15 s by
-default), so the scrape's own cost is in its numbers. Timings are reported, never asserted.
+While the "on" side is measured it is scraped every 15 s, Prometheus's default
+(``--scrape-every``; 0: never), so the scrape's own cost is in its numbers. ``--both-off``
+runs the same comparison with metrics off on both sides, to see this machine's noise between
+the two servers. Timings are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -112,11 +115,13 @@ async def scraper(url: str, every: float) -> None:
             await trio.sleep(every)
 
 
-async def measure(side: Side, seconds: float, results: dict[str, list[dict[str, float]]]) -> None:
+async def measure(
+    side: Side, seconds: float, scrape_every: float, results: dict[str, list[dict[str, float]]]
+) -> None:
     pid = side.pid
     async with trio.open_nursery() as nursery:
-        if side.metrics_url is not None:
-            nursery.start_soon(scraper, side.metrics_url, 1.0)
+        if side.metrics_url is not None and scrape_every > 0:
+            nursery.start_soon(scraper, side.metrics_url, scrape_every)
         async with httpx.AsyncClient(base_url=side.url, timeout=120) as client:
             count = 24
             urls = [
@@ -144,9 +149,12 @@ async def measure(side: Side, seconds: float, results: dict[str, list[dict[str, 
 
 
 async def run(
-    rounds: int, seconds: float, workdir: Path
+    rounds: int, seconds: float, scrape_every: float, both_off: bool, workdir: Path
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
-    sides = [Side("on", workdir / "on", metrics=True), Side("off", workdir / "off", metrics=False)]
+    sides = [
+        Side("on", workdir / "on", metrics=not both_off),
+        Side("off", workdir / "off", metrics=False),
+    ]
     results = {s.name: {"first-time c4": [], "cached c32": []} for s in sides}
     corpus = photos(workdir)
     try:
@@ -167,7 +175,7 @@ async def run(
         for r in range(rounds):
             for s in sides if r % 2 == 0 else sides[::-1]:
                 log(f"round {r + 1}/{rounds}: {s.name}")
-                await measure(s, seconds, results[s.name])
+                await measure(s, seconds, scrape_every, results[s.name])
     finally:
         for s in sides:
             s.stop()
@@ -194,9 +202,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="of cached GETs per round")
+    parser.add_argument(
+        "--scrape-every", type=float, default=15.0, help="seconds between scrapes (0: none)"
+    )
+    parser.add_argument(
+        "--both-off", action="store_true", help="calibration: metrics off on both sides"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pictrs-metrics-bench-") as tmp:
-        results = trio.run(run, args.rounds, args.seconds, Path(tmp))
+        results = trio.run(
+            run, args.rounds, args.seconds, args.scrape_every, args.both_off, Path(tmp)
+        )
     report(results, args.rounds)
 
 
