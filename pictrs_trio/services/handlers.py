@@ -152,6 +152,7 @@ async def handle_ingest(state: AppState, job: Job) -> None:
 async def _handle_ingest(state: AppState, job: Job) -> None:
     payload = job.decode(_ingest_decoder)
     exists, outcome = await state.repo.upload_outcome(payload.upload_id)
+    failed: UploadOutcome | None = None
     if exists and outcome is None:
         try:
             await _ingest_upload(state, payload)
@@ -161,19 +162,19 @@ async def _handle_ingest(state: AppState, job: Job) -> None:
             transient = isinstance(exc, StoreError) and not isinstance(exc, StoreNotFound)
             if transient and job.attempts < job.max_attempts:
                 raise
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
-            )
+            failed = UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
         except Exception as exc:
             if job.attempts < job.max_attempts:
                 raise  # retried later; transient, like a database hiccup
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
-            )
-    # The outcome's transaction let go of the raw bytes and queued their removal; this is
-    # for rows whose outcome was recorded otherwise (an upload from before that was so).
-    released = await state.repo.release_upload_raw(payload.upload_id)
-    state.journal.notify(jobs.CLEANUP, pushed=int(released))
+            failed = UploadOutcome(error_msg=str(exc), error_code="unknown-error")
+    # The outcome's transaction lets go of the raw bytes and queues their removal (the
+    # ingest's commit, which does not say so: not counted as a push); the release after it
+    # is for rows whose outcome was recorded otherwise (an upload from before that was so).
+    queued = 0
+    if failed is not None:
+        queued += await state.repo.finish_upload(payload.upload_id, failed)
+    queued += await state.repo.release_upload_raw(payload.upload_id)
+    state.journal.notify(jobs.CLEANUP, pushed=queued)
 
 
 async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
