@@ -11,9 +11,11 @@ Domain-free: it stores opaque msgspec-encoded payloads and knows nothing of what
 ``store.push_in(conn, ...)`` queues a job inside a caller's own SQLite transaction on the same
 file. Each process is an owner (``Journal.run_owner``) whose leases on keys and intents
 (write-ahead for effects outside the database) are released, and undone, when it dies
-(journal/owners.py). Design and guarantees: docs/journal.md.
+(journal/owners.py). A ``Monitor`` hears pushes, waits and job endings, for metrics
+(journal/monitor.py). Design and guarantees: docs/journal.md.
 """
 
+from journal.monitor import Ending, Monitor, Unmonitored
 from journal.owners import IntentLost, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
@@ -35,6 +37,7 @@ __all__ = [
     "Abort",
     "Backoff",
     "Database",
+    "Ending",
     "Event",
     "Handler",
     "IntentLost",
@@ -42,10 +45,12 @@ __all__ = [
     "JobNotFound",
     "Journal",
     "JournalError",
+    "Monitor",
     "Outcome",
     "Reaped",
     "Retry",
     "Status",
+    "Unmonitored",
     "encode_payload",
     "fulfil_in",
     "open_journal",

@@ -28,6 +28,7 @@ import trio
 from loguru import logger
 
 from journal import owners, schema, store
+from journal.monitor import Monitor, Unmonitored
 from journal.owners import Reaped
 from journal.records import (
     Backoff,
@@ -82,8 +83,10 @@ class Journal:
         max_attempts: int = store.DEFAULT_MAX_ATTEMPTS,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        monitor: Monitor | None = None,
     ):
         self._db = db
+        self.monitor: Monitor = monitor if monitor is not None else Unmonitored()
         self.clock = clock
         self.poll_interval = poll_interval
         self.keep_done = keep_done  # seconds a done job stays visible; 0 deletes at once
@@ -224,8 +227,11 @@ class Journal:
             event = self._wakeups[queue] = trio.Event()
         return event
 
-    def notify(self, queue: str) -> None:
-        """Wake this process's idle workers of ``queue`` (after a ``push_in`` commit)."""
+    def notify(self, queue: str, pushed: int = 0) -> None:
+        """Wake this process's idle workers of ``queue`` (after a ``push_in`` commit);
+        ``pushed``: how many jobs that commit queued, for the monitor."""
+        if pushed:
+            self.monitor.pushed(queue, pushed, completed=True)
         event = self._wakeups.pop(queue, None)
         if event is not None:
             event.set()
@@ -251,19 +257,23 @@ class Journal:
         """Queue ``payload`` (a Struct, stored as msgspec JSON); returns the job id, or the
         live job's id if ``unique_key`` is taken. ``run_after``: absolute, ``clock`` time."""
         now, attempts = self.clock(), max_attempts or self.max_attempts
-        job_id = await self._write(
-            lambda conn: store.push_in(
-                conn,
-                queue,
-                payload,
-                kind=kind,
-                unique_key=unique_key,
-                run_after=run_after,
-                max_attempts=attempts,
-                now=now,
+        try:
+            job_id = await self._write(
+                lambda conn: store.push_in(
+                    conn,
+                    queue,
+                    payload,
+                    kind=kind,
+                    unique_key=unique_key,
+                    run_after=run_after,
+                    max_attempts=attempts,
+                    now=now,
+                )
             )
-        )
-        self.notify(queue)
+        except BaseException:
+            self.monitor.pushed(queue, 1, completed=False)
+            raise
+        self.notify(queue, pushed=1)
         return job_id
 
     # -- workers --

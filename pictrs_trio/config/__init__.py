@@ -317,7 +317,6 @@ POSTGRES_MESSAGE = (
 # set to something other than its default gives one start-up warning
 # (docs/configuration.md, "Keys that are accepted but not acting").
 NOT_ACTING = {
-    "metrics.prometheus_address": "no Prometheus endpoint yet",
     "tracing.opentelemetry.url": "no OpenTelemetry export yet",
     "tracing.opentelemetry.service_name": "no OpenTelemetry export yet",
     "tracing.opentelemetry.targets": "no OpenTelemetry export yet",

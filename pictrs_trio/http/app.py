@@ -10,6 +10,8 @@
     WebSocket /internal/events  -> http/events.py  (raw ASGI: the journal's event feed)
     lifespan                    -> the quart-trio app
 
+With metrics on, every HTTP request is counted and timed first (``http/metered.py``).
+
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
 whatever the client sends, so nothing is buffered behind a handler's back.
 """
@@ -31,6 +33,7 @@ from pictrs_trio.http import (
     image,
     internal,
     internal_raw,
+    metered,
     serve,
     upload,
     variants,
@@ -116,6 +119,8 @@ class PictrsApp:
             self._entry = access_log.logged(
                 self._serve, requests=logs.log_requests, spans=logs.log_spans
             )
+        if state.metrics.enabled:
+            self._entry = metered.metered(self._entry, state.metrics)
         self.stopping = False  # answers say Connection: close from now on
         self._stopped = trio.Event()  # event feeds close with "going away"
         self._in_flight = 0

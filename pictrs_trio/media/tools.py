@@ -39,6 +39,7 @@ from pictrs_trio.media.protocol import (
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import EnginePool
+from pictrs_trio.metrics import Metrics
 from pictrs_trio.rules.errors import MediaToolError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery, Plan
@@ -82,12 +83,14 @@ class MediaTools:
         engine: EnginePool,
         exiftool: ExifTool,
         limiter: trio.CapacityLimiter,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.tmp_dir = tmp_dir
         self.engine = engine
         self.exiftool = exiftool
         self.limiter = limiter
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def run(self, argv: Sequence[str | Path], *, capture_stdout: bool = True) -> bytes:
         """``run_tool`` with this instance's timeout and limiter."""
@@ -96,6 +99,7 @@ class MediaTools:
             timeout=self.config.process_timeout,
             limiter=self.limiter,
             capture_stdout=capture_stdout,
+            metrics=self.metrics,
         )
 
     async def submit(self, job: Request) -> Reply:
@@ -383,21 +387,26 @@ async def open_media_tools(
     tmp_dir: Path,
     engine_workers: int,
     limiter: trio.CapacityLimiter | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[MediaTools]:
     """Start exiftool and ``engine_workers`` engine processes (0 = one per core), yield the
     tools, and stop everything on exit. ``limiter`` caps short-lived tool processes
-    (default: one per core)."""
+    (default: one per core). Every run of a tool, exiftool command and engine job is
+    counted in ``metrics``."""
     cores = os.cpu_count() or 1
+    metrics = metrics if metrics is not None else Metrics()
     exiftool = ExifTool(
         timeout=config.process_timeout,
         warmup_dir=tmp_dir,
         idle_timeout=config.exiftool_idle_timeout,
+        metrics=metrics,
     )
     engine = EnginePool(
         size=engine_workers if engine_workers > 0 else cores,
         job_timeout=config.process_timeout,
         limits=engine_limits(config.magick),
         tmp_dir=tmp_dir,
+        metrics=metrics,
     )
     tools = MediaTools(
         config=config,
@@ -405,6 +414,7 @@ async def open_media_tools(
         engine=engine,
         exiftool=exiftool,
         limiter=limiter if limiter is not None else trio.CapacityLimiter(cores),
+        metrics=metrics,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(exiftool.supervise)

@@ -5,6 +5,7 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
     check_files    TLS certificate and key                        StartupError (1)
     check_tools    ffmpeg, ffprobe, exiftool, cjxl, djxl, jxlinfo StartupError (1)
     open_listener  the one listening socket, bound by this process StartupError (1)
+                   (and the scrape listener's, when metrics are on)
     preflight      the repo opens (and migrates), no migrate-store StartupError (1)
                    run is unfinished nor moved the media to
                    another store, the store (a folder, or a
@@ -125,7 +126,6 @@ def check_tools() -> None:
 async def preflight(config: Config) -> None:
     """Open the repo (migrating it), and write to the store and the temporary folder, once,
     before any server process starts. Raises StartupError naming the path."""
-    import tempfile
     from pathlib import Path
 
     import trio
@@ -149,12 +149,13 @@ async def preflight(config: Config) -> None:
         if isinstance(config.store, ObjectStorageStore):  # its messages name the bucket
             raise StartupError(exc.msg) from None
         raise StartupError(f"store.path {config.store.path}: {exc.msg}") from None
-    scratch = Path(config.server.temporary_directory or tempfile.gettempdir())
+    scratch = temp_root(config)
     try:
-        await trio.to_thread.run_sync(_probe_folder, scratch / "pictrs-trio")
+        await trio.to_thread.run_sync(_probe_folder, scratch)
     except OSError as exc:
         raise StartupError(
-            f"server.temporary_directory {scratch}: cannot write there: {exc.strerror or exc}"
+            f"server.temporary_directory {scratch.parent}: cannot write there: "
+            f"{exc.strerror or exc}"
         ) from None
 
 
@@ -198,9 +199,32 @@ def _probe_folder(folder: Path) -> None:
     probe.unlink()
 
 
+def temp_root(config: Config) -> Path:
+    """The folder under ``server.temporary_directory`` (default: the OS's) that every
+    process of this server keeps its scratch files in, each in a folder of its own."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(config.server.temporary_directory or tempfile.gettempdir()) / "pictrs-trio"
+
+
 def open_listener(config: Config) -> socket.socket:
     """Bind and listen on ``server.address``. Raises StartupError naming the address."""
-    address = config.server.address
+    sock = _listen(config.server.address, config.server.send_timeout)
+    sock.set_inheritable(True)  # server processes of the supervisor accept on it too
+    return sock
+
+
+def open_metrics_listener(config: Config) -> socket.socket | None:
+    """Bind and listen on ``metrics.prometheus_address``, if set (the scrape listener).
+    Raises StartupError naming the address."""
+    address = config.metrics.prometheus_address
+    if address is None:
+        return None
+    return _listen(address, config.server.send_timeout, key=" (metrics.prometheus_address)")
+
+
+def _listen(address: str, send_timeout: float, key: str = "") -> socket.socket:
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -211,7 +235,7 @@ def open_listener(config: Config) -> socket.socket:
         # Accepted connections inherit it: data the client leaves unacknowledged (it stopped
         # reading, or vanished) for this long drops the connection. hypercorn's writes have
         # no timeout of their own, so this is what frees a task stuck writing to nobody.
-        timeout_ms = int(config.server.send_timeout * 1000)
+        timeout_ms = int(send_timeout * 1000)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         sock.bind((host, port))
         sock.listen(BACKLOG)
@@ -222,6 +246,7 @@ def open_listener(config: Config) -> socket.socket:
             hint = " (is another pictrs-trio or pict-rs running there?)"
         elif exc.errno == errno.EACCES:
             hint = " (ports below 1024 need privileges)"
-        raise StartupError(f"cannot listen on {address}: {exc.strerror or exc}{hint}") from None
-    sock.set_inheritable(True)  # server processes of the supervisor accept on it too
+        raise StartupError(
+            f"cannot listen on {address}{key}: {exc.strerror or exc}{hint}"
+        ) from None
     return sock

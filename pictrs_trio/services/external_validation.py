@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import INGEST_EXTERNAL_VALIDATION
 from pictrs_trio.rules import egress
 from pictrs_trio.rules.errors import ExternalValidationUnavailable, FailedExternalValidation
 from pictrs_trio.services.state import AppState
@@ -45,7 +46,8 @@ class _FileBody:
 async def validate_externally(state: AppState, path: Path, *, size: int, content_type: str) -> None:
     """POST the file at ``path`` to ``media.external_validation``, if set. Raises
     FailedExternalValidation (refused) or ExternalValidationUnavailable (no answer in
-    time, no connection)."""
+    time, no connection). Timed in ``pict-rs.ingest.external-validation``, ``complete``
+    when the validator answered (whatever it said)."""
     media = state.config.media
     url = media.external_validation
     if url is None:
@@ -56,7 +58,10 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
     headers = {"Content-Type": content_type, "Content-Length": str(size)}
     try:
         # pict-rs gives the whole request this timeout; it replaces the client's own.
-        with trio.fail_after(media.external_validation_timeout):
+        with (
+            state.metrics.timed(INGEST_EXTERNAL_VALIDATION),
+            trio.fail_after(media.external_validation_timeout),
+        ):
             request = client.build_request(
                 "POST", url, content=_FileBody(path), headers=headers, timeout=None
             )

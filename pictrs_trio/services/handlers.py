@@ -29,6 +29,11 @@ from loguru import logger
 from journal import Abort, Job, Journal
 from journal.runner import Handler
 from pictrs_trio.config import parse_retention
+from pictrs_trio.metrics.names import (
+    BACKGROUND_INGEST,
+    CLEANUP_OUTDATED_PROXY,
+    CLEANUP_OUTDATED_VARIANT,
+)
 from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.errors import PictrsError, StoreError, StoreNotFound
@@ -65,11 +70,12 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
             await state.store.remove(identifier, partial=payload.partial)
     elif isinstance(payload, jobs.ExpireVariants):
         cutoff = _cutoff_ns(state.config.media.retention.variants)
-        await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
+        step = partial(state.repo.expire_variants, cutoff, BATCH)
+        await _drain(state, step, "expired", counter=CLEANUP_OUTDATED_VARIANT)
     elif isinstance(payload, jobs.ExpireProxies):
         cutoff = _cutoff_ns(state.config.media.retention.proxy)
         step = partial(state.repo.expire_proxies, cutoff, BATCH)
-        await _drain(state, step, "expired", "proxied media")
+        await _drain(state, step, "expired", "proxied media", counter=CLEANUP_OUTDATED_PROXY)
     elif isinstance(payload, jobs.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     elif isinstance(payload, jobs.AuditStore):
@@ -89,15 +95,23 @@ def _cutoff_ns(retention: str) -> int:
 
 
 async def _drain(
-    state: AppState, step: Callable[[], Awaitable[int]], verb: str, what: str = "variants"
+    state: AppState,
+    step: Callable[[], Awaitable[int]],
+    verb: str,
+    what: str = "variants",
+    *,
+    counter: str | None = None,
 ) -> None:
-    """Run a batched removal until a batch comes back short; each batch queued its files."""
+    """Run a batched removal until a batch comes back short; each batch queued its files
+    (one job). ``counter`` counts what was removed."""
     total = 0
     while True:
         n = await step()
         total += n
         if n:
-            state.journal.notify(jobs.CLEANUP)
+            state.journal.notify(jobs.CLEANUP, pushed=1)
+            if counter is not None:
+                state.metrics.count(counter, amount=n)
         if n < BATCH:
             break
     if total:
@@ -108,8 +122,14 @@ async def _drain(
 
 
 async def handle_ingest(state: AppState, job: Job) -> None:
+    with state.metrics.guard(BACKGROUND_INGEST):  # completed: an outcome was recorded
+        await _handle_ingest(state, job)
+
+
+async def _handle_ingest(state: AppState, job: Job) -> None:
     payload = job.decode(_ingest_decoder)
     exists, outcome = await state.repo.upload_outcome(payload.upload_id)
+    failed: UploadOutcome | None = None
     if exists and outcome is None:
         try:
             await _ingest_upload(state, payload)
@@ -119,19 +139,19 @@ async def handle_ingest(state: AppState, job: Job) -> None:
             transient = isinstance(exc, StoreError) and not isinstance(exc, StoreNotFound)
             if transient and job.attempts < job.max_attempts:
                 raise
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
-            )
+            failed = UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
         except Exception as exc:
             if job.attempts < job.max_attempts:
                 raise  # retried later; transient, like a database hiccup
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
-            )
-    # The outcome's transaction let go of the raw bytes and queued their removal; this is
-    # for rows whose outcome was recorded otherwise (an upload from before that was so).
-    await state.repo.release_upload_raw(payload.upload_id)
-    state.journal.notify(jobs.CLEANUP)
+            failed = UploadOutcome(error_msg=str(exc), error_code="unknown-error")
+    # The outcome's transaction lets go of the raw bytes and queues their removal (the
+    # ingest's commit, which does not say so: not counted as a push); the release after it
+    # is for rows whose outcome was recorded otherwise (an upload from before that was so).
+    queued = 0
+    if failed is not None:
+        queued += await state.repo.finish_upload(payload.upload_id, failed)
+    queued += await state.repo.release_upload_raw(payload.upload_id)
+    state.journal.notify(jobs.CLEANUP, pushed=queued)
 
 
 async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
@@ -143,8 +163,8 @@ async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
         return False
     why = job.last_error if job is not None and job.last_error else "the ingest job was lost"
     outcome = UploadOutcome(error_msg=f"Ingest failed: {why}", error_code="unknown-error")
-    await state.repo.finish_upload(upload_id, outcome)
-    state.journal.notify(jobs.CLEANUP)
+    queued = await state.repo.finish_upload(upload_id, outcome)
+    state.journal.notify(jobs.CLEANUP, pushed=int(queued))
     return True
 
 

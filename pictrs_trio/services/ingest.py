@@ -22,6 +22,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import INGEST_END
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
 from pictrs_trio.rules.errors import EmptyFile
@@ -113,7 +114,7 @@ class IngestSession:
                 continue
             if removed is not None and removed.orphaned_identifiers:
                 # their rows went with a cleanup job that deletes the files
-                self._state.journal.notify(jobs.CLEANUP)
+                self._state.journal.notify(jobs.CLEANUP, pushed=1)
         for identifier in dict.fromkeys(self._identifiers):
             await discard(self._state, identifier)
 
@@ -229,7 +230,26 @@ async def ingest(
     """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
     applied to images and animations, never to videos. Raises the PictrsError of the first
     step that refuses it (FailedExternalValidation from ``media.external_validation``,
-    asked before anything is stored, in dummy mode too, as in pict-rs)."""
+    asked before anything is stored, in dummy mode too, as in pict-rs). Counted in
+    ``pict-rs.ingest.end``: completed, or not (failed or cancelled)."""
+    try:
+        done = await _ingest(state, session, chunks, limits, operations, alias, upload_id)
+    except BaseException:
+        state.metrics.count(INGEST_END, {"completed": "false"})
+        raise
+    state.metrics.count(INGEST_END, {"completed": "true"})
+    return done
+
+
+async def _ingest(
+    state: AppState,
+    session: IngestSession,
+    chunks: AsyncIterable[bytes],
+    limits: UploadLimits,
+    operations: Sequence[Op],
+    alias: str | None,
+    upload_id: str | None,
+) -> Ingested:
     media_cfg = state.config.media
     raw = session.temp_path()
     size = await spool(chunks, raw, limits.byte_cap(media_cfg))

@@ -22,6 +22,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import GENERATE, GENERATE_PROCESS
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import variants
 from pictrs_trio.rules.errors import AliasNotFound, MediaToolError, VariantTimeout
@@ -104,7 +105,8 @@ async def _single_flight(state: AppState, key: str, render: _Render) -> None:
             # look and our lease: look again (a point read) rather than render twice.
             if await render.done():
                 return
-            await render.run(key)
+            with state.metrics.timed(GENERATE_PROCESS):
+                await render.run(key)
         finally:
             if not render.released:  # a successful render releases with its commit
                 with trio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -191,6 +193,10 @@ class _VariantRender(_Render):
         return found is not None and found.identifier is not None
 
     async def run(self, claim_key: str) -> None:
+        with self.state.metrics.guard(GENERATE):  # pict-rs.generate.{start,end,duration}
+            await self._run(claim_key)
+
+    async def _run(self, claim_key: str) -> None:
         state, request = self.state, self.request
         found = state.repo.find_original_now(self.alias)
         if found is None or found.identifier is None:

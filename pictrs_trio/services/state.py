@@ -8,6 +8,7 @@ from pathlib import Path
 from journal import Journal
 from pictrs_trio.config import Config
 from pictrs_trio.media.tools import MediaTools
+from pictrs_trio.metrics import Metrics
 from pictrs_trio.repo import Repo
 from pictrs_trio.rules.errors import ReadOnly
 from pictrs_trio.services.access import AccessLog
@@ -25,6 +26,7 @@ class AppState:
     tmp_dir: Path  # private scratch folder for spooled uploads and tool outputs
     journal: Journal  # durable jobs, in the repo's database
     http: Outbound  # every outbound request (downloads, proxies); closed at shutdown
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)  # off unless configured
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)
 

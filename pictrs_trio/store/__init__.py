@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
+
+if TYPE_CHECKING:
+    from pictrs_trio.metrics import Metrics
 
 __all__ = ["Reading", "Store", "StoreError", "StoreNotFound", "open_store"]
 
@@ -100,13 +103,16 @@ class Store(Protocol):
 
 
 @asynccontextmanager
-async def open_store(config: FilesystemStore | ObjectStorageStore) -> AsyncIterator[Store]:
+async def open_store(
+    config: FilesystemStore | ObjectStorageStore, *, metrics: Metrics | None = None
+) -> AsyncIterator[Store]:
     """The store a ``[store]`` section describes, open for the block (``run`` uses the
-    configured one; ``migrate-store`` opens two). Raises StoreError when it cannot be used."""
+    configured one; ``migrate-store`` opens two). Raises StoreError when it cannot be used.
+    An object store times its requests in ``metrics``."""
     if isinstance(config, ObjectStorageStore):
         from pictrs_trio.store.object import open_object_store  # httpx, botocore: only here
 
-        async with open_object_store(config) as object_store:
+        async with open_object_store(config, metrics=metrics) as object_store:
             yield object_store
         return
     from pictrs_trio.store.file import open_file_store

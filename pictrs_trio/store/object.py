@@ -49,6 +49,8 @@ import trio
 from loguru import logger
 
 from pictrs_trio.config import ObjectStorageStore
+from pictrs_trio.metrics import Metrics
+from pictrs_trio.metrics.names import OBJECT_STORAGE
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
 from pictrs_trio.store import Reading, s3
@@ -76,6 +78,8 @@ RETRY_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable"})
 PROBE_KEY = "health-check"  # pict-rs's health-check object
 CLEANUP_SECONDS = 10.0
 LIST_PAGE = 1000
+GET_OBJECT = OBJECT_STORAGE + "get-object-request"  # until the answer's head
+GET_OBJECT_STREAM = OBJECT_STORAGE + "get-object-request.stream"  # until its body was read
 
 
 class _FileBody(msgspec.Struct, frozen=True):
@@ -135,11 +139,34 @@ def _file_stream(fd: int, start: int, length: int) -> httpx.AsyncByteStream:
     return FileStream()
 
 
+def operation(method: str, key: str, query: Mapping[str, str] | None) -> str:
+    """The name of a request in ``pict-rs.object-storage.<operation>`` (the series of its
+    timings): pict-rs's names, and ``list-…`` for the listings only pictrs-trio makes."""
+    query = query or {}
+    if not key:
+        return "list-multipart-uploads-request" if "uploads" in query else "list-objects-request"
+    if method == "PUT":
+        return "create-upload-part-request" if "partNumber" in query else "put-object-request"
+    if method == "POST":
+        return "create-multipart-request" if "uploads" in query else "complete-multipart-request"
+    if method == "DELETE":
+        return "abort-multipart-request" if "uploadId" in query else "delete-object-request"
+    if method == "HEAD":
+        return "head-object-request"
+    return "get-object-request"
+
+
 class ObjectStore:
     """``Store`` over an S3 bucket."""
 
-    def __init__(self, config: ObjectStorageStore, client: httpx.AsyncClient) -> None:
-        """Raises StoreError for an endpoint that cannot be used."""
+    def __init__(
+        self,
+        config: ObjectStorageStore,
+        client: httpx.AsyncClient,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Raises StoreError for an endpoint that cannot be used. Each request (with its
+        retries) is timed in ``metrics``."""
         try:
             self._address = s3.addressing(
                 config.endpoint, config.bucket_name, config.use_path_style
@@ -157,6 +184,7 @@ class ObjectStore:
         self._uploads = trio.CapacityLimiter(UPLOADS_IN_FLIGHT)
         self._public = config.public_endpoint or None
         self._region, self._bucket = config.region, config.bucket_name
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def __repr__(self) -> str:
         return f"ObjectStore({self._address.where})"
@@ -299,18 +327,19 @@ class ObjectStore:
         """Send with retries (``_attempt`` says which); returns the answer, whatever its
         status but a retryable one. Raises StoreError after the last failed attempt."""
         url = s3.key_url(self._address, key, query)
-        return await self._retrying(
-            f"{method} {key or 'bucket'}",
-            partial(
-                self._attempt,
-                method,
-                url,
-                headers or {},
-                body,
-                once=once,
-                body_errors=body_errors,
-            ),
-        )
+        with self._metrics.timed(OBJECT_STORAGE + operation(method, key, query)):
+            return await self._retrying(
+                f"{method} {key or 'bucket'}",
+                partial(
+                    self._attempt,
+                    method,
+                    url,
+                    headers or {},
+                    body,
+                    once=once,
+                    body_errors=body_errors,
+                ),
+            )
 
     def _check(self, answer: _Answer, *ok: int) -> _Answer:
         if answer.status not in ok:
@@ -483,9 +512,11 @@ class ObjectStore:
         opened = await self._open(identifier, start, end)
         if isinstance(opened, _Answer):
             return  # nothing at or past ``start`` (416)
-        async with aclosing(self._body(identifier, opened, start, end)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        # The whole read, resumptions included (each GET is timed as get-object-request).
+        with self._metrics.timed(GET_OBJECT_STREAM):
+            async with aclosing(self._body(identifier, opened, start, end)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     @asynccontextmanager
     async def open_read(
@@ -508,8 +539,9 @@ class ObjectStore:
             length = _whole_length(opened)
             if length is None:  # a server that gave neither: ask
                 length = await self.length(identifier)
-            async with aclosing(self._body(identifier, opened, start, end)) as chunks:
-                yield Reading(length, chunks)
+            with self._metrics.timed(GET_OBJECT_STREAM):
+                async with aclosing(self._body(identifier, opened, start, end)) as chunks:
+                    yield Reading(length, chunks)
         finally:
             await opened.aclose()
 
@@ -575,7 +607,8 @@ class ObjectStore:
         headers = {"Accept-Encoding": "identity"}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        opened = await self._retrying(f"GET {key}", partial(self._open_once, url, headers))
+        with self._metrics.timed(GET_OBJECT):  # until the answer's head
+            opened = await self._retrying(f"GET {key}", partial(self._open_once, url, headers))
         if isinstance(opened, _Answer):
             if opened.status == 404:
                 raise StoreNotFound(f"No file for {key}")
@@ -766,14 +799,18 @@ def _client(timeout: float, transport: httpx.AsyncBaseTransport | None) -> httpx
 
 @asynccontextmanager
 async def open_object_store(
-    config: ObjectStorageStore, *, transport: httpx.AsyncBaseTransport | None = None
+    config: ObjectStorageStore,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[ObjectStore]:
-    """An ``ObjectStore`` for ``config`` (not yet checked: call ``health``). ``transport``
-    replaces httpx's network (tests). Raises StoreError for an unusable endpoint."""
+    """An ``ObjectStore`` for ``config`` (not yet checked: call ``health``), its requests
+    timed in ``metrics``. ``transport`` replaces httpx's network (tests). Raises StoreError
+    for an unusable endpoint."""
     # Importing httpx and botocore and building a TLS context take a while: not on the loop.
     client = await trio.to_thread.run_sync(_client, config.client_timeout, transport)
     try:
-        store = ObjectStore(config, client)
+        store = ObjectStore(config, client, metrics)
     except BaseException:
         await client.aclose()
         raise

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pyvips
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, free_port
 from tests.origin import Origin
 
 API_KEY = "API_KEY"
@@ -110,7 +111,7 @@ service_name = 'pict-rs'
 targets = 'info'
 
 [metrics]
-prometheus_address = "0.0.0.0:9000"
+prometheus_address = "127.0.0.1:{metrics_port}"
 
 [old_repo]
 path = '/mnt/sled-repo'
@@ -199,7 +200,12 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
     validator = Origin()
     srv = Server(tmp_path)
     config = tmp_path / "pict-rs.toml"
-    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path, validator_port=validator.port))
+    metrics_port = free_port()  # pict-rs's sample says 0.0.0.0:9000; any free port here
+    config.write_text(
+        SAMPLE.format(
+            port=srv.port, root=tmp_path, validator_port=validator.port, metrics_port=metrics_port
+        )
+    )
     srv.global_args = ["-c", str(config)]
     srv.start()
     try:
@@ -212,6 +218,9 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
         with srv.client() as c:
             kept = c.get(f"/image/original/{alias}").content
         assert validator.take() == [("image/webp", kept)]
+        # the scrape listener acts, and counted the validator's answer
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'pict_rs_ingest_external_validation_count{complete="true"} 1.0' in scraped
     finally:
         assert srv.stop() == 0
         validator.close()
@@ -221,7 +230,6 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
         "repo.cache_capacity",  # a sled setting: no sqlite key reads it
         "tracing.console.address",
         "tracing.opentelemetry.url",
-        "metrics.prometheus_address",
         "old_repo.path",
     }, warned
     assert len(warned) == len(keys)

@@ -566,7 +566,6 @@ def test_keys_not_acting_warn_only_when_set() -> None:
     loaded = load_all(env=env)
     assert loaded.ignored == ()
     assert loaded.inactive == (
-        "metrics.prometheus_address is set but not acting: no Prometheus endpoint yet",
         "tracing.opentelemetry.url is set but not acting: no OpenTelemetry export yet",
     )
     assert loaded.warnings == loaded.inactive
