@@ -35,7 +35,7 @@ EPOCH = 1_700_000_000.0
 def autojump_clock() -> trio.testing.MockClock:
     # Jump only after a few real milliseconds of idleness, so virtual time never leaps
     # ahead while a thread is still inside SQLite (see test_journal_queue.py).
-    return trio.testing.MockClock(autojump_threshold=0.01)
+    return trio.testing.MockClock(autojump_threshold=0.03)
 
 
 class Delete(msgspec.Struct, frozen=True, kw_only=True, tag=True):
