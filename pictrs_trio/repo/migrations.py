@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import apsw
 
+from journal.schema import transaction
+
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate", "schema_version"]
 
 Migration = Callable[[apsw.Connection], None]
@@ -166,10 +168,9 @@ def migrate(conn: apsw.Connection, target: int = SCHEMA_VERSION) -> int:
     Raises SchemaTooNew if the file is ahead of this code, apsw.Error on database failure
     (the transaction is rolled back then and the file keeps its old version).
     """
-    # IMMEDIATE: take the write lock before reading the version, so two processes opening a
-    # fresh file at once run the migrations once, one after the other.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    # IMMEDIATE (``transaction``): take the write lock before reading the version, so two
+    # processes opening a fresh file at once run the migrations once, one after the other.
+    with transaction(conn):
         current = schema_version(conn)
         if current > len(MIGRATIONS):
             raise SchemaTooNew(
@@ -179,8 +180,4 @@ def migrate(conn: apsw.Connection, target: int = SCHEMA_VERSION) -> int:
             step(conn)
         if target > current:
             conn.pragma("user_version", target)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return current
