@@ -5,8 +5,8 @@ repoint the rows, resumably, file by file (pict-rs ``src/migrate_store.rs``).
     begin the run, or resume the unfinished one (same stores only)
     undo what a killed run left half-written (journal intents, queue ``migrate``)
     walk the files not moved yet, ``concurrency`` at a time; per file:
-        read it from the old store into a spool file
-        record the intent on a fresh identifier, save it into the new store
+        record the intent on a fresh identifier, save it into the new store: from the
+            old store's own file when it has one (a folder), else from a spool copy
         one transaction: repoint every row naming it, record old -> new, fulfil the intent
     all moved (missing ones skipped with --skip-missing-files): finish the run
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -232,29 +231,24 @@ class _Missing(Exception):
     """The old store has no bytes for the file."""
 
 
-def _copy_local(local: Path, dest: Path) -> int:
-    shutil.copyfile(local, dest)
-    return dest.stat().st_size
-
-
 async def _spool(source: Store, identifier: str, dest: Path) -> int:
-    """Copy the file's bytes from ``source`` into ``dest``; returns the size. A local file
-    is copied in one thread hop; others stream. Raises _Missing, StoreError, OSError."""
-    try:
-        local = await source.local_path(identifier)
-    except StoreNotFound as exc:
-        raise _Missing(exc.msg) from exc
-    if local is not None:
-        try:
-            return await trio.to_thread.run_sync(_copy_local, local, dest)
-        except FileNotFoundError as exc:
-            if exc.filename != str(local):
-                raise  # the spool folder, not the source
-            raise _Missing(f"No file for {identifier}") from exc
+    """Stream the file's bytes from ``source`` into ``dest``; returns the size. Raises
+    _Missing, StoreError, OSError."""
     try:
         return await copy_out(source, identifier, dest)
     except StoreNotFound as exc:
         raise _Missing(exc.msg) from exc
+
+
+async def _in_store(store: Store, identifier: str) -> bool:
+    """Whether ``store`` has the file: False only when it says it has not."""
+    try:
+        await store.length(identifier)
+    except StoreNotFound:
+        return False
+    except (PictrsError, OSError):
+        return True
+    return True
 
 
 class _Mover:
@@ -284,20 +278,19 @@ class _Mover:
     async def move(self, file: FileToMove) -> int:
         """Copy one file and repoint its rows. Returns its size, or -1 when another run
         moved it meanwhile. Raises _Missing, PictrsError, JournalError, OSError."""
-        spool = self.tmp_dir / uuid.uuid4().hex
         try:
-            size = await _spool(self.source, file.identifier, spool)
-            extension, content_type = _kind(file)
-            new = await save_into(
-                self.destination,
-                self.journal,
-                spool,
-                extension=extension,
-                content_type=content_type,
-                queue=jobs.MIGRATE,
-            )
-        finally:
-            spool.unlink(missing_ok=True)
+            local = await self.source.local_path(file.identifier)
+        except StoreNotFound as exc:
+            raise _Missing(exc.msg) from exc
+        if local is not None:  # the old store's own file: saved from there, left as it is
+            size, new = await self._copy_local(file, local)
+        else:  # streamed into a spool file first: a store saves files, not streams
+            spool = self.tmp_dir / uuid.uuid4().hex
+            try:
+                size = await _spool(self.source, file.identifier, spool)
+                new = await self._save(file, spool, keep_source=False)
+            finally:
+                spool.unlink(missing_ok=True)
         try:
             changed = await self.repo.commit_moved_file(
                 file.identifier, new, owner=self.journal.owner
@@ -309,6 +302,33 @@ class _Mover:
             await discard_from(self.destination, self.journal, new)
             return -1
         return size
+
+    async def _copy_local(self, file: FileToMove, local: Path) -> tuple[int, str]:
+        """Save the old store's file at ``local`` into the new store. Returns (size, new
+        identifier). Raises _Missing (the file is gone, also when it went while it was
+        being read), PictrsError, JournalError."""
+        try:
+            size = await self.source.length(file.identifier)
+        except StoreNotFound as exc:
+            raise _Missing(exc.msg) from exc
+        try:
+            return size, await self._save(file, local, keep_source=True)
+        except PictrsError:
+            if not await _in_store(self.source, file.identifier):
+                raise _Missing(f"No file for {file.identifier}") from None
+            raise
+
+    async def _save(self, file: FileToMove, src: Path, *, keep_source: bool) -> str:
+        extension, content_type = _kind(file)
+        return await save_into(
+            self.destination,
+            self.journal,
+            src,
+            extension=extension,
+            content_type=content_type,
+            queue=jobs.MIGRATE,
+            keep_source=keep_source,
+        )
 
     async def handle(self, file: FileToMove) -> None:
         """Move one file with retries, and count how it went."""
