@@ -14,7 +14,7 @@ file. Each process is an owner (``Journal.run_owner``) whose leases on keys and 
 (journal/owners.py). Design and guarantees: docs/journal.md.
 """
 
-from journal.owners import IntentLost, Reaped, fulfil_in, release_in
+from journal.owners import IntentLost, NotAlone, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
     Abort,
@@ -40,6 +40,7 @@ __all__ = [
     "JobNotFound",
     "Journal",
     "JournalError",
+    "NotAlone",
     "Outcome",
     "Reaped",
     "Retry",

@@ -39,6 +39,7 @@ from pictrs_trio.services.migrate import (
     check_stores,
     describe,
     migrate_store,
+    start_owner,
 )
 
 if TYPE_CHECKING:
@@ -191,7 +192,10 @@ async def _migrate(
             )
             journal = Journal(repo.journal_db())
             async with trio.open_nursery() as nursery:
-                await nursery.start(journal.run_owner)  # also undoes what dead owners left
+                try:  # alone on the repo; also undoes what dead owners left
+                    await start_owner(nursery, journal)
+                except MigrationRefused as exc:
+                    raise StartupError(str(exc)) from None
                 nursery.start_soon(_report, progress, sys.stderr)
                 with trio.CancelScope() as work:
                     nursery.start_soon(_watch_signals, work)

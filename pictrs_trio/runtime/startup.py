@@ -10,6 +10,10 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
                    another store, the store (a folder, or a
                    bucket) and the temporary folder are writable
 
+Preflight's look at the migrations is the early, friendly one; the one that counts is made
+by each server process once it has joined the repo as a journal owner (runtime/service.py
+``start_background``): from then on no ``migrate-store`` can begin beside it.
+
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
 line, and so that several server processes share exactly one socket: the supervisor's,
 inherited by its children. It does not set SO_REUSEPORT, so no other process can join it.

@@ -35,6 +35,7 @@ startup.py); FROM and TO are compared normalised (``same_store``), not as typed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import uuid
@@ -45,7 +46,7 @@ import msgspec
 import trio
 from loguru import logger
 
-from journal import Journal, JournalError
+from journal import Journal, JournalError, NotAlone
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.repo import FileToMove, MovePosition, Repo, StoreMigration
 from pictrs_trio.rules import jobs
@@ -65,6 +66,7 @@ __all__ = [
     "describe",
     "migrate_store",
     "same_store",
+    "start_owner",
 ]
 
 DEFAULT_CONCURRENCY = 32  # pict-rs's default for --concurrency
@@ -427,13 +429,30 @@ async def undo_killed_copies(journal: Journal, destination: Store) -> int:
     return removed
 
 
+def _beside(others: list[str]) -> MigrationRefused:
+    return MigrationRefused(
+        f"another pictrs-trio process uses this repo ({others[0]}): stop the server "
+        "first; migrate-store runs alone"
+    )
+
+
+async def start_owner(nursery: trio.Nursery, journal: Journal) -> None:
+    """Make ``journal`` the run's owner (its ``run_owner`` in ``nursery``), alone: refused
+    beside a live server, and no server starts beside it (journal/owners.py ``join``; the
+    server checks for migrations once registered, runtime/service.py). Raises
+    MigrationRefused."""
+    try:
+        await nursery.start(functools.partial(journal.run_owner, alone=True))
+    except NotAlone as exc:
+        raise _beside(exc.owners) from None
+
+
 async def _refuse_beside_others(journal: Journal) -> None:
+    # Also between pages: a process that joined without ``start_owner``'s check (an older
+    # version's server) is caught here.
     others = await journal.others_alive()
     if others:
-        raise MigrationRefused(
-            f"another pictrs-trio process uses this repo ({others[0]}): stop the server "
-            "first; migrate-store runs alone"
-        )
+        raise _beside(others)
 
 
 async def _begin(
@@ -478,8 +497,8 @@ async def migrate_store(
     progress: Progress,
 ) -> Progress:
     """Move every file the repo names from ``source`` to ``destination`` (``from_store``
-    and ``to_store`` describe them: ``describe``). ``journal`` must be registered and
-    reaped (its ``run_owner`` running), ``tmp_dir`` an existing private folder. Counts go
+    and ``to_store`` describe them: ``describe``). ``journal`` must be registered alone
+    and reaped (``start_owner``), ``tmp_dir`` an existing private folder. Counts go
     to ``progress`` as the run goes (also returned): ``finished`` once every file is moved
     and the run recorded as finished. Raises MigrationRefused (another process uses the
     repo, or another migration is unfinished), PictrsError or JournalError (a store or the

@@ -54,7 +54,7 @@ class Setup:
         try:
             async with trio.open_nursery() as nursery:
                 journal = Journal(self.repo.journal_db())
-                await nursery.start(journal.run_owner)
+                await migrate.start_owner(nursery, journal)
                 try:
                     with stop or trio.CancelScope():
                         await migrate.migrate_store(
