@@ -145,6 +145,19 @@ def _v6_store_migration_runs(conn: apsw.Connection) -> None:
     )
 
 
+def _v7_store_migration_command_and_abandoned(conn: apsw.Connection) -> None:
+    """Per ``migrate-store`` run, the command line that started it (its secrets left out),
+    so the server names the exact command that finishes it; and when it was abandoned
+    (``--abandon``: its moved files were moved back), which makes it history, neither
+    unfinished nor finished."""
+    conn.execute(
+        """
+        ALTER TABLE store_migration_runs ADD COLUMN command TEXT;
+        ALTER TABLE store_migration_runs ADD COLUMN abandoned INTEGER;
+        """
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_base,
     _v2_blurhash_and_access,
@@ -152,6 +165,7 @@ MIGRATIONS: Sequence[Migration] = (
     _v4_upload_raw_identifier,
     _v5_claims_move_to_the_journal,
     _v6_store_migration_runs,
+    _v7_store_migration_command_and_abandoned,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,25 +16,28 @@ from typing import TYPE_CHECKING, cast
 
 import apsw
 
-from journal import fulfil_in
+from journal import fulfil_in, push_in
 from journal.schema import transaction
 from pictrs_trio.repo.media_sql import as_bytes, as_str, first
+from pictrs_trio.rules import jobs
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    # (id, from_store, to_store, started ns, finished ns or None, files moved)
-    RunRow: TypeAlias = tuple[int, str, str, int, int | None, int]
+    # (id, from_store, to_store, started ns, finished ns or None, files moved, command)
+    RunRow: TypeAlias = tuple[int, str, str, int, int | None, int, str | None]
     # (identifier, what names it, details json or None)
     FileRow: TypeAlias = tuple[str, str, bytes | None]
 
-# The unfinished run if there is one, else the newest; with the count of progress rows,
-# which is there even when no run is (a one-row table joined to at most one run).
+# The unfinished run if there is one, else the newest finished one (abandoned runs are
+# history); with the count of progress rows, which is there even when no run is (a one-row
+# table joined to at most one run).
 _LATEST = (
-    "SELECT r.id, r.from_store, r.to_store, r.started, r.finished, m.moved"
+    "SELECT r.id, r.from_store, r.to_store, r.started, r.finished, m.moved, r.command"
     " FROM (SELECT count(*) AS moved FROM store_migrations) AS m"
-    " LEFT JOIN (SELECT id, from_store, to_store, started, finished"
-    "  FROM store_migration_runs ORDER BY finished IS NOT NULL, id DESC LIMIT 1) AS r"
+    " LEFT JOIN (SELECT id, from_store, to_store, started, finished, command"
+    "  FROM store_migration_runs WHERE abandoned IS NULL"
+    "  ORDER BY finished IS NOT NULL, id DESC LIMIT 1) AS r"
 )
 
 # Every row naming a file; one statement each, by an indexed column (migrations v1, v6).
@@ -103,10 +106,10 @@ def _is_moved(conn: apsw.Connection, identifier: str) -> bool:
 def _run(row: tuple[apsw.SQLiteValue, ...]) -> RunRow | None:
     """A ``_LATEST`` row as the unfinished run (or, with progress rows no unfinished run
     names, one with id 0), else the newest finished one, else None."""
-    run_id, from_store, to_store, started, finished, moved = row
+    run_id, from_store, to_store, started, finished, moved, command = row
     count = cast(int, moved)
     if run_id is None or (finished is not None and count):
-        return (0, "", "", 0, None, count) if count else None
+        return (0, "", "", 0, None, count, None) if count else None
     return (
         cast(int, run_id),
         as_str(from_store),
@@ -114,6 +117,7 @@ def _run(row: tuple[apsw.SQLiteValue, ...]) -> RunRow | None:
         cast(int, started),
         cast("int | None", finished),
         count if finished is None else 0,
+        cast("str | None", command),
     )
 
 
@@ -125,19 +129,28 @@ def q_latest_run(conn: apsw.Connection) -> RunRow | None:
     return _run(row)
 
 
-def w_begin_run(conn: apsw.Connection, from_store: str, to_store: str, now_ns: int) -> RunRow:
-    """The unfinished run (as it is: the caller compares its stores), or a new one."""
+def w_begin_run(
+    conn: apsw.Connection, from_store: str, to_store: str, now_ns: int, command: str | None
+) -> RunRow:
+    """The unfinished run (as it is: the caller compares its stores; ``command`` recorded
+    when its stores are spelled as these), or a new one."""
     with transaction(conn):
         latest = q_latest_run(conn)
         unfinished = latest is not None and latest[4] is None
         if latest is not None and unfinished and latest[0]:
-            return latest
+            if command is None or latest[1:3] != (from_store, to_store):
+                return latest
+            conn.execute(
+                "UPDATE store_migration_runs SET command = ? WHERE id = ?", (command, latest[0])
+            )
+            return (*latest[:6], command)
         conn.execute(
-            "INSERT INTO store_migration_runs (from_store, to_store, started) VALUES (?, ?, ?)",
-            (from_store, to_store, now_ns),
+            "INSERT INTO store_migration_runs (from_store, to_store, started, command)"
+            " VALUES (?, ?, ?, ?)",
+            (from_store, to_store, now_ns, command),
         )
         moved = latest[5] if latest is not None and unfinished else 0  # progress no run named
-        return (conn.last_insert_rowid(), from_store, to_store, now_ns, None, moved)
+        return (conn.last_insert_rowid(), from_store, to_store, now_ns, None, moved, command)
 
 
 def w_finish_run(conn: apsw.Connection, now_ns: int) -> None:
@@ -146,8 +159,60 @@ def w_finish_run(conn: apsw.Connection, now_ns: int) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM store_migrations")
         conn.execute(
-            "UPDATE store_migration_runs SET finished = ? WHERE finished IS NULL", (now_ns,)
+            "UPDATE store_migration_runs SET finished = ?"
+            " WHERE finished IS NULL AND abandoned IS NULL",
+            (now_ns,),
         )
+
+
+def q_moved_files(conn: apsw.Connection, after: str, limit: int) -> list[tuple[str, str]]:
+    """(old, new) of the next ``limit`` moved files by old identifier, after ``after``."""
+    rows = conn.execute(
+        "SELECT old_identifier, new_identifier FROM store_migrations"
+        " WHERE old_identifier > ? ORDER BY old_identifier LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(as_str(old), as_str(new)) for old, new in rows]
+
+
+def w_move_back(
+    conn: apsw.Connection, pairs: list[tuple[str, str]], remove: list[str], now: float
+) -> int:
+    """``--abandon``: repoint every row naming each ``new`` (and its details) back to its
+    ``old`` and forget the pair, and queue a RemoveFiles job for ``remove`` on the
+    ``migrate`` queue, in one transaction: the rows name the old store's files again before
+    any copy goes, and no copy is forgotten if the process dies. Returns how many pairs were
+    moved back (a pair already gone is skipped)."""
+    back = 0
+    with transaction(conn):
+        for old, new in pairs:
+            conn.execute(
+                "DELETE FROM store_migrations WHERE old_identifier = ? AND new_identifier = ?",
+                (old, new),
+            )
+            if conn.changes() == 0:
+                continue
+            for statement in _REPOINT:
+                conn.execute(statement, (old, new))
+            conn.execute("UPDATE details SET identifier = ? WHERE identifier = ?", (old, new))
+            back += 1
+        if remove:
+            push_in(conn, jobs.MIGRATE, jobs.RemoveFiles(identifiers=remove), now=now)
+    return back
+
+
+def w_abandon_run(conn: apsw.Connection, now_ns: int) -> bool:
+    """Record the unfinished run as abandoned, if no moved file is left. False (nothing
+    written) while some are."""
+    with transaction(conn):
+        if first(conn, "SELECT 1 FROM store_migrations LIMIT 1", ()) is not None:
+            return False
+        conn.execute(
+            "UPDATE store_migration_runs SET abandoned = ?"
+            " WHERE finished IS NULL AND abandoned IS NULL",
+            (now_ns,),
+        )
+    return True
 
 
 def q_counts(conn: apsw.Connection) -> tuple[int, int]:

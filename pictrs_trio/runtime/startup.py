@@ -166,7 +166,7 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
     moved the media to another store than the configured one: the rows name files there, so
     this store would answer 404 for them and take new uploads the migration has left behind
     (pict-rs starts anyway). Raises StartupError."""
-    from pictrs_trio.services.migrate import describe, same_store
+    from pictrs_trio.services.migrate import describe, finish_command, same_store
 
     buckets = "object-storage" in (migration.from_store + migration.to_store)
     keys = " (with the region and keys of each bucket)" if buckets else ""
@@ -179,8 +179,8 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
         raise StartupError(
             f"repo.path {config.repo.path}: a migrate-store from {migration.from_store} to "
             f"{migration.to_store} is unfinished ({migration.moved} files moved); finish it by "
-            f"running the same command again{keys}: pictrs-trio migrate-store "
-            f"{migration.from_store} {migration.to_store} sqlite -p {config.repo.path}"
+            f"running the same command again: {finish_command(migration, config.repo.path)}; "
+            "or end it with migrate-store --abandon (docs/operations.md)"
         )
     configured = describe(config.store)
     if not same_store(migration.to_store, configured):

@@ -64,6 +64,7 @@ __all__ = [
     "Progress",
     "check_stores",
     "describe",
+    "finish_command",
     "migrate_store",
     "same_store",
     "start_owner",
@@ -456,7 +457,13 @@ async def _refuse_beside_others(journal: Journal) -> None:
 
 
 async def _begin(
-    repo: Repo, journal: Journal, source: Store, destination: Store, from_store: str, to_store: str
+    repo: Repo,
+    journal: Journal,
+    source: Store,
+    destination: Store,
+    from_store: str,
+    to_store: str,
+    command: str | None,
 ) -> tuple[StoreMigration, bool]:
     """Checks, then (the run to go on with, whether the same migration finished before: this
     run then moves what is still in FROM, files added since). Raises MigrationRefused,
@@ -472,16 +479,34 @@ async def _begin(
     )
     await source.health(write=False)  # pict-rs checks the old store and the repo
     await destination.health(write=True)  # and, here, that the new one takes files
-    run = await repo.begin_store_migration(from_store, to_store)
+    run = await repo.begin_store_migration(from_store, to_store, command)
     if run.id and not (
         same_store(run.from_store, from_store) and same_store(run.to_store, to_store)
     ):
         raise MigrationRefused(
             f"an unfinished migration from {run.from_store} to {run.to_store} is recorded in "
             f"this repo ({run.moved} files moved); finish it first by running it again: "
-            f"pictrs-trio migrate-store {run.from_store} {run.to_store}"
+            f"{finish_command(run)}; or end it with --abandon (docs/operations.md)"
         )
     return run, again
+
+
+_PLACEHOLDERS = ("<secret-key>", "<session-token>")
+
+
+def finish_command(run: StoreMigration, repo_path: str | None = None) -> str:
+    """The command that goes on with ``run``: the one that last ran it, as recorded
+    (runtime/cli.py ``command_line``: secrets are placeholders, said so here); for a run
+    recorded without it, one built from its stores (and ``repo_path``)."""
+    if run.command:
+        left_out = [p for p in _PLACEHOLDERS if p in run.command]
+        if not left_out:
+            return run.command
+        return f"{run.command} (with the real {' and '.join(left_out)})"
+    repo = f" sqlite -p {repo_path}" if repo_path else ""
+    buckets = "object-storage" in (run.from_store + run.to_store)
+    keys = " (with the region and keys of each bucket)" if buckets else ""
+    return f"pictrs-trio migrate-store {run.from_store} {run.to_store}{repo}{keys}"
 
 
 async def migrate_store(
@@ -495,15 +520,19 @@ async def migrate_store(
     tmp_dir: Path,
     options: MigrateOptions,
     progress: Progress,
+    command: str | None = None,
 ) -> Progress:
     """Move every file the repo names from ``source`` to ``destination`` (``from_store``
     and ``to_store`` describe them: ``describe``). ``journal`` must be registered alone
-    and reaped (``start_owner``), ``tmp_dir`` an existing private folder. Counts go
+    and reaped (``start_owner``), ``tmp_dir`` an existing private folder. ``command``, the
+    command line running it, is recorded with the run (``finish_command``). Counts go
     to ``progress`` as the run goes (also returned): ``finished`` once every file is moved
     and the run recorded as finished. Raises MigrationRefused (another process uses the
     repo, or another migration is unfinished), PictrsError or JournalError (a store or the
     repo cannot be used)."""
-    progress.run, again = await _begin(repo, journal, source, destination, from_store, to_store)
+    progress.run, again = await _begin(
+        repo, journal, source, destination, from_store, to_store, command
+    )
     if again:
         logger.info(
             "this migration finished before: moving the files still in {} (added since)",

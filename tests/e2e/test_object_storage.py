@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,11 +25,11 @@ import trio
 
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.store.file import open_file_store
-from tests.e2e.conftest import REPO, Server
+from tests.e2e.conftest import REPO, Server, free_port
 from tests.e2e.test_migrate_store import _moved
 from tests.e2e.test_upload_serve_delete import upload
 from tests.migrate_helpers import Filled, fill, named_files, stored
-from tests.s3 import MotoServer
+from tests.s3 import SECRET_KEY, MotoServer
 
 PUBLIC = "https://cdn.example.com/media"
 
@@ -184,6 +185,22 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
     proc.wait()
     moved = _moved(db)
     assert 100 <= moved < 300, (moved, (tmp_path / "killed.log").read_text())
+    # The server refuses, naming the very command to run again: every flag as typed (-u,
+    # -r, -a), the secret key left out.
+    refused = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "run", "-a", f"127.0.0.1:{free_port()}",
+         *moto.run_args(server.bucket), "sqlite", "-p", str(db)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    secret = moto.run_args(server.bucket).index("-s") + 1
+    typed = [*argv[3:]]
+    typed[typed.index(moto.run_args(server.bucket)[secret])] = "<secret-key>"
+    hint = shlex.join(["pictrs-trio", *typed])
+    assert f"again: {hint} (with the real <secret-key>); or end it" in refused.stderr, (
+        refused.stderr
+    )
+    assert "-u -b" in hint and SECRET_KEY not in refused.stderr
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr

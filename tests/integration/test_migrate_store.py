@@ -479,10 +479,19 @@ def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
         f"repo.path {tmp_path / 'db'}: a migrate-store from filesystem -p /a to filesystem -p "
         f"{b} is unfinished (7 files moved); finish it by running the same command again: "
         f"pictrs-trio migrate-store filesystem -p /a filesystem -p {b} sqlite -p {tmp_path / 'db'}"
+        "; or end it with migrate-store --abandon (docs/operations.md)"
     )
     to_bucket = msgspec.structs.replace(unfinished, to_store="object-storage -e http://s3 -b m")
-    with pytest.raises(StartupError, match=r"again \(with the region and keys of each bucket\)"):
+    with pytest.raises(StartupError, match=r"db \(with the region and keys of each bucket\);"):
         startup.check_store_migration(config, to_bucket)
+    # The command that ran it, recorded with the run: named as it was typed.
+    typed = (
+        "pictrs-trio -c /etc/pictrs.toml migrate-store --concurrency 4 filesystem -p /a "
+        "object-storage -e http://s3 -u -b m -r r -a k -s '<secret-key>' sqlite -p /db"
+    )
+    with pytest.raises(StartupError) as refused:
+        startup.check_store_migration(config, msgspec.structs.replace(to_bucket, command=typed))
+    assert f"again: {typed} (with the real <secret-key>); or end it" in str(refused.value)
     with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
         startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
 

@@ -107,29 +107,34 @@ def test_the_latest_run_is_one_statement(tmp_path: Path) -> None:
     trio.run(_filled, db, 1, 0)
     conn, statements = _counting(db)
     assert move_sql.q_latest_run(conn) is None
-    first = move_sql.w_begin_run(conn, "filesystem -p A", "filesystem -p B", 10)
-    assert first[1:] == ("filesystem -p A", "filesystem -p B", 10, None, 0)
+    first = move_sql.w_begin_run(conn, "filesystem -p A", "filesystem -p B", 10, "cmd 1")
+    assert first[1:] == ("filesystem -p A", "filesystem -p B", 10, None, 0, "cmd 1")
     conn.execute("INSERT INTO store_migrations VALUES ('a', 'b')")
     statements.clear()
-    assert move_sql.q_latest_run(conn) == (*first[:5], 1)
+    assert move_sql.q_latest_run(conn) == (*first[:5], 1, "cmd 1")
     assert len(statements) == 1
-    # Resumed as it is, whatever stores the caller names.
-    assert move_sql.w_begin_run(conn, "filesystem -p X", "filesystem -p Y", 20) == (
-        *first[:5],
-        1,
-    )
+    # Resumed as it is, whatever stores the caller names (the command only for its own).
+    again = move_sql.w_begin_run(conn, "filesystem -p X", "filesystem -p Y", 20, "cmd X")
+    assert again == (*first[:5], 1, "cmd 1")
+    resumed = move_sql.w_begin_run(conn, "filesystem -p A", "filesystem -p B", 20, "cmd 2")
+    assert resumed == (*first[:5], 1, "cmd 2") == move_sql.q_latest_run(conn)
     move_sql.w_finish_run(conn, 30)
-    assert move_sql.q_latest_run(conn) == (*first[:4], 30, 0)
+    assert move_sql.q_latest_run(conn) == (*first[:4], 30, 0, "cmd 2")
     # Progress rows no unfinished run names: a run with id 0 (another program's).
     conn.execute("INSERT INTO store_migrations VALUES ('c', 'd')")
-    assert move_sql.q_latest_run(conn) == (0, "", "", 0, None, 1)
-    second = move_sql.w_begin_run(conn, "filesystem -p B", "filesystem -p C", 40)
-    assert second[0] > first[0] and second[1:] == (
-        "filesystem -p B",
-        "filesystem -p C",
-        40,
-        None,
-        1,
-    )
+    assert move_sql.q_latest_run(conn) == (0, "", "", 0, None, 1, None)
+    second = move_sql.w_begin_run(conn, "filesystem -p B", "filesystem -p C", 40, None)
+    assert second[0] > first[0]
+    assert second[1:] == ("filesystem -p B", "filesystem -p C", 40, None, 1, None)
     assert move_sql.q_latest_run(conn) == second
+    # Abandoned once every moved file is back: history; the finished run is the latest again.
+    assert not move_sql.w_abandon_run(conn, 50)
+    conn.execute("DELETE FROM store_migrations")
+    assert move_sql.w_abandon_run(conn, 50)
+    assert move_sql.q_latest_run(conn) == (*first[:4], 30, 0, "cmd 2")
+    move_sql.w_finish_run(conn, 60)  # finishes nothing: no run is unfinished
+    assert db_rows(db, "SELECT id, finished, abandoned FROM store_migration_runs") == [
+        (first[0], 30, None),
+        (second[0], None, 50),
+    ]
     conn.close()
