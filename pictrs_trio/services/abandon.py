@@ -102,8 +102,8 @@ async def abandon_migration(
         await _move_back(repo, source, pairs, options, result)
     if result.kept == 0:
         result.finished = await repo.abandon_store_migration()
-    if destination is None:
-        result.unreachable = "TO could not be opened"
+    if destination is None:  # the caller may have said why
+        result.unreachable = result.unreachable or "TO could not be opened"
     else:
         await _remove_copies(journal, destination, result)
     return result

@@ -6,6 +6,7 @@ bytes it served before."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -362,3 +363,26 @@ def _server_process(root: Path, files: Path, db: Path) -> subprocess.CompletedPr
             cwd=REPO, env=env, pass_fds=(listener.fileno(),), capture_output=True, text=True,
             timeout=60,
         )  # fmt: skip
+
+
+def test_abandon_when_the_new_folder_is_gone(tmp_path: Path) -> None:
+    """The new store's folder is gone (an unmounted volume): ``--abandon`` does not make it
+    again, moves every file back, and says the copies there were not removed."""
+    a, b, db, filled = _filled_a(tmp_path, 30)
+    ((lost,),) = db_rows(db, "SELECT identifier FROM hashes ORDER BY hash DESC LIMIT 1")
+    data = (a / str(lost)).read_bytes()
+    (a / str(lost)).unlink()  # the run cannot finish: one file is missing
+    first = migrate_store(tmp_path, a, b, db)
+    assert first.returncode == 1 and "moved 29 files" in first.stdout, first.stdout
+    (a / str(lost)).write_bytes(data)
+    shutil.rmtree(b)
+
+    done = migrate_store(tmp_path, a, b, db, "--abandon")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "moved back 29 of 29 files" in done.stdout
+    assert f"Copies in filesystem -p {b} were not removed ({b} is not a folder)" in done.stdout
+    assert not b.exists()
+    assert_all_in(a, db, filled)
+    assert db_rows(db, "SELECT finished, abandoned IS NOT NULL FROM store_migration_runs") == [
+        (None, 1)
+    ]
