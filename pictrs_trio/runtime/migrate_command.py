@@ -5,6 +5,9 @@
     1    unfinished: files failed (or the run stopped early); or it could not start
     130  interrupted (SIGINT or SIGTERM): run the same command again to go on
 
+``--abandon`` (services/abandon.py) opens the same, TO only if it can be, and exits 0 once
+every moved file is back in FROM, 1 while some are left moved, 130 when interrupted.
+
 On a terminal (stderr is a TTY) a progress bar is redrawn on stderr; otherwise a plain
 progress line is logged every ``LOG_EVERY`` seconds. The summary goes to stdout.
 """

@@ -29,7 +29,9 @@ rows name, docs/operations.md "Moving media with migrate-store"); a half-written
 killed run is removed (its intent) at the next start; running a finished migration again
 moves the files still in the old store (added since) and skips those in the new one, and
 the server refuses to start on another store than the last finished run's (runtime/
-startup.py); FROM and TO are compared normalised (``same_store``), not as typed.
+startup.py); FROM and TO are compared normalised (``same_store``), not as typed; the run
+records the command line that ran it, which the server names when it refuses
+(``finish_command``); an unfinished run can be abandoned (services/abandon.py).
 """
 
 from __future__ import annotations
