@@ -16,7 +16,7 @@ file. Each process is an owner (``Journal.run_owner``) whose leases on keys and 
 """
 
 from journal.monitor import Ending, Monitor, Unmonitored
-from journal.owners import IntentLost, Reaped, fulfil_in, release_in
+from journal.owners import IntentLost, NotAlone, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
     Abort,
@@ -46,6 +46,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "Monitor",
+    "NotAlone",
     "Outcome",
     "Reaped",
     "Retry",

@@ -117,10 +117,14 @@ class Journal:
 
     # -- owners: liveness, leases, intents (journal/owners.py) --
 
-    async def register(self) -> None:
-        """Record this owner as alive (``run_owner`` does it and keeps it alive)."""
+    async def register(self, *, alone: bool = False) -> None:
+        """Record this owner as alive (``run_owner`` does it and keeps it alive), unless an
+        owner that runs alone is alive; ``alone``: unless any other owner is, and then none
+        joins beside it while it lives. Raises NotAlone (nothing is registered then)."""
         now = self.clock()
-        await self._write(lambda conn: owners.register(conn, self.owner, now))
+        await self._write(
+            lambda conn: owners.join(conn, self.owner, now, self._local_state, alone=alone)
+        )
         self._registered = True
 
     async def _ensure_registered(self) -> None:
@@ -132,11 +136,13 @@ class Journal:
         *,
         beat: float = owners.OWNER_BEAT,
         reap_every: float = 2 * owners.OWNER_BEAT,
+        alone: bool = False,
         task_status: trio.TaskStatus[Reaped] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Register, release what dead owners left (reported to ``task_status``), then
-        heartbeat and reap until cancelled; unregister on the way out."""
-        await self.register()
+        """Register (``alone``: see ``register``), release what dead owners left (reported
+        to ``task_status``), then heartbeat and reap until cancelled; unregister on the way
+        out. Raises NotAlone before it is started."""
+        await self.register(alone=alone)
         task_status.started(await self.reap())
         try:
             since_reap = 0.0
@@ -144,7 +150,7 @@ class Journal:
                 await trio.sleep(beat)
                 try:
                     if not await self._write(
-                        partial(owners.beat, owner=self.owner, now=self.clock())
+                        partial(owners.beat, owner=self.owner, now=self.clock(), alone=alone)
                     ):
                         logger.warning("journal owner {} was taken for dead", self.owner)
                     since_reap += beat

@@ -30,25 +30,55 @@ T = TypeVar("T")
 @contextmanager
 def transaction(conn: apsw.Connection) -> Iterator[None]:
     """A write transaction: a SAVEPOINT inside the caller's open transaction (so it commits
-    or rolls back with it), else ``BEGIN IMMEDIATE`` … ``COMMIT``.
+    or rolls back with it), else ``BEGIN IMMEDIATE`` … ``COMMIT``. Whatever fails, the
+    statement, the COMMIT or the caller's code, the connection leaves it with its
+    transaction rolled back and usable, and the first error is the one raised.
 
-    Not ``with conn:`` for the outermost level: apsw 3.54 runs that BEGIN while holding the
-    GIL, so when another connection of this process holds the write lock, the busy wait
-    stops the very thread that would release it, until busy_timeout fails. ``execute``
-    releases the GIL while it waits. IMMEDIATE takes the write lock up front, so the wait
-    happens at BEGIN, never as a failed upgrade half-way through.
+    Not apsw's ``with conn:``, for two reasons. At the outermost level apsw 3.54 runs its
+    BEGIN while holding the GIL, so when another connection of this process holds the write
+    lock, the busy wait stops the very thread that would release it, until busy_timeout
+    fails. ``execute`` releases the GIL while it waits. IMMEDIATE takes the write lock up
+    front, so the wait happens at BEGIN, never as a failed upgrade half-way through. And
+    after an error that made SQLite roll the whole transaction back, its exit fails on the
+    savepoint that is gone, hiding the error.
     """
     if conn.in_transaction:
-        with conn:
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
             yield
+        except BaseException as exc:
+            _undo(conn, exc, f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
+            raise
+        conn.execute(f"RELEASE {_SAVEPOINT}")
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        # A COMMIT that fails (a deferred foreign key; SQLITE_BUSY in rollback-journal mode)
+        # leaves the transaction open (https://sqlite.org/lang_transaction.html): it is
+        # rolled back below, or every later ``transaction`` on this connection would
+        # nest in it as a savepoint and never be committed.
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        _undo(conn, exc, "ROLLBACK")
         raise
-    conn.execute("COMMIT")
+
+
+_SAVEPOINT = "journal_nested"
+
+
+def _undo(conn: apsw.Connection, exc: BaseException, statements: str) -> None:
+    """Roll back after ``exc``, if there is still something to roll back: SQLite itself
+    rolls the whole transaction back on some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM:
+    https://sqlite.org/lang_transaction.html, "Response To Errors Within A Transaction"),
+    and a ROLLBACK then would fail and hide ``exc``. A rollback that fails is noted on
+    ``exc``, which stays the error raised."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute(statements)
+    except apsw.Error as failed:
+        exc.add_note(f"and the rollback failed: {failed}")
 
 
 def _v1(conn: apsw.Connection) -> None:

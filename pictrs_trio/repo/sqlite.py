@@ -618,8 +618,10 @@ class SqliteRepo:
         row = await self._read(move_sql.q_latest_run)
         return None if row is None else _store_migration(row)
 
-    async def begin_store_migration(self, from_store: str, to_store: str) -> StoreMigration:
-        row = await self._write(move_sql.w_begin_run, from_store, to_store, _now_ns())
+    async def begin_store_migration(
+        self, from_store: str, to_store: str, command: str | None = None
+    ) -> StoreMigration:
+        row = await self._write(move_sql.w_begin_run, from_store, to_store, _now_ns(), command)
         return _store_migration(row)
 
     async def files_to_move(self, position: MovePosition, limit: int) -> MovePage:
@@ -653,6 +655,15 @@ class SqliteRepo:
     async def finish_store_migration(self) -> None:
         await self._write(move_sql.w_finish_run, _now_ns())
 
+    async def moved_files(self, after: str, limit: int) -> list[tuple[str, str]]:
+        return await self._read(move_sql.q_moved_files, after, limit)
+
+    async def move_back(self, pairs: list[tuple[str, str]], remove: list[str]) -> int:
+        return await self._write(move_sql.w_move_back, pairs, remove, time.time())
+
+    async def abandon_store_migration(self) -> bool:
+        return await self._write(move_sql.w_abandon_run, _now_ns())
+
     # -- BackupRepo --
 
     async def export(self, folder: Path) -> Path:
@@ -678,7 +689,7 @@ class SqliteRepo:
 
 
 def _store_migration(row: move_sql.RunRow) -> StoreMigration:
-    run_id, from_store, to_store, started, finished, moved = row
+    run_id, from_store, to_store, started, finished, moved, command = row
     return StoreMigration(
         id=run_id,
         from_store=from_store,
@@ -686,6 +697,7 @@ def _store_migration(row: move_sql.RunRow) -> StoreMigration:
         started_ns=started,
         finished_ns=finished,
         moved=moved,
+        command=command,
     )
 
 

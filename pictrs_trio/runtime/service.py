@@ -27,7 +27,7 @@ import trio
 from loguru import logger
 
 import pictrs_trio
-from journal import Journal, run_workers
+from journal import Journal, NotAlone, run_workers
 from pictrs_trio import store as stores
 from pictrs_trio.config import Config, parse_network
 from pictrs_trio.http.app import PictrsApp, create_app
@@ -35,7 +35,7 @@ from pictrs_trio.media.tools import open_media_tools
 from pictrs_trio.metrics import Metrics
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
-from pictrs_trio.runtime.startup import BACKLOG, StartupError, temp_root
+from pictrs_trio.runtime.startup import BACKLOG, StartupError, check_store_migration, temp_root
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
@@ -268,8 +268,22 @@ async def start_background(state: AppState, nursery: trio.Nursery) -> None:
     """Start what every server process runs beside HTTP, in ``nursery``: first this
     process becomes a journal owner and what dead ones left (render leases, jobs in hand,
     unfinished writes) is released or undone; then the job runners, the access-time
-    flusher and (not in read-only mode) the scheduler."""
-    await nursery.start(state.journal.run_owner)
+    flusher and (not in read-only mode) the scheduler. Raises StartupError when a
+    migrate-store runs, or the repo records one unfinished or elsewhere
+    (``check_store_migration``)."""
+    try:
+        await nursery.start(state.journal.run_owner)
+    except NotAlone as exc:
+        raise StartupError(
+            f"repo.path {state.config.repo.path}: a migrate-store is running on this repo "
+            f"({exc.owners[0]}): start the server once it has finished"
+        ) from None
+    # Registered: from now on no migrate-store can begin beside this process (it runs alone,
+    # journal/owners.py), so what the repo says of migrations holds while it serves. Read
+    # after registering: preflight's reading may be stale by now.
+    migration = await state.repo.store_migration()
+    if migration is not None:
+        check_store_migration(state.config, migration)
     nursery.start_soon(state.accesses.run, state.repo)
     await nursery.start(
         functools.partial(

@@ -11,6 +11,10 @@ the address, path or key, then exit status 1 (2 for configuration errors; docs/c
                    another store, the store (a folder, or a
                    bucket) and the temporary folder are writable
 
+Preflight's look at the migrations is the early, friendly one; the one that counts is made
+by each server process once it has joined the repo as a journal owner (runtime/service.py
+``start_background``): from then on no ``migrate-store`` can begin beside it.
+
 The listening socket is made here, not by hypercorn, so that a port in use is one clear
 line, and so that several server processes share exactly one socket: the supervisor's,
 inherited by its children. It does not set SO_REUSEPORT, so no other process can join it.
@@ -166,7 +170,7 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
     moved the media to another store than the configured one: the rows name files there, so
     this store would answer 404 for them and take new uploads the migration has left behind
     (pict-rs starts anyway). Raises StartupError."""
-    from pictrs_trio.services.migrate import describe, same_store
+    from pictrs_trio.services.migrate import describe, finish_command, same_store
 
     buckets = "object-storage" in (migration.from_store + migration.to_store)
     keys = " (with the region and keys of each bucket)" if buckets else ""
@@ -179,8 +183,8 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
         raise StartupError(
             f"repo.path {config.repo.path}: a migrate-store from {migration.from_store} to "
             f"{migration.to_store} is unfinished ({migration.moved} files moved); finish it by "
-            f"running the same command again{keys}: pictrs-trio migrate-store "
-            f"{migration.from_store} {migration.to_store} sqlite -p {config.repo.path}"
+            f"running the same command again: {finish_command(migration, config.repo.path)}; "
+            "or end it with migrate-store --abandon (docs/operations.md)"
         )
     configured = describe(config.store)
     if not same_store(migration.to_store, configured):

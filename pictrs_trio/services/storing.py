@@ -59,16 +59,23 @@ async def save_into(
     content_type: str,
     durable: bool = True,
     queue: str = jobs.CLEANUP,
+    keep_source: bool = False,
 ) -> str:
     """``save_new`` into any store: the undo job of the intent goes to ``queue``, whose
     workers must act on that store (``migrate-store`` writes to a store the server's
-    cleanup workers do not use, so its undo jobs have a queue of their own)."""
+    cleanup workers do not use, so its undo jobs have a queue of their own).
+    ``keep_source``: ``src`` is another store's file, read and left as it is
+    (``Store.save_file``)."""
     identifier = store.new_identifier(extension)
     undo = jobs.RemoveFiles(identifiers=[identifier], partial=True)
     await journal.intend([identifier], queue, undo)
     try:
         await store.save_file(
-            src, identifier=identifier, content_type=content_type, durable=durable
+            src,
+            identifier=identifier,
+            content_type=content_type,
+            durable=durable,
+            keep_source=keep_source,
         )
     except StoreError as exc:
         if exc.code is ErrorCode.FILE_EXISTS:  # not ours: leave it, drop only the intent

@@ -36,12 +36,20 @@ class Store(Protocol):
         ...
 
     async def save_file(
-        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+        self,
+        src: Path,
+        *,
+        identifier: str,
+        content_type: str,
+        durable: bool = True,
+        keep_source: bool = False,
     ) -> str:
         """Store the complete local file ``src`` (which the store may move away) under
         ``identifier`` (from ``new_identifier``; never overwritten). Returns it.
         ``durable=False`` may skip flushing to stable storage (variants: they can be made
-        again, so a power cut may lose them; a process kill never does).
+        again, so a power cut may lose them; a process kill never does). ``keep_source``:
+        ``src`` is not ours (another store's file, ``migrate-store``): it is read, never
+        moved, linked, changed or removed, and the stored file shares nothing with it.
         Raises StoreError; on failure nothing is left under the identifier."""
         ...
 

@@ -12,6 +12,14 @@ costs what its fsync costs). New directory entries are fsynced so a stored ident
 a crash once ``save_*`` returns. Every blocking step runs in ``trio.to_thread.run_sync``, one
 hop per operation (reads: one hop per 1 MiB).
 
+A source that is not ours (``keep_source``: another store's file, read by ``migrate-store``)
+is copied that same way (temp file, fsync, link into place), never linked itself. Stored
+files are never written in place, so a shared inode would hold the right bytes today; but
+linking would change the old store's file (its mode), and whatever the operator later does
+to the old store's files in place (``shred`` when retiring it, an ``rsync --inplace``
+restore, a ``chown``) would reach the new store's. After a migration the two stores share
+nothing, as if they were on two disks.
+
 Identifiers are checked with ``ids.is_safe_identifier`` before any path is built from them.
 """
 
@@ -206,12 +214,17 @@ def _write_all(data: bytes) -> Callable[[int], None]:
     return fill
 
 
-def _save_file_sync(root: Path, identifier: str, src: Path, durable: bool = True) -> None:
+def _save_file_sync(
+    root: Path, identifier: str, src: Path, durable: bool = True, keep_source: bool = False
+) -> None:
     try:
-        _place(root, identifier, src, _copy_from(src), durable)
+        # A kept source is copied, never linked: see the module's docstring.
+        _place(root, identifier, None if keep_source else src, _copy_from(src), durable)
     except BaseException:
         _prune((root / identifier).parent, root)
         raise
+    if keep_source:
+        return
     # Consumed: the Store owns the bytes now. A src we may not delete (copy path) stays.
     with suppress(OSError):
         src.unlink(missing_ok=True)
@@ -363,16 +376,23 @@ class FileStore:
         return ids.new_identifier(extension)
 
     async def save_file(
-        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+        self,
+        src: Path,
+        *,
+        identifier: str,
+        content_type: str,
+        durable: bool = True,
+        keep_source: bool = False,
     ) -> str:
         """Consumes ``src`` on success (moved or copied, then unlinked); on failure ``src``
         is left as it was and nothing is stored. ``durable=False``: no fsync (derived files
-        that can be rendered again). Raises StoreError (``file-exists`` if the identifier
-        exists: it is never overwritten)."""
+        that can be rendered again). ``keep_source``: ``src`` is copied and left as it was
+        (another store's file). Raises StoreError (``file-exists`` if the identifier exists:
+        it is never overwritten)."""
         self._existing(identifier)  # refuses an unsafe one
         try:
             await trio.to_thread.run_sync(
-                _save_file_sync, self.root, identifier, Path(src), durable
+                _save_file_sync, self.root, identifier, Path(src), durable, keep_source
             )
         except OSError as exc:
             raise StoreError(f"Failed to store file: {exc}") from exc

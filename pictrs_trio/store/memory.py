@@ -1,6 +1,7 @@
 """``Store`` in a dict, for tests. Same contract as the file store; ``local_path`` is None.
 
-Like the file store it consumes ``src`` in ``save_file`` and refuses unsafe identifiers, so
+Like the file store it consumes ``src`` in ``save_file`` (unless ``keep_source``) and refuses
+unsafe identifiers, so
 code tested against it behaves the same on disk.
 """
 
@@ -21,9 +22,10 @@ __all__ = ["MemoryStore"]
 CHUNK = 64 * 1024
 
 
-def _take(src: Path) -> bytes:
+def _take(src: Path, keep_source: bool) -> bytes:
     data = src.read_bytes()
-    src.unlink(missing_ok=True)
+    if not keep_source:
+        src.unlink(missing_ok=True)
     return data
 
 
@@ -35,10 +37,16 @@ class MemoryStore:
         return ids.new_identifier(extension)
 
     async def save_file(
-        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+        self,
+        src: Path,
+        *,
+        identifier: str,
+        content_type: str,
+        durable: bool = True,
+        keep_source: bool = False,
     ) -> str:
         try:
-            data = await trio.to_thread.run_sync(_take, Path(src))
+            data = await trio.to_thread.run_sync(_take, Path(src), keep_source)
         except OSError as exc:
             raise StoreError(f"Failed to store file: {exc}") from exc
         return await self.save_bytes(data, identifier=identifier, content_type=content_type)

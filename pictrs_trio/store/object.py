@@ -357,11 +357,17 @@ class ObjectStore:
         return identifier
 
     async def save_file(
-        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+        self,
+        src: Path,
+        *,
+        identifier: str,
+        content_type: str,
+        durable: bool = True,
+        keep_source: bool = False,
     ) -> str:
-        """Upload ``src`` (then unlink it) under ``identifier``; ``durable`` changes nothing
-        (a stored object is durable once the server says so). Raises StoreError; on failure
-        nothing is left (a multipart upload is aborted)."""
+        """Upload ``src`` (then unlink it, unless ``keep_source``) under ``identifier``;
+        ``durable`` changes nothing (a stored object is durable once the server says so).
+        Raises StoreError; on failure nothing is left (a multipart upload is aborted)."""
         key = self._safe(identifier)
         src = Path(src)
         try:
@@ -373,8 +379,9 @@ class ObjectStore:
             await self._put(key, body, content_type)
         else:
             await self._multipart(key, src, size, content_type)
-        with suppress(OSError):
-            await trio.to_thread.run_sync(lambda: src.unlink(missing_ok=True))
+        if not keep_source:
+            with suppress(OSError):
+                await trio.to_thread.run_sync(lambda: src.unlink(missing_ok=True))
         return identifier
 
     async def save_bytes(self, data: bytes, *, identifier: str, content_type: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,11 +26,11 @@ import trio
 
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.store.file import open_file_store
-from tests.e2e.conftest import REPO, Server
+from tests.e2e.conftest import REPO, Server, free_port
 from tests.e2e.test_migrate_store import _moved
 from tests.e2e.test_upload_serve_delete import upload
-from tests.migrate_helpers import Filled, fill, named_files, stored
-from tests.s3 import MotoServer
+from tests.migrate_helpers import Filled, db_rows, fill, named_files, stored
+from tests.s3 import SECRET_KEY, MotoServer
 
 PUBLIC = "https://cdn.example.com/media"
 
@@ -268,6 +270,22 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
     proc.wait()
     moved = _moved(db)
     assert 100 <= moved < 300, (moved, (tmp_path / "killed.log").read_text())
+    # The server refuses, naming the very command to run again: every flag as typed (-u,
+    # -r, -a), the secret key left out.
+    refused = subprocess.run(
+        [sys.executable, "-m", "pictrs_trio", "run", "-a", f"127.0.0.1:{free_port()}",
+         *moto.run_args(server.bucket), "sqlite", "-p", str(db)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    secret = moto.run_args(server.bucket).index("-s") + 1
+    typed = [*argv[3:]]
+    typed[typed.index(moto.run_args(server.bucket)[secret])] = "<secret-key>"
+    hint = shlex.join(["pictrs-trio", *typed])
+    assert f"again: {hint} (with the real <secret-key>); or end it" in refused.stderr, (
+        refused.stderr
+    )
+    assert "-u -b" in hint and SECRET_KEY not in refused.stderr
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -284,3 +302,72 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
             r = c.get(f"/image/original/{alias}")
             assert r.status_code == 200 and r.content == data, alias
     assert server.stop() == 0
+
+
+def test_a_migration_to_a_bucket_deleted_halfway_is_abandoned(
+    tmp_path: Path, moto: MotoServer
+) -> None:
+    """The bucket a migration was filling is deleted while it runs. The migration cannot
+    finish, so the server refuses to start, and says how to get out; ``--abandon`` moves the
+    moved files back to their copies in the folder, and a server on the folder serves
+    every alias byte-identical again."""
+    a, db = tmp_path / "a", tmp_path / "db"
+
+    async def fill_a() -> Filled:
+        async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
+            return await fill(repo, store, 200, variant_every=0, motion_every=0)
+
+    filled = trio.run(fill_a)
+    before = named_files(db)
+    bucket = moto.create_bucket()
+    env = {**os.environ, "PICTRS__SERVER__TEMPORARY_DIRECTORY": str(tmp_path / "tmp")}
+    stores = ["filesystem", "-p", str(a), *moto.run_args(bucket), "sqlite", "-p", str(db)]
+    migrate = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency", "2"]
+    with (tmp_path / "killed.log").open("wb") as log:
+        proc = subprocess.Popen([*migrate, *stores], cwd=REPO, env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    while _moved(db) < 60 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # a copy or two may be half-written too
+    proc.wait()
+    moved = _moved(db)
+    assert 60 <= moved < 200
+    client = moto.client()
+    for key in [*moto.keys(bucket), "health-check"]:
+        client.delete_object(Bucket=bucket, Key=key)
+    client.delete_bucket(Bucket=bucket)
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pictrs_trio", *argv], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    server_argv = ["run", "-a", f"127.0.0.1:{free_port()}", "filesystem", "-p", str(a),
+                   "sqlite", "-p", str(db)]  # fmt: skip
+    refused = run(*server_argv)
+    assert refused.returncode == 1 and "or end it with migrate-store --abandon" in refused.stderr
+    again = run(*migrate[3:], *stores)  # the bucket is gone: it cannot go on
+    assert again.returncode == 1, again.stdout + again.stderr
+
+    abandoned = run(*migrate[3:], "--abandon", *stores)
+    assert abandoned.returncode == 0, abandoned.stdout + abandoned.stderr
+    assert f"moved back {moved} of {moved} files" in abandoned.stdout, abandoned.stdout
+    assert "Abandoned: the repo names the files in filesystem -p" in abandoned.stdout
+    # Removing from a bucket that is gone finds nothing to remove, as S3 answers it (404).
+    removed = re.search(r"removed (\d+) copies", abandoned.stdout)
+    assert removed is not None and int(removed.group(1)) >= moved, abandoned.stdout
+    assert named_files(db) == before
+    assert db_rows(db, "SELECT count(*) FROM store_migrations") == [(0,)]
+
+    server = Server(tmp_path, store="filesystem")
+    server.files, server.db = a, db
+    server.start()
+    with server.client() as c:
+        for alias, data in filled.originals.items():
+            r = c.get(f"/image/original/{alias}")
+            assert r.status_code == 200 and r.content == data, alias
+    assert server.stop() == 0
+    # Over: nothing more to abandon.
+    nothing = run(*migrate[3:], "--abandon", *stores)
+    assert nothing.returncode == 1 and "no unfinished migrate-store" in nothing.stderr

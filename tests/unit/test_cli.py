@@ -237,18 +237,49 @@ def test_migrate_store_takes_its_stores_from_the_command_line(tmp_path: Path) ->
         endpoint="http://x", use_path_style=True, bucket_name="b", region="r", access_key="k",
         secret_key="s",
     )  # fmt: skip
-    assert (args.skip_missing_files, args.concurrency) == (True, 8)
+    assert (args.skip_missing_files, args.concurrency, args.abandon) == (True, 8, False)
+    # Recorded with the run, to be named when it is unfinished: as typed, but the secret.
+    assert args.command == (
+        "pictrs-trio migrate-store --skip-missing-files --concurrency 8 filesystem -p /a "
+        "object-storage -e http://x -u -b b -r r -a k -s '<secret-key>' sqlite -p /db"
+    )
     # The rest comes from the configuration; the configured store is not FROM or TO.
     assert config.repo == SqliteRepo(path="/db")
     assert config.store == FilesystemStore(path="/configured")
     assert config.server.temporary_directory == "/t"
     assert config.server.cleanup_temporary_directory is False  # pict-rs: never for migrations
     # Defaults: pict-rs's /mnt/files, 32 in flight, missing files fail the run.
-    _, args = migrates(["migrate-store", "filesystem", "filesystem", "-p", "/b"])
+    config, args = migrates(["migrate-store", "filesystem", "filesystem", "-p", "/b"])
     assert args == cli.MigrateStoreArgs(
-        source=FilesystemStore(), destination=FilesystemStore(path="/b")
+        source=FilesystemStore(),
+        destination=FilesystemStore(path="/b"),
+        command="pictrs-trio migrate-store filesystem filesystem -p /b sqlite -p "
+        + os.path.abspath(config.repo.path),  # the repo as the configuration had it
     )
     assert (args.concurrency, args.skip_missing_files) == (32, False)
+
+
+def test_the_recorded_migrate_store_command_runs_again_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Global flags kept, relative paths made absolute, secrets and an endpoint's user info
+    left out, ``--abandon`` dropped; quoted for a shell."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.toml").write_text("")
+    argv = ["-c", "p.toml", "--log-format", "json", "migrate-store", "--abandon",
+            "--concurrency=4", "filesystem", "--path=media dir", "object-storage",
+            "--endpoint", "https://user:pw@s3.example.com/?x=1", "-b", "m", "-r", "r", "-a",
+            "key", "--secret-key=sec", "--session-token", "tok", "sqlite", "-p", "db"]  # fmt: skip
+    _, args = migrates(argv)
+    assert args.abandon
+    assert args.command == (
+        f"pictrs-trio -c {tmp_path}/p.toml --log-format json migrate-store --concurrency=4 "
+        f"filesystem '--path={tmp_path}/media dir' object-storage --endpoint "
+        "https://s3.example.com/ -b m -r r -a key '--secret-key=<secret-key>' --session-token "
+        f"'<session-token>' sqlite -p {tmp_path}/db"
+    )
+    assert "=sec'" not in args.command and " tok " not in args.command
+    assert "pw@" not in args.command
 
 
 def test_migrate_store_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
