@@ -393,7 +393,7 @@ def load_all(
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX) from None
+        raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX, shown) from None
     _validate(config, layers)
     return Loaded(config=config, ignored=tuple(ignored), inactive=tuple(not_acting(config)))
 
@@ -476,7 +476,7 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         except ValueError as exc:
             path = tuple(key.split("[")[0].split("."))
             where = layered.source(layers, path)
-            raise ConfigError(f"{key} = {value!r} ({where}): {exc}") from None
+            raise ConfigError(f"{key} = {shown(key, value)} ({where}): {exc}") from None
     # pict-rs silently serves plain HTTP when only one of the pair is set; refuse instead.
     if (config.server.certificate is None) != (config.server.private_key is None):
         raise ConfigError(
@@ -561,12 +561,16 @@ def parse_address(text: str) -> tuple[str, int]:
 # Writing (--save-to) and introspection (CLI flag types, the docs guard test).
 
 
+# Keys whose values no output shows: check-config (``dump(redact=True)``) and every error
+# message (``shown``). A URL key keeps its scheme, host and path; a postgres ``repo.url``
+# (refused, but it may be set) carries a password.
 SECRET_KEYS = ("server.api_key", "store.access_key", "store.secret_key", "store.session_token")
 URL_KEYS = (
     "media.external_validation",
     "tracing.opentelemetry.url",
     "store.endpoint",
     "store.public_endpoint",
+    "repo.url",
 )
 REDACTED = "<redacted>"
 
@@ -588,8 +592,23 @@ def dump(
         for key in SECRET_KEYS:
             _replace(tree, key, lambda _: REDACTED)
         for key in URL_KEYS:
-            _replace(tree, key, _redact_url)
+            _replace(tree, key, redact_url)
     return header + tomli_w.dumps(tree)
+
+
+def shown(key: str, value: object) -> str:
+    """``value`` of ``key`` as an error message shows it: its ``repr``, except that a secret
+    key's (or anything inside one) reads <redacted>, and a URL key's string loses its userinfo
+    and query (``redact_url``; any other value of a URL key reads <redacted>)."""
+    if _under(key, SECRET_KEYS):
+        return REDACTED
+    if _under(key, URL_KEYS):
+        return repr(redact_url(value)) if isinstance(value, str) else REDACTED
+    return repr(value)
+
+
+def _under(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in keys)
 
 
 def _replace(tree: dict[str, object], key: str, change: Callable[[str], str]) -> None:
@@ -604,13 +623,21 @@ def _replace(tree: dict[str, object], key: str, change: Callable[[str], str]) ->
         tree[leaf] = change(value)
 
 
-def _redact_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = REDACTED if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+def redact_url(text: str) -> str:
+    """``text`` as typed, with what may be a credential read REDACTED: everything between the
+    scheme and the last ``@`` (a user and password), and the query and fragment. Works on
+    anything, URL or not: no parser decides where the password ends (a ``/`` or ``?`` in an
+    unencoded password would fool one), so when in doubt more is hidden, never less."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rsplit('@', 1)[1]}"
+    for mark in "?#":
+        head, found, _ = rest.partition(mark)
+        if found:
+            rest = f"{head}{mark}{REDACTED}"
+    return f"{scheme}{sep}{rest}"
 
 
 def save_to(path: Path, config: Config) -> None:

@@ -451,3 +451,43 @@ def test_ctrl_c_while_starting_is_one_line(capsys: pytest.CaptureFixture[str]) -
     for runner in (interrupted, interrupted_in_a_nursery):
         assert cli.main(["run"], runner=runner, env={}) == 130
         assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("[server]\napi_key = 98765432123\n", "server.api_key = <redacted> (file "),
+        (
+            '[store]\ntype = "object_storage"\nsecret_key = ["topsecretvalue"]\n',
+            "store.secret_key = <redacted> (file ",
+        ),
+        (
+            '[media]\nexternal_validation = "ftp://user:hunter2@val.example/x?token=zzz"\n',
+            "media.external_validation = 'ftp://<redacted>@val.example/x?<redacted>' (file ",
+        ),
+        (
+            '[media]\nexternal_validation = "https://k:hunter2@[::1/x?zzz=1"\n',
+            "media.external_validation = 'https://<redacted>@[::1/x?<redacted>' (file ",
+        ),
+    ],
+)
+def test_config_errors_never_show_a_secret(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, toml: str, says: str
+) -> None:
+    """A bad value of a secret key is named, never shown; a URL loses its user, password and
+    query (the keys check-config redacts, config.SECRET_KEYS and URL_KEYS)."""
+    file = _written(tmp_path, toml)
+    err = fails(["-c", str(file), "run"], capsys)
+    assert says in err, err
+    for secret in ("98765432123", "topsecretvalue", "hunter2", "zzz"):
+        assert secret not in err
+
+
+def test_a_secret_from_the_environment_is_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"PICTRS__MEDIA__EXTERNAL_VALIDATION": "ftp://u:hunter2@v.example/?sig=zzz"}
+    err = fails(["run"], capsys, env=env)
+    assert err == (
+        "error: media.external_validation = 'ftp://<redacted>@v.example/?<redacted>' "
+        "(environment variable PICTRS__MEDIA__EXTERNAL_VALIDATION): expected an absolute "
+        "http:// or https:// URL with a host\n"
+    )
