@@ -399,13 +399,22 @@ def load_all(
 
 
 def not_acting(config: Config) -> list[str]:
-    """One message per NOT_ACTING key that is set to something other than its default."""
-    values, defaults = msgspec.to_builtins(config), msgspec.to_builtins(Config())
+    """One message per NOT_ACTING key that is set to something other than its default: the
+    default of the Struct that holds it here (``store.signature_duration`` is an object
+    storage key; the default store, a filesystem one, has no such key)."""
     messages = []
     for key, why in NOT_ACTING.items():
-        path = tuple(key.split("."))
-        value = layered.get(values, path)
-        if value != layered.get(defaults, path):
+        *sections, leaf = key.split(".")
+        holder: object = config
+        for section in sections:
+            holder = getattr(holder, section, None)
+        if not isinstance(holder, msgspec.Struct) or leaf not in holder.__struct_fields__:
+            continue  # a key of the other variant of a tagged section
+        field = next(f for f in msgspec.structs.fields(holder) if f.name == leaf)
+        default = field.default
+        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        if getattr(holder, leaf) != default:  # a required key (none is listed) is always set
             messages.append(f"{key} is set but not acting: {why}")
     return messages
 

@@ -491,3 +491,18 @@ def test_a_secret_from_the_environment_is_not_shown(capsys: pytest.CaptureFixtur
         "(environment variable PICTRS__MEDIA__EXTERNAL_VALIDATION): expected an absolute "
         "http:// or https:// URL with a host\n"
     )
+
+
+def test_object_storage_alone_warns_of_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """store.signature_duration is on NOT_ACTING, and it is unset: no warning (it was
+    compared with the default filesystem store, which has no such key)."""
+    argv = ["check-config", "object-storage", "-e", "http://127.0.0.1:9000", "-u", "-b", "b",
+            "-r", "us-east-1", "-a", "a", "-s", "s"]  # fmt: skip
+    assert cli.main(argv, env={}) == 0
+    assert capsys.readouterr().err == ""
+    env = {"PICTRS__STORE__SIGNATURE_DURATION": "15"}
+    assert cli.main(argv, env=env) == 0
+    assert capsys.readouterr().err == (
+        "warning: store.signature_duration is set but not acting: requests are signed one by "
+        "one, never presigned (pict-rs 0.5.17 dropped it too)\n"
+    )
