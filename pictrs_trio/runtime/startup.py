@@ -29,6 +29,7 @@ from pictrs_trio.config import (
     ObjectStorageStore,
     parse_address,
     parse_http_url,
+    redact_url,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def check_object_storage(store: ObjectStorageStore) -> None:
         addressing(store.endpoint, store.bucket_name, store.use_path_style)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if not store.use_path_style:
+        check_virtual_host(store)
     if not store.bucket_name or "/" in store.bucket_name:
         raise ConfigError(f"store.bucket_name {store.bucket_name!r} is not a bucket name")
     if not store.region:
@@ -90,6 +93,31 @@ def check_object_storage(store: ObjectStorageStore) -> None:
             )
     if store.client_timeout <= 0:
         raise ConfigError("store.client_timeout must be more than 0 seconds")
+
+
+def check_virtual_host(store: ObjectStorageStore) -> None:
+    """Virtual-host style asks for ``<bucket>.<endpoint host>``: no resolver knows such a
+    name under an IP address or ``localhost``, so the first request would fail with "Name or
+    service not known" for a host that does resolve (pict-rs tries, and fails so). Raises
+    ConfigError."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(store.endpoint).hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None and host != "localhost":
+        return
+    what = "an IP address" if ip is not None else "localhost"
+    named = f"[{host}]" if ip is not None and ip.version == 6 else host
+    raise ConfigError(
+        f"store.endpoint {redact_url(store.endpoint)!r} is {what}: virtual-host style "
+        "(store.use_path_style = false, the default) puts the bucket in front of the host "
+        f"name ({store.bucket_name}.{named}), which needs a host name; for this endpoint set "
+        "store.use_path_style = true (-u, PICTRS__STORE__USE_PATH_STYLE=true)"
+    )
 
 
 def check_files(config: Config) -> None:

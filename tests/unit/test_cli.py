@@ -506,3 +506,46 @@ def test_object_storage_alone_warns_of_nothing(capsys: pytest.CaptureFixture[str
         "warning: store.signature_duration is set but not acting: requests are signed one by "
         "one, never presigned (pict-rs 0.5.17 dropped it too)\n"
     )
+
+
+BUCKET_FLAGS = ["-b", "pictrs", "-r", "us-east-1", "-a", "a", "-s", "s"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        ("minio:9000", "error: store.endpoint 'minio:9000' is not an http(s) URL: it needs "
+                       "http:// or https:// in front, like 'http://minio:9000'\n"),
+        ("127.0.0.1:18500", "error: store.endpoint '127.0.0.1:18500' is not an http(s) URL: it "
+                            "needs http:// or https:// in front, like 'http://127.0.0.1:18500'\n"),
+        ("ftp://u:hunter2@minio:9000", "error: store.endpoint 'ftp://<redacted>@minio:9000' is "
+                                       "not an http(s) URL: it needs http:// or https://\n"),
+        ("u:hunter2@minio:9000", "error: store.endpoint '<redacted>@minio:9000' is not an "
+                                 "http(s) URL: it needs http:// or https:// in front\n"),
+        ("http://[::1:9000", "error: store.endpoint 'http://[::1:9000' is not a URL: Invalid "
+                             "IPv6 URL\n"),
+    ],
+)  # fmt: skip
+def test_an_endpoint_is_shown_as_typed(
+    capsys: pytest.CaptureFixture[str], endpoint: str, says: str
+) -> None:
+    argv = ["check-config", "object-storage", "-e", endpoint, "-u", *BUCKET_FLAGS]
+    assert cli.main(argv, env={}) == 2
+    assert capsys.readouterr().err == says
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host"),
+    [("http://127.0.0.1:18500", "an IP address"), ("http://[::1]:9000", "an IP address"),
+     ("http://localhost:9000", "localhost")],
+)  # fmt: skip
+def test_virtual_host_style_needs_a_host_name(
+    capsys: pytest.CaptureFixture[str], endpoint: str, host: str
+) -> None:
+    argv = ["check-config", "object-storage", "-e", endpoint, *BUCKET_FLAGS]
+    assert cli.main(argv, env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: store.endpoint '{endpoint}' is {host}: ")
+    assert "set store.use_path_style = true (-u, PICTRS__STORE__USE_PATH_STYLE=true)" in err
+    assert cli.main([*argv, "-u"], env={}) == 0  # path style: fine
+    capsys.readouterr()
