@@ -129,12 +129,30 @@ def check_files(config: Config) -> None:
         if not os.access(path, os.R_OK):
             reason = "does not exist" if not os.path.exists(path) else "is not readable"
             raise StartupError(f"{what} {path} {reason}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        # Without a password callback OpenSSL asks for a passphrase on the terminal, and
+        # start-up waits there for ever (or fails with EINVAL without one).
+        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+    except _KeyEncrypted:
+        raise StartupError(
+            f"server.private_key {key} is encrypted with a passphrase, which pictrs-trio "
+            f"cannot be given: decrypt it (openssl pkey -in {key} -out {key}.plain), make the "
+            "plain copy readable by the service user only, and point server.private_key at it"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise StartupError(
             f"server.certificate {cert} and server.private_key {key} do not load: {exc}"
         ) from None
+
+
+class _KeyEncrypted(Exception):
+    """The private key asks for a passphrase."""
+
+
+def _refuse_passphrase() -> str:
+    """OpenSSL's password callback: called only for an encrypted key; answers none."""
+    raise _KeyEncrypted
 
 
 def check_tools() -> None:
