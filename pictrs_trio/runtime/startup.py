@@ -21,6 +21,9 @@ import errno
 import os
 import socket
 import ssl
+import stat
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pictrs_trio.config import (
@@ -33,8 +36,6 @@ from pictrs_trio.config import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pictrs_trio.repo.records import StoreMigration
 
 BACKLOG = 1024
@@ -172,20 +173,22 @@ async def preflight(config: Config) -> None:
     """Open the repo (migrating it), and write to the store and the temporary folder, once,
     before any server process starts. Raises StartupError naming the path."""
     import tempfile
-    from pathlib import Path
 
     import trio
 
-    from pictrs_trio.repo.sqlite import open_sqlite_repo
+    from pictrs_trio.repo.sqlite import DB_FILE_NAME, open_sqlite_repo
     from pictrs_trio.rules.errors import PictrsError
     from pictrs_trio.store import open_store
 
+    repo_path = Path(config.repo.path)
     try:
-        async with open_sqlite_repo(Path(config.repo.path)) as repo:
+        async with open_sqlite_repo(repo_path) as repo:
             await repo.health()
             migration = await repo.store_migration()
     except PictrsError as exc:
-        raise StartupError(f"repo.path {config.repo.path}: {exc.msg}") from None
+        sqlite_files = [DB_FILE_NAME + tail for tail in ("", "-wal", "-shm")]
+        why = await trio.to_thread.run_sync(folder_problem, repo_path, sqlite_files)
+        raise StartupError(f"repo.path {config.repo.path}: {why or exc.msg}") from None
     if migration is not None:
         check_store_migration(config, migration)
     try:
@@ -194,13 +197,16 @@ async def preflight(config: Config) -> None:
     except PictrsError as exc:
         if isinstance(config.store, ObjectStorageStore):  # its messages name the bucket
             raise StartupError(exc.msg) from None
-        raise StartupError(f"store.path {config.store.path}: {exc.msg}") from None
+        why = await trio.to_thread.run_sync(folder_problem, Path(config.store.path))
+        raise StartupError(f"store.path {config.store.path}: {why or exc.msg}") from None
     scratch = Path(config.server.temporary_directory or tempfile.gettempdir())
     try:
         await trio.to_thread.run_sync(_probe_folder, scratch / "pictrs-trio")
     except OSError as exc:
+        why = await trio.to_thread.run_sync(folder_problem, scratch / "pictrs-trio")
         raise StartupError(
-            f"server.temporary_directory {scratch}: cannot write there: {exc.strerror or exc}"
+            f"server.temporary_directory {scratch}: "
+            f"{why or f'cannot write there: {exc.strerror or exc}'}"
         ) from None
 
 
@@ -235,6 +241,48 @@ def check_store_migration(config: Config, migration: StoreMigration) -> None:
             f"{migration.to_store}; or move the media here first{keys}: pictrs-trio "
             f"migrate-store {migration.to_store} {configured} sqlite -p {config.repo.path}"
         )
+
+
+def folder_problem(folder: Path, files: Sequence[str] = ()) -> str | None:
+    """Why this process cannot work in ``folder`` (after it failed to): a file where the
+    folder (or one above it) should be; the folder, or the one it would be created in, or
+    one of its ``files``, not writable for this user, or on a read-only file system. None
+    when none of these is seen (the caller then tells what failed)."""
+    folder = Path(os.path.abspath(folder))
+    existing = None
+    for place in [*reversed(folder.parents), folder]:
+        try:
+            is_dir = stat.S_ISDIR(os.stat(place).st_mode)
+        except OSError:
+            break  # missing (it would be created in ``existing``), or not searchable
+        if not is_dir:
+            return f"{place} is a file, not a folder"
+        existing = place
+    if existing is None:
+        return None
+    targets = [existing]
+    if existing == folder:
+        targets += [folder / name for name in files if os.path.lexists(folder / name)]
+    for target in targets:
+        is_dir = target.is_dir()
+        if os.access(target, os.W_OK | (os.X_OK if is_dir else 0)):
+            continue
+        why = _not_writable(target, is_dir)
+        return why if target != existing or existing == folder else f"cannot create {folder}: {why}"
+    return None
+
+
+def _not_writable(target: Path, is_dir: bool) -> str:
+    if os.statvfs(target).f_flag & os.ST_RDONLY:
+        return f"{target} is on a read-only file system"
+    uid, gid, info = os.geteuid(), os.getegid(), os.stat(target)
+    kind, rights = ("folder", "rwx") if is_dir else ("file", "rw")
+    fix = f"chmod u+{rights} {target}" if info.st_uid == uid else f"chown -R {uid}:{gid} {target}"
+    return (
+        f"the {kind} {target} is not writable for uid {uid} (gid {gid}), which pictrs-trio "
+        f"runs as; it belongs to uid {info.st_uid} (gid {info.st_gid}), mode "
+        f"{stat.S_IMODE(info.st_mode):04o}: give that user write access ({fix})"
+    )
 
 
 def _probe_folder(folder: Path) -> None:

@@ -4,6 +4,7 @@ and why (exit status 1). Each runs the real program."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import select
@@ -137,3 +138,67 @@ def test_virtual_host_style_against_an_ip_endpoint_is_refused(tmp_path: Path) ->
         "store.use_path_style = true (-u, PICTRS__STORE__USE_PATH_STYLE=true)\n",
     )
     assert not (tmp_path / "sqlite").exists()  # refused before anything was opened
+
+
+PR_CAPBSET_DROP = 24
+# CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets root write in any folder
+ROOT_OVERRIDES = (1, 2, 3)
+
+
+def _drop_root_overrides() -> None:  # runs in the child, before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in ROOT_OVERRIDES:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def start_unprivileged(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """``pictrs-trio run`` for which a folder's permissions count: as root (tests run as
+    root here and in CI), without the capabilities that override them; otherwise as is."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pictrs_trio", "run", *args], cwd=REPO, env={**os.environ},
+            capture_output=True, text=True, timeout=60,
+            preexec_fn=_drop_root_overrides if os.geteuid() == 0 else None,
+        )  # fmt: skip
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot drop root's capabilities here: {exc}")
+    return done.returncode, done.stderr
+
+
+def test_a_repo_folder_that_cannot_be_written_names_the_user(tmp_path: Path) -> None:
+    """SQLite said only "unable to open database file"."""
+    repo = tmp_path / "sqlite"
+    repo.mkdir(mode=0o555)
+    repo.chmod(0o555)  # whatever the umask
+    uid, gid = os.geteuid(), os.getegid()
+    code, stderr = start_unprivileged(
+        tmp_path, "-a", f"127.0.0.1:{free_port()}", "--danger-dummy-mode", "filesystem", "-p",
+        str(tmp_path / "files"), "sqlite", "-p", str(repo),
+    )  # fmt: skip
+    assert (code, stderr.splitlines()[-1]) == (
+        1,
+        f"error: repo.path {repo}: the folder {repo} is not writable for uid {uid} (gid "
+        f"{gid}), which pictrs-trio runs as; it belongs to uid {uid} (gid {gid}), mode 0555: "
+        f"give that user write access (chmod u+rwx {repo})",
+    )
+
+
+def test_a_file_where_a_folder_should_be(tmp_path: Path) -> None:
+    """Python said ``[Errno 17] File exists``."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    port = free_port()
+    cases = [
+        (["filesystem", "-p", str(tmp_path / "files"), "sqlite", "-p", str(blocker)],
+         f"error: repo.path {blocker}: {blocker} is a file, not a folder\n"),
+        (["filesystem", "-p", str(blocker), "sqlite", "-p", str(tmp_path / "sqlite")],
+         f"error: store.path {blocker}: {blocker} is a file, not a folder\n"),
+        (["filesystem", "-p", str(blocker / "files"), "sqlite", "-p", str(tmp_path / "sqlite")],
+         f"error: store.path {blocker / 'files'}: {blocker} is a file, not a folder\n"),
+        (["--temporary-directory", str(blocker), *data_args(tmp_path)],
+         f"error: server.temporary_directory {blocker}: {blocker} is a file, not a folder\n"),
+    ]  # fmt: skip
+    for args, says in cases:
+        code, stderr = start(tmp_path, "-a", f"127.0.0.1:{port}", "--danger-dummy-mode", *args)
+        assert (code, stderr.splitlines()[-1] + "\n") == (1, says)
