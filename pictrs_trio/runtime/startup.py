@@ -22,7 +22,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,16 +45,35 @@ class StartupError(Exception):
     """pictrs-trio cannot start here: the message says what and where (exit status 1)."""
 
 
-def check_config(config: Config) -> None:
-    """Settings that parse but cannot work. Raises ConfigError naming the key."""
-    if config.media.preprocess_steps:
-        from pictrs_trio.rules import variants
-        from pictrs_trio.rules.errors import PictrsError
+def parse_preprocess_steps(text: str) -> object:
+    """``media.preprocess_steps`` as uploads apply it (the process routes' syntax). Raises
+    ValueError."""
+    from pictrs_trio.rules import variants
+    from pictrs_trio.rules.errors import PictrsError
 
+    try:
+        return variants.parse_steps(text)
+    except PictrsError as exc:
+        raise ValueError(exc.msg) from None
+
+
+# Values ``config.load_all`` checks with parsers that live above it (its ``checks``): their
+# errors name the key, the value and the layer it came from, as the built-in ones do.
+VALUE_CHECKS: dict[str, Callable[[str], object]] = {
+    "media.preprocess_steps": parse_preprocess_steps,
+}
+
+
+def check_config(config: Config) -> None:
+    """Settings that parse but cannot work. Raises ConfigError naming the key. (Loaded with
+    VALUE_CHECKS, ``media.preprocess_steps`` was checked already, naming its source.)"""
+    if config.media.preprocess_steps:
         try:
-            variants.parse_steps(config.media.preprocess_steps)
-        except PictrsError as exc:
-            raise ConfigError(f"media.preprocess_steps: {exc.msg}") from None
+            parse_preprocess_steps(config.media.preprocess_steps)
+        except ValueError as exc:
+            raise ConfigError(
+                f"media.preprocess_steps = {config.media.preprocess_steps!r}: {exc}"
+            ) from None
     if isinstance(config.store, ObjectStorageStore):
         check_object_storage(config.store)
 

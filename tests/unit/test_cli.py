@@ -549,3 +549,57 @@ def test_virtual_host_style_needs_a_host_name(
     assert "set store.use_path_style = true (-u, PICTRS__STORE__USE_PATH_STYLE=true)" in err
     assert cli.main([*argv, "-u"], env={}) == 0  # path style: fine
     capsys.readouterr()
+
+
+def test_preprocess_steps_errors_name_their_source(capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(["run", "--media-preprocess-steps", "thumbnail=abc"], capsys)
+    assert err == (
+        "error: media.preprocess_steps = 'thumbnail=abc' (command line): thumbnail: 'abc' is "
+        "not an unsigned integer\n"
+    )
+    env = {"PICTRS__MEDIA__PREPROCESS_STEPS": "resize=10&bogus=1"}
+    assert fails(["run"], capsys, env=env).startswith(
+        "error: media.preprocess_steps = 'resize=10&bogus=1' (environment variable "
+        "PICTRS__MEDIA__PREPROCESS_STEPS): "
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("7weeks", "'weeks' is not a unit"),
+        ("7", "no unit after 7"),
+        ("d", "no number in front"),
+        ("1.5d", "'.5d' is not a unit"),
+    ],
+)
+def test_a_retention_error_lists_the_units(
+    capsys: pytest.CaptureFixture[str], value: str, says: str
+) -> None:
+    err = fails(["run", "--media-retention-proxy", value], capsys)
+    assert err == (
+        f"error: media.retention.proxy = {value!r} (command line): {says}: a retention is a "
+        "whole number and a unit, m, h, d or y (or minute, hour, day, year, also plural; s "
+        "or second for seconds), like 30m, 12h, 7d or 1y\n"
+    )
+
+
+def test_retention_units_in_capitals_as_pict_rs() -> None:
+    assert run(["run", "--media-retention-proxy", "7D"]).media.retention.proxy == "7D"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://u:hunter2@val example/x", "'http://<redacted>@val example/x' (command line): "
+                                           "the host 'val example' cannot have ' ' in it"),
+        ("http://val|example/x", "'http://val|example/x' (command line): the host "
+                                 "'val|example' cannot have '|' in it"),
+        ("http://[::1/x", "'http://[::1/x' (command line): not a URL: Invalid IPv6 URL"),
+    ],
+)  # fmt: skip
+def test_a_validator_url_with_a_bad_host_is_refused(
+    capsys: pytest.CaptureFixture[str], url: str, says: str
+) -> None:
+    err = fails(["run", "--media-external-validation", url], capsys)
+    assert err == f"error: media.external_validation = {says}\n"
