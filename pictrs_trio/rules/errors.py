@@ -20,6 +20,7 @@
     ├── VariantTimeout               waited too long for a render  command-timeout      500
     ├── StoreError, StoreNotFound    a store backend failed        file-io-error, ...   500
     ├── RepoError                    the repo failed               sqlite-error         500
+    ├── ScratchError                 the temporary folder failed   io-error             500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
     ├── UrlNotAllowed                a URL the SSRF guard refuses  url-not-allowed      400
     ├── FailedExternalValidation     the validator refused    failed-external-validation 400
@@ -225,6 +226,13 @@ class RepoError(PictrsError):
     code = ErrorCode.SQLITE_ERROR
 
 
+class ScratchError(PictrsError):
+    """This process's temporary folder could not be written (full, gone, not writable): pict-rs
+    answers its io errors with ``io-error``, 500."""
+
+    code = ErrorCode.IO_ERROR
+
+
 class HttpClientError(PictrsError):
     """An outbound request (download, proxy) failed before the remote answered."""
 
@@ -357,6 +365,7 @@ STATUS: dict[type[BaseException], int] = {
     VariantTimeout: 500,
     StoreError: 500,
     RepoError: 500,
+    ScratchError: 500,
     HttpClientError: 500,
     DownloadFailed: 500,
     AliasNotFound: 404,

@@ -35,7 +35,7 @@ from cyclopts.exceptions import CycloptsError
 import pictrs_trio
 from pictrs_trio import config as cfg
 from pictrs_trio.config import Config, ConfigError
-from pictrs_trio.runtime.startup import StartupError
+from pictrs_trio.runtime.startup import VALUE_CHECKS, StartupError
 
 Runner = Callable[[Config], None]
 
@@ -334,6 +334,7 @@ def _main(
         file=config_file if isinstance(config_file, Path) else None,
         env=os.environ if env is None else env,
         overrides=cfg.nest(flat),
+        checks=VALUE_CHECKS,
     )
     config = loaded.config
     save_path = special.get("save_to")

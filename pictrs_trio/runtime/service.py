@@ -216,6 +216,9 @@ def hypercorn_config(config: Config, listen_fd: int) -> hypercorn.config.Config:
     if config.server.certificate and config.server.private_key:
         hc.certfile = config.server.certificate
         hc.keyfile = config.server.private_key
+        # check_files refused an encrypted key; should it have become one since, an empty
+        # passphrase makes loading fail instead of OpenSSL asking on the terminal.
+        hc.keyfile_password = ""
     return hc
 
 

@@ -31,7 +31,7 @@ from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.external_validation import validate_externally
-from pictrs_trio.services.local import local_file, spool
+from pictrs_trio.services.local import local_file, remove_scratch, spool
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
@@ -100,7 +100,7 @@ class IngestSession:
         # Bounded cleanup: it must run even when the request was cancelled.
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             temps, self._temps = self._temps, []
-            await trio.to_thread.run_sync(_unlink_all, temps)
+            await trio.to_thread.run_sync(remove_scratch, temps)
             if self._armed:
                 await self._undo()
 
@@ -152,11 +152,6 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
         details = details_now(await state.media.discover(path))
     await state.repo.relate_details(identifier, details)
     return details
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
 
 
 def _hash_file(path: Path) -> tuple[bytes, int]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import trio
 from loguru import logger
 
-from journal import Journal
+from journal import Journal, JournalError
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import ErrorCode, StoreError
+from pictrs_trio.rules.errors import ErrorCode, PictrsError, StoreError
 from pictrs_trio.services.state import AppState
 from pictrs_trio.store import Store
 
@@ -96,5 +96,15 @@ async def discard_from(store: Store, journal: Journal, identifier: str) -> None:
         try:
             await store.remove(identifier, partial=True)
             await journal.abandon([identifier])
+        except (PictrsError, JournalError) as exc:
+            # Expected when the store or the database is down (what failed the caller, most
+            # often): the store's or journal's message says it all, a traceback nothing more.
+            why = f"{exc.msg} ({exc.code})" if isinstance(exc, PictrsError) else str(exc)
+            logger.warning(
+                "could not remove {} now: {}; its intent stays, so it is removed once this "
+                "process has stopped",
+                identifier,
+                why,
+            )
         except Exception:
             logger.opt(exception=True).warning("could not remove {} now", identifier)

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
+from pictrs_trio.config import redact_url
 from pictrs_trio.rules.egress import url_for_log
 
 if TYPE_CHECKING:
@@ -52,9 +53,16 @@ class Addressing(msgspec.Struct, frozen=True, kw_only=True):
 def addressing(endpoint: str, bucket: str, path_style: bool) -> Addressing:
     """The URLs of ``bucket`` at ``endpoint``. Raises ValueError for an endpoint that is not
     an http(s) URL with a host, or that carries a user, a query or a fragment."""
-    parts = urlsplit(endpoint)
+    typed = redact_url(endpoint)  # as the operator wrote it: urlsplit mangles "minio:9000"
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ValueError(f"store.endpoint {typed!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"store.endpoint {url_for_log(endpoint)!r} is not an http(s) URL")
+        fix = "it needs http:// or https://"
+        if "://" not in endpoint:
+            fix += " in front" + ("" if "@" in endpoint else f", like 'http://{endpoint}'")
+        raise ValueError(f"store.endpoint {typed!r} is not an http(s) URL: {fix}")
     if parts.username is not None or parts.password is not None:
         raise ValueError("store.endpoint must not carry a user or password: use access_key")
     if parts.query or parts.fragment:
