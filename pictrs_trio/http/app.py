@@ -31,6 +31,7 @@ from pictrs_trio.http import (
     image,
     internal,
     internal_raw,
+    request_span,
     serve,
     upload,
     variants,
@@ -116,6 +117,7 @@ class PictrsApp:
             self._entry = access_log.logged(
                 self._serve, requests=logs.log_requests, spans=logs.log_spans
             )
+        self._entry = request_span.traced(self._entry, state.tracer, self.quart.url_map)
         self.stopping = False  # answers say Connection: close from now on
         self._stopped = trio.Event()  # event feeds close with "going away"
         self._in_flight = 0

@@ -38,6 +38,7 @@ from pictrs_trio.runtime.startup import BACKLOG, StartupError
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import open_tracer
 from pictrs_trio.store import Store
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -164,6 +165,8 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
                 config.media, tmp_dir=tmp_dir, engine_workers=engine_workers(config)
             ) as media,
             open_http_client(config) as http,
+            # last: its spans are flushed once every request and job has ended
+            open_tracer(config.tracing.opentelemetry) as tracer,
         ):
             journal = Journal(repo.journal_db())
             yield AppState(
@@ -174,6 +177,7 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
                 tmp_dir=tmp_dir,
                 journal=journal,
                 http=http,
+                tracer=tracer,
             )
     finally:
         with trio.move_on_after(5, shield=True):
