@@ -126,7 +126,7 @@ class LiveTracer(Tracer):
 
     def __init__(self, settings: OpenTelemetry, exporter: SpanExporter | None = None) -> None:
         assert settings.url is not None or exporter is not None
-        self._url = url_for_log(settings.url) if settings.url else "memory"
+        where = url_for_log(settings.url) if settings.url else "its exporter"
         # Exported targets, decided once per target (a handful of module names).
         self._filter = logfilter.parse(settings.targets)
         self._exported: dict[str, bool] = {}
@@ -136,9 +136,10 @@ class LiveTracer(Tracer):
         self._provider.add_span_processor(BatchSpanProcessor(self._exporter))
         self.sdk = self._provider.get_tracer("pictrs_trio", pictrs_trio.version())
         self.propagator = TraceContextTextMapPropagator()
+        self._where = f"{where} (OTLP/gRPC)" if exporter is None else where
         logger.info(
-            "tracing: exporting spans to {} (OTLP/gRPC) as service {}, targets {}",
-            self._url,
+            "tracing: exporting spans to {} as service {}, targets {}",
+            self._where,
             settings.service_name,
             settings.targets,
         )
@@ -174,6 +175,6 @@ class LiveTracer(Tracer):
             logger.warning(
                 "tracing: the collector at {} did not take the last spans within {} s; they "
                 "are dropped",
-                self._url,
+                self._where,
                 FLUSH_SECONDS,
             )
