@@ -54,6 +54,7 @@ def test_spans_join_the_callers_trace_and_reach_the_collector(
         took = time.monotonic() - began
         spans = collector.spans()  # all exported before the process ended
     assert took < 5, f"stopping took {took:.1f} s"
+    assert srv.errors.read_text() == ""  # nothing from gRPC (its fork handlers, say) on stderr
     assert spans
     assert {span.resource.get("service.name") for span in spans} == {"pict-rs"}
 
