@@ -64,7 +64,7 @@ class LiveSpan(Span):
     marks it failed (``error.type``: the pict-rs error code, else the exception's class;
     ``cancelled`` when trio cancelled it)."""
 
-    __slots__ = ("_context", "_current", "_kind", "_name", "_parent", "_span", "_token", "_tracer")
+    __slots__ = ("_current", "_kind", "_name", "_parent", "_span", "_token", "_tracer")
 
     def __init__(
         self,
