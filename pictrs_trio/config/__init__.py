@@ -317,11 +317,11 @@ POSTGRES_MESSAGE = (
 # set to something other than its default gives one start-up warning
 # (docs/configuration.md, "Keys that are accepted but not acting").
 NOT_ACTING = {
-    "tracing.opentelemetry.url": "no OpenTelemetry export yet",
-    "tracing.opentelemetry.service_name": "no OpenTelemetry export yet",
-    "tracing.opentelemetry.targets": "no OpenTelemetry export yet",
-    "tracing.console.address": "no tokio-console equivalent yet",
-    "tracing.console.buffer_capacity": "no tokio-console equivalent yet",
+    "tracing.console.address": (
+        "tokio-console inspects the tasks of pict-rs's Rust runtime; trio has no such console, "
+        "so nothing listens there (spans: tracing.opentelemetry)"
+    ),
+    "tracing.console.buffer_capacity": "only the tokio-console (tracing.console.address) uses it",
     "old_repo.path": "pict-rs 0.4 sled repos are not read (docs/migration.md)",
     "upgrade.concurrency": "there is no pict-rs 0.4 repo upgrade to run",
     "store.signature_duration": (
@@ -473,6 +473,7 @@ def _validate(
         ("metrics.prometheus_address", config.metrics.prometheus_address, parse_address),
         ("tracing.console.address", config.tracing.console.address, parse_address),
         ("media.external_validation", config.media.external_validation, parse_http_url),
+        ("tracing.opentelemetry.url", config.tracing.opentelemetry.url, parse_http_url),
         ("media.retention.variants", config.media.retention.variants, parse_retention),
         ("media.retention.proxy", config.media.retention.proxy, parse_retention),
         ("tracing.logging.targets", config.tracing.logging.targets, logfilter.parse),

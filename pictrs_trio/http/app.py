@@ -34,6 +34,7 @@ from pictrs_trio.http import (
     internal,
     internal_raw,
     metered,
+    request_span,
     serve,
     upload,
     variants,
@@ -121,6 +122,7 @@ class PictrsApp:
             )
         if state.metrics.enabled:
             self._entry = metered.metered(self._entry, state.metrics)
+        self._entry = request_span.traced(self._entry, state.tracer, self.quart.url_map)
         self.stopping = False  # answers say Connection: close from now on
         self._stopped = trio.Event()  # event feeds close with "going away"
         self._in_flight = 0

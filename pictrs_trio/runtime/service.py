@@ -39,6 +39,7 @@ from pictrs_trio.runtime.startup import BACKLOG, StartupError, check_store_migra
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import open_tracer
 from pictrs_trio.store import Store
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -176,6 +177,8 @@ async def open_state(config: Config, metrics: Metrics | None = None) -> AsyncIte
                 metrics=metrics,
             ) as media,
             open_http_client(config) as http,
+            # last: its spans are flushed once every request and job has ended
+            open_tracer(config.tracing.opentelemetry) as tracer,
         ):
             journal = Journal(repo.journal_db(), monitor=metrics)
             yield AppState(
@@ -187,6 +190,7 @@ async def open_state(config: Config, metrics: Metrics | None = None) -> AsyncIte
                 journal=journal,
                 http=http,
                 metrics=metrics,
+                tracer=tracer,
             )
     finally:
         with trio.move_on_after(5, shield=True):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
@@ -26,6 +27,7 @@ from pictrs_trio.metrics.names import INGEST_EXTERNAL_VALIDATION
 from pictrs_trio.rules import egress
 from pictrs_trio.rules.errors import ExternalValidationUnavailable, FailedExternalValidation
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import Span
 
 CHUNK = 64 * 1024
 
@@ -52,10 +54,22 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
     url = media.external_validation
     if url is None:
         return
+    # A client span whose traceparent goes with the request: the validator may join the trace.
+    with state.tracer.span(__name__, "ingest.external_validation", kind="client") as span:
+        span.set("http.request.method", "POST")
+        span.set("server.address", urlsplit(url).hostname or "")
+        await _post(state, url, path, size=size, content_type=content_type, span=span)
+
+
+async def _post(
+    state: AppState, url: str, path: Path, *, size: int, content_type: str, span: Span
+) -> None:
+    media = state.config.media
     client = await state.http.operator_client()
     import httpx  # loaded with the client (outbound.py)
 
     headers = {"Content-Type": content_type, "Content-Length": str(size)}
+    span.inject(headers)
     try:
         # pict-rs gives the whole request this timeout; it replaces the client's own.
         with (
@@ -77,6 +91,7 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
         raise ExternalValidationUnavailable(
             f"External validation could not be reached: {type(exc).__name__}"
         ) from exc
+    span.set("http.response.status_code", response.status_code)
     if not response.is_success:
         logger.bind(status=response.status_code).info("external validation refused an upload")
         raise FailedExternalValidation(

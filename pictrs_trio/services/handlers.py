@@ -13,6 +13,9 @@
 
 Delivery is at least once, so every handler is idempotent: removing a missing file is fine,
 an upload whose outcome is recorded is not ingested again, a rendered variant is found.
+
+With a live tracer each run of a job is a consumer span ``job {kind}`` (``traced``), the
+root of the ingest or render spans it makes; the journal itself knows nothing of tracing.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pictrs_trio.rules.query import parse_upload_query
 from pictrs_trio.services import audit, prune, render
 from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import Tracer
 
 BATCH = 500
 CONCURRENCY = {jobs.CLEANUP: 1, jobs.INGEST: 2, jobs.PROCESS: 2, jobs.MIGRATE: 1}
@@ -52,12 +56,29 @@ _generate_decoder = msgspec.json.Decoder(jobs.Generate)
 
 
 def by_queue(state: AppState) -> dict[str, Handler]:
-    return {
+    handlers: dict[str, Handler] = {
         jobs.CLEANUP: partial(handle_cleanup, state),
         jobs.INGEST: partial(handle_ingest, state),
         jobs.PROCESS: partial(handle_generate, state),
         jobs.MIGRATE: partial(handle_cleanup, state),
     }
+    if not state.tracer.enabled:
+        return handlers
+    return {queue: traced(state.tracer, handler) for queue, handler in handlers.items()}
+
+
+def traced(tracer: Tracer, handler: Handler) -> Handler:
+    """``handler`` with a span around each run: ``job {kind}``, with the job's queue, id
+    and attempt (a failed run's span says why: Retry, Abort, or the error)."""
+
+    async def run(job: Job) -> None:
+        with tracer.span(__name__, f"job {job.kind}", kind="consumer") as span:
+            span.set("messaging.destination.name", job.queue)
+            span.set("messaging.message.id", str(job.id))
+            span.set("pictrs.job.attempt", job.attempts)
+            await handler(job)
+
+    return run
 
 
 # --- cleanup ---------------------------------------------------------------------------------

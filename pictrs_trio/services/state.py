@@ -14,6 +14,7 @@ from pictrs_trio.rules.errors import ReadOnly
 from pictrs_trio.services.access import AccessLog
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.single_flight import SingleFlight
+from pictrs_trio.services.tracing import Tracer
 from pictrs_trio.store import Store
 
 
@@ -29,6 +30,7 @@ class AppState:
     metrics: Metrics = dataclasses.field(default_factory=Metrics)  # off unless configured
     generations: SingleFlight = dataclasses.field(default_factory=SingleFlight)
     accesses: AccessLog = dataclasses.field(default_factory=AccessLog)
+    tracer: Tracer = dataclasses.field(default_factory=Tracer)  # spans (services/tracing.py)
 
     def require_writable(self) -> None:
         """Raises ReadOnly (400 read-only) when ``server.read_only`` is set."""
