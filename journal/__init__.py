@@ -11,14 +11,17 @@ Domain-free: it stores opaque msgspec-encoded payloads and knows nothing of what
 ``store.push_in(conn, ...)`` queues a job inside a caller's own SQLite transaction on the same
 file. Each process is an owner (``Journal.run_owner``) whose leases on keys and intents
 (write-ahead for effects outside the database) are released, and undone, when it dies
-(journal/owners.py). Design and guarantees: docs/journal.md.
+(journal/owners.py). A ``Monitor`` hears pushes, waits and job endings, for metrics
+(journal/monitor.py). Design and guarantees: docs/journal.md.
 """
 
-from journal.owners import IntentLost, Reaped, fulfil_in, release_in
+from journal.monitor import Ending, Monitor, Unmonitored
+from journal.owners import IntentLost, NotAlone, Reaped, fulfil_in, release_in
 from journal.queue import Database, Journal, open_journal
 from journal.records import (
     Abort,
     Backoff,
+    Event,
     Job,
     JobNotFound,
     JournalError,
@@ -34,16 +37,21 @@ __all__ = [
     "Abort",
     "Backoff",
     "Database",
+    "Ending",
+    "Event",
     "Handler",
     "IntentLost",
     "Job",
     "JobNotFound",
     "Journal",
     "JournalError",
+    "Monitor",
+    "NotAlone",
     "Outcome",
     "Reaped",
     "Retry",
     "Status",
+    "Unmonitored",
     "encode_payload",
     "fulfil_in",
     "open_journal",

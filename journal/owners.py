@@ -7,6 +7,11 @@ the pid no longer exists or belongs to a process started at another time, alive 
 runs, however late its heartbeat (a busy process is not a dead one). Elsewhere, where no
 process can be looked at, it is dead when its heartbeat is older than ``OWNER_TTL``.
 
+An owner may **run alone** (a command that must not run beside the servers): it joins only
+when no other owner is alive, and holds the ``ALONE`` lease while it lives, so that no other
+owner joins then. Each check is made in the transaction that registers (``join``), so of two
+processes joining at once one is refused.
+
 A **lease** is mutual exclusion on a key across processes (one render per variant): taken
 if free, if its holder is dead, or if it was taken longer ago than the caller allows (a stuck
 holder), so nobody waits out a dead owner and nobody waits forever on a live one.
@@ -43,6 +48,15 @@ OWNER_TTL = 10.0  # an owner silent this long is dead (other hosts; this host kn
 
 class IntentLost(JournalError):
     """An intent to fulfil is gone: its owner was taken for dead and the effect undone."""
+
+
+class NotAlone(JournalError):
+    """Joining was refused: an owner that runs alone is alive (``owners``), or, for one
+    that would run alone, any other owner is."""
+
+    def __init__(self, message: str, owners: list[str]) -> None:
+        super().__init__(message)
+        self.owners = owners
 
 
 class Reaped(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,24 +128,57 @@ def _live(state: bool | None, heartbeat: int, now: float) -> bool:
 
 # --- owners -----------------------------------------------------------------------------------
 
+# The lease an owner that runs alone holds while it lives (``join``); released with its row.
+ALONE = "journal:alone"
 
-def register(conn: apsw.Connection, owner: str, now: float) -> None:
+
+def register(conn: apsw.Connection, owner: str, now: float, *, alone: bool = False) -> None:
+    """Record ``owner`` as alive, unchecked (``join`` checks); ``alone``: with the ALONE
+    lease."""
     with transaction(conn):
         conn.execute(
             "INSERT INTO journal_owners (owner, started, heartbeat) VALUES (?1, ?2, ?2)"
             " ON CONFLICT (owner) DO UPDATE SET heartbeat = excluded.heartbeat",
             (owner, ns(now)),
         )
+        if alone:
+            conn.execute(
+                "INSERT INTO journal_leases (key, owner, taken) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, taken = excluded.taken",
+                (ALONE, owner, ns(now)),
+            )
 
 
-def beat(conn: apsw.Connection, owner: str, now: float) -> bool:
+def join(
+    conn: apsw.Connection, owner: str, now: float, state: LocalState, *, alone: bool = False
+) -> None:
+    """Register ``owner`` unless that would put it beside an owner that runs alone, or,
+    ``alone``, beside any live owner at all; the check and the registration are one
+    (IMMEDIATE) transaction, so of two processes joining at once, the second sees the first.
+    Raises NotAlone (nothing written then)."""
+    with transaction(conn):
+        if alone:
+            others = others_alive(conn, owner, now, state)
+            if others:
+                raise NotAlone(f"other owners are alive: {', '.join(others)}", others)
+        else:
+            rows = conn.execute(
+                "SELECT owner FROM journal_leases WHERE key = ?", (ALONE,)
+            ).fetchall()
+            holder = cast(str, rows[0][0]) if rows else None
+            if holder is not None and holder != owner and owner_alive(conn, holder, now, state):
+                raise NotAlone(f"an owner that runs alone is alive: {holder}", [holder])
+        register(conn, owner, now, alone=alone)
+
+
+def beat(conn: apsw.Connection, owner: str, now: float, *, alone: bool = False) -> bool:
     """Refresh the heartbeat; False when the row was gone (taken for dead: registered again,
-    but what it held was released)."""
+    ``alone`` with its lease again, but what it held was released)."""
     with transaction(conn):
         conn.execute("UPDATE journal_owners SET heartbeat = ? WHERE owner = ?", (ns(now), owner))
         if conn.changes() == 1:
             return True
-    register(conn, owner, now)
+    register(conn, owner, now, alone=alone)
     return False
 
 

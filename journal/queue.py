@@ -28,8 +28,18 @@ import trio
 from loguru import logger
 
 from journal import owners, schema, store
+from journal.monitor import Monitor, Unmonitored
 from journal.owners import Reaped
-from journal.records import Backoff, Job, JobNotFound, JournalError, Outcome, Status
+from journal.records import (
+    Backoff,
+    Event,
+    EventName,
+    Job,
+    JobNotFound,
+    JournalError,
+    Outcome,
+    Status,
+)
 
 __all__ = ["Database", "Journal", "open_journal"]
 
@@ -69,14 +79,18 @@ class Journal:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
         keep_done: float = 3600.0,
+        keep_events: int = 10_000,
         max_attempts: int = store.DEFAULT_MAX_ATTEMPTS,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        monitor: Monitor | None = None,
     ):
         self._db = db
+        self.monitor: Monitor = monitor if monitor is not None else Unmonitored()
         self.clock = clock
         self.poll_interval = poll_interval
         self.keep_done = keep_done  # seconds a done job stays visible; 0 deletes at once
+        self.keep_events = keep_events  # newest events kept in the log by the purger
         self.max_attempts = max_attempts
         self.backoff = backoff or Backoff()
         self._rng = rng or random.Random()
@@ -103,10 +117,14 @@ class Journal:
 
     # -- owners: liveness, leases, intents (journal/owners.py) --
 
-    async def register(self) -> None:
-        """Record this owner as alive (``run_owner`` does it and keeps it alive)."""
+    async def register(self, *, alone: bool = False) -> None:
+        """Record this owner as alive (``run_owner`` does it and keeps it alive), unless an
+        owner that runs alone is alive; ``alone``: unless any other owner is, and then none
+        joins beside it while it lives. Raises NotAlone (nothing is registered then)."""
         now = self.clock()
-        await self._write(lambda conn: owners.register(conn, self.owner, now))
+        await self._write(
+            lambda conn: owners.join(conn, self.owner, now, self._local_state, alone=alone)
+        )
         self._registered = True
 
     async def _ensure_registered(self) -> None:
@@ -118,11 +136,13 @@ class Journal:
         *,
         beat: float = owners.OWNER_BEAT,
         reap_every: float = 2 * owners.OWNER_BEAT,
+        alone: bool = False,
         task_status: trio.TaskStatus[Reaped] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Register, release what dead owners left (reported to ``task_status``), then
-        heartbeat and reap until cancelled; unregister on the way out."""
-        await self.register()
+        """Register (``alone``: see ``register``), release what dead owners left (reported
+        to ``task_status``), then heartbeat and reap until cancelled; unregister on the way
+        out. Raises NotAlone before it is started."""
+        await self.register(alone=alone)
         task_status.started(await self.reap())
         try:
             since_reap = 0.0
@@ -130,7 +150,7 @@ class Journal:
                 await trio.sleep(beat)
                 try:
                     if not await self._write(
-                        partial(owners.beat, owner=self.owner, now=self.clock())
+                        partial(owners.beat, owner=self.owner, now=self.clock(), alone=alone)
                     ):
                         logger.warning("journal owner {} was taken for dead", self.owner)
                     since_reap += beat
@@ -213,8 +233,11 @@ class Journal:
             event = self._wakeups[queue] = trio.Event()
         return event
 
-    def notify(self, queue: str) -> None:
-        """Wake this process's idle workers of ``queue`` (after a ``push_in`` commit)."""
+    def notify(self, queue: str, pushed: int = 0) -> None:
+        """Wake this process's idle workers of ``queue`` (after a ``push_in`` commit);
+        ``pushed``: how many jobs that commit queued, for the monitor."""
+        if pushed:
+            self.monitor.pushed(queue, pushed, completed=True)
         event = self._wakeups.pop(queue, None)
         if event is not None:
             event.set()
@@ -240,19 +263,23 @@ class Journal:
         """Queue ``payload`` (a Struct, stored as msgspec JSON); returns the job id, or the
         live job's id if ``unique_key`` is taken. ``run_after``: absolute, ``clock`` time."""
         now, attempts = self.clock(), max_attempts or self.max_attempts
-        job_id = await self._write(
-            lambda conn: store.push_in(
-                conn,
-                queue,
-                payload,
-                kind=kind,
-                unique_key=unique_key,
-                run_after=run_after,
-                max_attempts=attempts,
-                now=now,
+        try:
+            job_id = await self._write(
+                lambda conn: store.push_in(
+                    conn,
+                    queue,
+                    payload,
+                    kind=kind,
+                    unique_key=unique_key,
+                    run_after=run_after,
+                    max_attempts=attempts,
+                    now=now,
+                )
             )
-        )
-        self.notify(queue)
+        except BaseException:
+            self.monitor.pushed(queue, 1, completed=False)
+            raise
+        self.notify(queue, pushed=1)
         return job_id
 
     # -- workers --
@@ -365,6 +392,26 @@ class Journal:
         cutoff = self.clock() - older_than
         return await self._write(lambda conn: store.purge(conn, "dead", cutoff))
 
+    # -- the event log (docs/journal.md "Events") --
+
+    async def announce(
+        self, queue: str, event: EventName, payload: bytes | msgspec.Struct, *, kind: str = ""
+    ) -> int:
+        """Log ``progress`` or ``done`` of work that is not one job; returns its event id."""
+        now = self.clock()
+        return await self._write(
+            lambda conn: store.announce_in(conn, queue, event, payload, now, kind=kind)
+        )
+
+    async def events_after(self, after: int | None, limit: int = 500) -> tuple[list[Event], int]:
+        """Events newer than id ``after`` (None: only the id to read on from), oldest
+        first, and the id to pass next time."""
+        return await self._read(lambda conn: store.events_after(conn, after, limit))
+
+    async def trim_events(self) -> int:
+        """Keep only the newest ``keep_events`` events."""
+        return await self._write(lambda conn: store.trim_events(conn, self.keep_events))
+
 
 @asynccontextmanager
 async def open_journal(
@@ -373,6 +420,7 @@ async def open_journal(
     clock: Callable[[], float] = time.time,
     poll_interval: float = 1.0,
     keep_done: float = 3600.0,
+    keep_events: int = 10_000,
     max_attempts: int = store.DEFAULT_MAX_ATTEMPTS,
     backoff: Backoff | None = None,
     busy_timeout_ms: int = 5_000,
@@ -396,6 +444,7 @@ async def open_journal(
             clock=clock,
             poll_interval=poll_interval,
             keep_done=keep_done,
+            keep_events=keep_events,
             max_attempts=max_attempts,
             backoff=backoff,
         )

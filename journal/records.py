@@ -14,6 +14,8 @@ import msgspec
 __all__ = [
     "Abort",
     "Backoff",
+    "Event",
+    "EventName",
     "Job",
     "JobNotFound",
     "JournalError",
@@ -71,6 +73,30 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         if isinstance(into, msgspec.json.Decoder):
             return into.decode(self.payload)
         return msgspec.json.decode(self.payload, type=into)
+
+
+EventName = Literal[
+    "pushed", "started", "finished", "failed", "retried", "requeued", "progress", "done"
+]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the event log (docs/journal.md "Events"). Job state changes:
+    ``pushed``, ``started`` (claimed: attempt n), ``finished``, ``retried`` (failed, will
+    run again after a backoff; ``error`` says why), ``failed`` (dead; ``error``),
+    ``requeued`` (a dead job retried by hand). ``announce`` adds ``progress`` and ``done``
+    for work that is not one job (``job`` is None then). ``id`` grows with every event:
+    a reader that saw id n reads on from n."""
+
+    id: int
+    at: float
+    event: EventName
+    job: int | None
+    queue: str
+    kind: str
+    attempt: int
+    payload: bytes | None  # msgspec JSON, as pushed or announced
+    error: str | None
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from journal.monitor import Ending
 from journal.queue import Journal
 from journal.records import Abort, Job, JournalError, Retry
 
@@ -53,6 +54,19 @@ def _outcome(exc: Exception) -> tuple[str, bool]:
 async def _run_one(
     journal: Journal, handler: Handler, job: Job, worker_id: str, lease: float, limit: float
 ) -> None:
+    monitor = journal.monitor
+    monitor.job_started(job.queue, worker_id)
+    began = trio.current_time()
+    ending: Ending = "stopped"  # unless the run gets as far as an outcome
+    try:
+        ending = await _run_and_record(journal, handler, job, worker_id, lease, limit)
+    finally:
+        monitor.job_ended(job.queue, worker_id, trio.current_time() - began, ending)
+
+
+async def _run_and_record(
+    journal: Journal, handler: Handler, job: Job, worker_id: str, lease: float, limit: float
+) -> Ending:
     log = logger.bind(queue=job.queue, job=job.id, kind=job.kind, attempt=job.attempts)
     error: tuple[str, bool] | None = None
     lost = False
@@ -81,50 +95,63 @@ async def _run_one(
 
     if lost:
         log.warning("Lease lost; stopped the job without recording an outcome")
-        return
+        return "lost"
     if job_scope.cancelled_caught:
         error = (f"Timed out after {limit:g} s", True)
     # Bounded cleanup, so shielded: an outcome reached just before shutdown still counts.
     with trio.move_on_after(RECORD_TIMEOUT, shield=True):
         try:
             if error is None:
-                await journal.complete(job.id, worker_id)
-                return
+                return "done" if await journal.complete(job.id, worker_id) else "lost"
             status = await journal.fail(job.id, worker_id, error[0], retry=error[1])
             log.warning("Job failed ({}): {}", status or "lease lost", error[0])
+            return "lost" if status is None else "dead" if status == "dead" else "retry"
         except JournalError as exc:  # the lease will expire and the job run again
             log.error("Could not record the job's outcome: {}", exc)
+    return "lost"
 
 
 async def _worker(
     journal: Journal, queue: str, handler: Handler, worker_id: str, lease: float, limit: float
 ) -> None:
-    while True:
-        # Taken before looking, so a push that lands while we look still wakes us.
-        wakeup = journal.wakeup(queue)
-        try:
-            job, next_due = await journal.claim_or_next_due(queue, worker_id, lease)
-        except JournalError as exc:
-            logger.bind(queue=queue).warning("Claim failed: {}", exc)
-            await trio.sleep(journal.poll_interval)
-            continue
-        if job is not None:
-            await _run_one(journal, handler, job, worker_id, lease, limit)
-            continue
-        delay = journal.poll_interval
-        if next_due is not None:
-            delay = min(delay, max(next_due - journal.clock(), 0.0))
-        with trio.move_on_after(delay):
-            await wakeup.wait()
+    monitor = journal.monitor
+    waiting_since: float | None = trio.current_time()  # None while a job runs
+    try:
+        while True:
+            # Taken before looking, so a push that lands while we look still wakes us.
+            wakeup = journal.wakeup(queue)
+            try:
+                job, next_due = await journal.claim_or_next_due(queue, worker_id, lease)
+            except JournalError as exc:
+                logger.bind(queue=queue).warning("Claim failed: {}", exc)
+                await trio.sleep(journal.poll_interval)
+                continue
+            if job is not None:
+                assert waiting_since is not None
+                monitor.popped(queue, trio.current_time() - waiting_since, completed=True)
+                waiting_since = None
+                await _run_one(journal, handler, job, worker_id, lease, limit)
+                waiting_since = trio.current_time()
+                continue
+            delay = journal.poll_interval
+            if next_due is not None:
+                delay = min(delay, max(next_due - journal.clock(), 0.0))
+            with trio.move_on_after(delay):
+                await wakeup.wait()
+    finally:
+        if waiting_since is not None:  # stopped while waiting for a job
+            monitor.popped(queue, trio.current_time() - waiting_since, completed=False)
 
 
 async def _purger(journal: Journal, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         try:
-            await journal.purge_done(journal.keep_done)
+            if journal.keep_done > 0:
+                await journal.purge_done(journal.keep_done)
+            await journal.trim_events()
         except JournalError as exc:
-            logger.warning("Purging done jobs failed: {}", exc)
+            logger.warning("Purging done jobs and old events failed: {}", exc)
 
 
 async def run_workers(
@@ -154,6 +181,5 @@ async def run_workers(
             for n in range(concurrency.get(queue, 1)):
                 worker = journal.worker_id(queue, n)
                 nursery.start_soon(_worker, journal, queue, handler, worker, lease_seconds, limit)
-        if journal.keep_done > 0:
-            nursery.start_soon(_purger, journal, purge_interval)
+        nursery.start_soon(_purger, journal, purge_interval)
         task_status.started()

@@ -30,25 +30,55 @@ T = TypeVar("T")
 @contextmanager
 def transaction(conn: apsw.Connection) -> Iterator[None]:
     """A write transaction: a SAVEPOINT inside the caller's open transaction (so it commits
-    or rolls back with it), else ``BEGIN IMMEDIATE`` … ``COMMIT``.
+    or rolls back with it), else ``BEGIN IMMEDIATE`` … ``COMMIT``. Whatever fails, the
+    statement, the COMMIT or the caller's code, the connection leaves it with its
+    transaction rolled back and usable, and the first error is the one raised.
 
-    Not ``with conn:`` for the outermost level: apsw 3.54 runs that BEGIN while holding the
-    GIL, so when another connection of this process holds the write lock, the busy wait
-    stops the very thread that would release it, until busy_timeout fails. ``execute``
-    releases the GIL while it waits. IMMEDIATE takes the write lock up front, so the wait
-    happens at BEGIN, never as a failed upgrade half-way through.
+    Not apsw's ``with conn:``, for two reasons. At the outermost level apsw 3.54 runs its
+    BEGIN while holding the GIL, so when another connection of this process holds the write
+    lock, the busy wait stops the very thread that would release it, until busy_timeout
+    fails. ``execute`` releases the GIL while it waits. IMMEDIATE takes the write lock up
+    front, so the wait happens at BEGIN, never as a failed upgrade half-way through. And
+    after an error that made SQLite roll the whole transaction back, its exit fails on the
+    savepoint that is gone, hiding the error.
     """
     if conn.in_transaction:
-        with conn:
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
             yield
+        except BaseException as exc:
+            _undo(conn, exc, f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
+            raise
+        conn.execute(f"RELEASE {_SAVEPOINT}")
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        # A COMMIT that fails (a deferred foreign key; SQLITE_BUSY in rollback-journal mode)
+        # leaves the transaction open (https://sqlite.org/lang_transaction.html): it is
+        # rolled back below, or every later ``transaction`` on this connection would
+        # nest in it as a savepoint and never be committed.
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        _undo(conn, exc, "ROLLBACK")
         raise
-    conn.execute("COMMIT")
+
+
+_SAVEPOINT = "journal_nested"
+
+
+def _undo(conn: apsw.Connection, exc: BaseException, statements: str) -> None:
+    """Roll back after ``exc``, if there is still something to roll back: SQLite itself
+    rolls the whole transaction back on some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM:
+    https://sqlite.org/lang_transaction.html, "Response To Errors Within A Transaction"),
+    and a ROLLBACK then would fail and hide ``exc``. A rollback that fails is noted on
+    ``exc``, which stays the error raised."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute(statements)
+    except apsw.Error as failed:
+        exc.add_note(f"and the rollback failed: {failed}")
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -114,7 +144,61 @@ def _v2_owners(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1, _v2_owners)
+def _v3_events(conn: apsw.Connection) -> None:
+    """The event log (docs/journal.md "Events"): one row per job state change, written by
+    triggers in the transaction that made the change, whoever made it (this code, a
+    ``push_in`` inside a caller's transaction, another process), and rows ``announce``
+    adds (progress of long work). Readers tail it by id; ``trim_events`` bounds it."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS journal_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            job INTEGER,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            payload BLOB,
+            error TEXT
+        );
+        CREATE TRIGGER IF NOT EXISTS journal_events_pushed AFTER INSERT ON journal_jobs
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload)
+            VALUES (NEW.created, 'pushed', NEW.id, NEW.queue, NEW.kind, NEW.attempts,
+                    NEW.payload);
+        END;
+        -- A heartbeat changes neither status nor worker; a claim of an expired lease
+        -- changes the worker only (a new attempt: started again).
+        CREATE TRIGGER IF NOT EXISTS journal_events_changed
+        AFTER UPDATE OF status, worker ON journal_jobs
+        WHEN OLD.status IS NOT NEW.status
+            OR (NEW.status = 'running' AND OLD.worker IS NOT NEW.worker)
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload, error)
+            VALUES (NEW.updated,
+                    CASE WHEN NEW.status = 'running' THEN 'started'
+                         WHEN NEW.status = 'done' THEN 'finished'
+                         WHEN NEW.status = 'dead' THEN 'failed'
+                         WHEN OLD.status = 'dead' THEN 'requeued'
+                         ELSE 'retried' END,
+                    NEW.id, NEW.queue, NEW.kind, NEW.attempts, NEW.payload,
+                    CASE WHEN OLD.status = 'running' AND NEW.status IN ('pending', 'dead')
+                         THEN NEW.last_error END);
+        END;
+        -- complete() without keeping done jobs deletes a running one: it finished.
+        CREATE TRIGGER IF NOT EXISTS journal_events_deleted AFTER DELETE ON journal_jobs
+        WHEN OLD.status = 'running'
+        BEGIN
+            INSERT INTO journal_events (at, event, job, queue, kind, attempt, payload)
+            VALUES (CAST((julianday('now') - 2440587.5) * 86400000000000 AS INTEGER),
+                    'finished', OLD.id, OLD.queue, OLD.kind, OLD.attempts, OLD.payload);
+        END;
+        """
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1, _v2_owners, _v3_events)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import apsw
 import msgspec
 
-from journal.records import STATUSES, Job, Status, encode_payload
+from journal.records import STATUSES, Event, EventName, Job, Status, encode_payload
 from journal.schema import transaction
 
 if TYPE_CHECKING:
@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
+    "announce_in",
     "claim",
     "claim_or_next_due",
     "complete",
     "dead_jobs",
+    "events_after",
     "fail",
     "get",
     "heartbeat",
@@ -41,6 +43,7 @@ __all__ = [
     "push_in",
     "retry_dead",
     "stats",
+    "trim_events",
 ]
 
 DEFAULT_MAX_ATTEMPTS = 5  # pict-rs: 5 tries per job
@@ -297,5 +300,70 @@ def purge(conn: apsw.Connection, status: Status, older_than: float) -> int:
     with transaction(conn):
         conn.execute(
             "DELETE FROM journal_jobs WHERE status = ? AND updated < ?", (status, ns(older_than))
+        )
+        return conn.changes()
+
+
+_EVENT_COLUMNS = "id, at, event, job, queue, kind, attempt, payload, error"
+
+
+def _event(row: Row) -> Event:
+    return Event(
+        id=cast(int, row[0]),
+        at=cast(int, row[1]) / 1e9,
+        event=cast(EventName, row[2]),
+        job=cast("int | None", row[3]),
+        queue=cast(str, row[4]),
+        kind=cast(str, row[5]),
+        attempt=cast(int, row[6]),
+        payload=cast("bytes | None", row[7]),
+        error=cast("str | None", row[8]),
+    )
+
+
+def announce_in(
+    conn: apsw.Connection,
+    queue: str,
+    event: EventName,
+    payload: bytes | msgspec.Struct,
+    now: float,
+    *,
+    kind: str = "",
+) -> int:
+    """Add an event that is not a job's state change (``progress`` or ``done`` of long
+    work) to the log, inside the caller's transaction if one is open. Returns its id."""
+    if isinstance(payload, msgspec.Struct):
+        tag, payload = encode_payload(payload)
+        kind = kind or tag
+    with transaction(conn):
+        rows = conn.execute(
+            "INSERT INTO journal_events (at, event, queue, kind, payload)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (ns(now), event, queue, kind, payload),
+        ).fetchall()
+    return cast(int, rows[0][0])
+
+
+def events_after(conn: apsw.Connection, after: int | None, limit: int) -> tuple[list[Event], int]:
+    """(up to ``limit`` events with an id above ``after``, oldest first; the id a reader
+    goes on from). ``after`` None: none, only the id of the newest event (a reader that
+    starts now). A reader that fell behind the trimmed log gets what is left."""
+    if after is None:
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM journal_events").fetchall()
+        return [], cast(int, row[0][0])
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM journal_events WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    found = [_event(row) for row in rows]
+    return found, found[-1].id if found else after
+
+
+def trim_events(conn: apsw.Connection, keep: int) -> int:
+    """Delete all but the newest ``keep`` events. Returns how many went."""
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM journal_events WHERE id <= (SELECT max(id) FROM journal_events) - ?",
+            (keep,),
         )
         return conn.changes()

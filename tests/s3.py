@@ -157,3 +157,58 @@ class LoopbackTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class ThrottledProxy:
+    """A TCP proxy on loopback to ``port`` (moto), run in the test's own trio loop: what a
+    client sends goes on at ``rate`` bytes a second (None: at once; 0: never, a server that
+    stopped reading), answers come back at once. Its listening socket takes a small
+    receive buffer, so a client that also sends with a small one (``small_send_buffer``)
+    really waits for each write to go. Counts the connections it accepted."""
+
+    RECEIVE_BUFFER = 16 * 1024
+
+    def __init__(self, port: int, rate: float | None = None) -> None:
+        self.port, self.rate = port, rate
+        self.connections = 0
+        self.endpoint = ""
+
+    async def serve(self, task_status: Any) -> None:
+        import trio
+
+        listener = trio.socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        self.endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        listeners = [trio.SocketListener(listener)]
+        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+
+    async def _handle(self, client: Any) -> None:
+        import trio
+
+        self.connections += 1
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, upstream, self.rate, nursery.cancel_scope)
+            nursery.start_soon(self._pump, upstream, client, None, nursery.cancel_scope)
+
+    @staticmethod
+    async def _pump(source: Any, sink: Any, rate: float | None, done: Any) -> None:
+        import trio
+
+        if rate == 0:
+            await trio.sleep_forever()
+        try:
+            while data := await source.receive_some(ThrottledProxy.RECEIVE_BUFFER):
+                await sink.send_all(data)
+                if rate is not None:
+                    await trio.sleep(len(data) / rate)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()  # one side closed: so is the other
+
+
+def small_send_buffer() -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (its timeouts apply), sending with a 32 KiB socket buffer."""
+    return httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)])

@@ -13,6 +13,7 @@ FLOORS = {
     "journal": 1,
     "pictrs_trio.config": 1,
     "pictrs_trio.rules": 2,
+    "pictrs_trio.metrics": 2,
     "pictrs_trio.media": 3,
     "pictrs_trio.store": 3,
     "pictrs_trio.repo": 3,

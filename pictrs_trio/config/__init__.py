@@ -317,12 +317,11 @@ POSTGRES_MESSAGE = (
 # set to something other than its default gives one start-up warning
 # (docs/configuration.md, "Keys that are accepted but not acting").
 NOT_ACTING = {
-    "metrics.prometheus_address": "no Prometheus endpoint yet",
-    "tracing.opentelemetry.url": "no OpenTelemetry export yet",
-    "tracing.opentelemetry.service_name": "no OpenTelemetry export yet",
-    "tracing.opentelemetry.targets": "no OpenTelemetry export yet",
-    "tracing.console.address": "no tokio-console equivalent yet",
-    "tracing.console.buffer_capacity": "no tokio-console equivalent yet",
+    "tracing.console.address": (
+        "tokio-console inspects the tasks of pict-rs's Rust runtime; trio has no such console, "
+        "so nothing listens there (spans: tracing.opentelemetry)"
+    ),
+    "tracing.console.buffer_capacity": "only the tokio-console (tracing.console.address) uses it",
     "old_repo.path": "pict-rs 0.4 sled repos are not read (docs/migration.md)",
     "upgrade.concurrency": "there is no pict-rs 0.4 repo upgrade to run",
     "store.signature_duration": (
@@ -365,6 +364,7 @@ def load_all(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Tree | None = None,
+    checks: Mapping[str, Callable[[str], object]] | None = None,
 ) -> Loaded:
     """The Config from built-in defaults < ``file`` < ``env`` < ``overrides``, and the keys
     it ignored.
@@ -372,7 +372,9 @@ def load_all(
     ``overrides`` is a nested dict (``{"server": {"address": ...}}``) of only what was given
     on the command line. As pict-rs, unknown keys and pict-rs 0.4 names are ignored (the
     caller warns about each); a bad value of a known key raises ConfigError naming the key
-    path, its source and the problem.
+    path, its source and the problem. ``checks``: parsers of string keys that live above
+    this package (``media.preprocess_steps`` is the process routes' syntax), key -> a
+    function raising ValueError; their errors read like the built-in ones.
     """
     layers: list[Layer] = []
     if file is not None:
@@ -393,19 +395,28 @@ def load_all(
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX) from None
-    _validate(config, layers)
+        raise layered.explain(str(exc), Config, merged, layers, ENV_PREFIX, shown) from None
+    _validate(config, layers, checks or {})
     return Loaded(config=config, ignored=tuple(ignored), inactive=tuple(not_acting(config)))
 
 
 def not_acting(config: Config) -> list[str]:
-    """One message per NOT_ACTING key that is set to something other than its default."""
-    values, defaults = msgspec.to_builtins(config), msgspec.to_builtins(Config())
+    """One message per NOT_ACTING key that is set to something other than its default: the
+    default of the Struct that holds it here (``store.signature_duration`` is an object
+    storage key; the default store, a filesystem one, has no such key)."""
     messages = []
     for key, why in NOT_ACTING.items():
-        path = tuple(key.split("."))
-        value = layered.get(values, path)
-        if value != layered.get(defaults, path):
+        *sections, leaf = key.split(".")
+        holder: object = config
+        for section in sections:
+            holder = getattr(holder, section, None)
+        if not isinstance(holder, msgspec.Struct) or leaf not in holder.__struct_fields__:
+            continue  # a key of the other variant of a tagged section
+        field = next(f for f in msgspec.structs.fields(holder) if f.name == leaf)
+        default = field.default
+        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        if getattr(holder, leaf) != default:  # a required key (none is listed) is always set
             messages.append(f"{key} is set but not acting: {why}")
     return messages
 
@@ -452,13 +463,17 @@ def _check_tags(merged: Tree, layers: list[Layer]) -> None:
         raise ConfigError(f"{where}: unknown {section} type; expected {expected}")
 
 
-def _validate(config: Config, layers: list[Layer]) -> None:
-    """Checks msgspec cannot express: addresses, retention strings, TLS pairs."""
+def _validate(
+    config: Config, layers: list[Layer], extra: Mapping[str, Callable[[str], object]]
+) -> None:
+    """Checks msgspec cannot express: addresses, retention strings, TLS pairs; and the
+    caller's ``extra`` ones."""
     checks: list[tuple[str, str | None, Callable[[str], object]]] = [
         ("server.address", config.server.address, parse_address),
         ("metrics.prometheus_address", config.metrics.prometheus_address, parse_address),
         ("tracing.console.address", config.tracing.console.address, parse_address),
         ("media.external_validation", config.media.external_validation, parse_http_url),
+        ("tracing.opentelemetry.url", config.tracing.opentelemetry.url, parse_http_url),
         ("media.retention.variants", config.media.retention.variants, parse_retention),
         ("media.retention.proxy", config.media.retention.proxy, parse_retention),
         ("tracing.logging.targets", config.tracing.logging.targets, logfilter.parse),
@@ -468,6 +483,10 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         (f"client.allowed_networks[{index}]", value, parse_network)
         for index, value in enumerate(config.client.allowed_networks)
     ]
+    for key, parse in extra.items():
+        value = layered.get(msgspec.to_builtins(config), tuple(key.split(".")))
+        if isinstance(value, str):
+            checks.append((key, value, parse))
     for key, value, parse in checks:
         if value is None:
             continue
@@ -476,7 +495,7 @@ def _validate(config: Config, layers: list[Layer]) -> None:
         except ValueError as exc:
             path = tuple(key.split("[")[0].split("."))
             where = layered.source(layers, path)
-            raise ConfigError(f"{key} = {value!r} ({where}): {exc}") from None
+            raise ConfigError(f"{key} = {shown(key, value)} ({where}): {exc}") from None
     # pict-rs silently serves plain HTTP when only one of the pair is set; refuse instead.
     if (config.server.certificate is None) != (config.server.private_key is None):
         raise ConfigError(
@@ -487,24 +506,35 @@ def _validate(config: Config, layers: list[Layer]) -> None:
 # --------------------------------------------------------------------------------------------
 # Pure parsers for values kept as strings (pict-rs's formats).
 
-# ``s`` (seconds) is a pictrs-trio extension, for tests and short-lived caches.
-_RETENTION = re.compile(r"(\d+)(s|seconds?|m|minutes?|h|hours?|d|days?|y|years?)")
+# pict-rs ``src/config/primitives.rs`` (``RetentionValue``): digits, then m/h/d/y or
+# minute/hour/day/year in any case. Plurals and ``s`` (seconds, for tests and short-lived
+# caches) are pictrs-trio extensions.
+_RETENTION = re.compile(r"(\d*)(.*)", re.DOTALL)
+_RETENTION_UNIT = re.compile(r"s|seconds?|m|minutes?|h|hours?|d|days?|y|years?")
 _RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+_RETENTION_FORM = (
+    "a retention is a whole number and a unit, m, h, d or y (or minute, hour, day, year, also "
+    "plural; s or second for seconds), like 30m, 12h, 7d or 1y"
+)
 
 
 @functools.lru_cache(maxsize=16)  # read on hot paths (proxy hits, retention jobs)
 def parse_retention(text: str) -> datetime.timedelta:
-    """``7d`` / ``1h`` / ``30m`` / ``2y`` (also ``7day``, ``1hour``, ...) as a timedelta.
+    """``7d`` / ``1h`` / ``30m`` / ``2y`` (also ``7day``, ``1hours``, ``7D``, ...) as a
+    timedelta.
 
-    Raises ValueError.
+    Raises ValueError saying what is missing or wrong, and the accepted units.
     """
     match = _RETENTION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(
-            "expected a retention like 7d, 12h, 30m or 1y (number then m/h/d/y or "
-            "minute/hour/day/year)"
-        )
-    return datetime.timedelta(seconds=int(match[1]) * _RETENTION_UNITS[match[2][0]])
+    assert match is not None  # the pattern matches any string
+    number, unit = match[1], match[2].lower()
+    if not number:
+        raise ValueError(f"no number in front: {_RETENTION_FORM}")
+    if not unit:
+        raise ValueError(f"no unit after {number}: {_RETENTION_FORM}")
+    if not _RETENTION_UNIT.fullmatch(unit):
+        raise ValueError(f"{match[2]!r} is not a unit: {_RETENTION_FORM}")
+    return datetime.timedelta(seconds=int(number) * _RETENTION_UNITS[unit[0]])
 
 
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -518,12 +548,28 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         ) from None
 
 
+# What a host name cannot have: WHATWG URL's forbidden host code points (pict-rs parses these
+# keys with the ``url`` crate, which refuses them), spaces and control characters first.
+_NOT_IN_HOST = re.compile(r"[\x00-\x20\x7f#%/:<>?@\[\\\]^|]")
+
+
 def parse_http_url(text: str) -> str:
     """An absolute http(s) URL with a host (pict-rs reads such keys as a ``Url``); returns
     it unchanged. Raises ValueError."""
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ValueError(f"not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an absolute http:// or https:// URL with a host")
+    host = parts.hostname
+    if ":" in host:  # between brackets: an IPv6 address
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"the host [{host}] is not an IPv6 address") from None
+    elif bad := _NOT_IN_HOST.search(host):
+        raise ValueError(f"the host {host!r} cannot have {bad[0]!r} in it")
     try:
         parts.port  # noqa: B018 (a property that checks the port)
     except ValueError as exc:
@@ -561,12 +607,16 @@ def parse_address(text: str) -> tuple[str, int]:
 # Writing (--save-to) and introspection (CLI flag types, the docs guard test).
 
 
+# Keys whose values no output shows: check-config (``dump(redact=True)``) and every error
+# message (``shown``). A URL key keeps its scheme, host and path; a postgres ``repo.url``
+# (refused, but it may be set) carries a password.
 SECRET_KEYS = ("server.api_key", "store.access_key", "store.secret_key", "store.session_token")
 URL_KEYS = (
     "media.external_validation",
     "tracing.opentelemetry.url",
     "store.endpoint",
     "store.public_endpoint",
+    "repo.url",
 )
 REDACTED = "<redacted>"
 
@@ -588,8 +638,23 @@ def dump(
         for key in SECRET_KEYS:
             _replace(tree, key, lambda _: REDACTED)
         for key in URL_KEYS:
-            _replace(tree, key, _redact_url)
+            _replace(tree, key, redact_url)
     return header + tomli_w.dumps(tree)
+
+
+def shown(key: str, value: object) -> str:
+    """``value`` of ``key`` as an error message shows it: its ``repr``, except that a secret
+    key's (or anything inside one) reads <redacted>, and a URL key's string loses its userinfo
+    and query (``redact_url``; any other value of a URL key reads <redacted>)."""
+    if _under(key, SECRET_KEYS):
+        return REDACTED
+    if _under(key, URL_KEYS):
+        return repr(redact_url(value)) if isinstance(value, str) else REDACTED
+    return repr(value)
+
+
+def _under(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in keys)
 
 
 def _replace(tree: dict[str, object], key: str, change: Callable[[str], str]) -> None:
@@ -604,13 +669,21 @@ def _replace(tree: dict[str, object], key: str, change: Callable[[str], str]) ->
         tree[leaf] = change(value)
 
 
-def _redact_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = REDACTED if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+def redact_url(text: str) -> str:
+    """``text`` as typed, with what may be a credential read REDACTED: everything between the
+    scheme and the last ``@`` (a user and password), and the query and fragment. Works on
+    anything, URL or not: no parser decides where the password ends (a ``/`` or ``?`` in an
+    unencoded password would fool one), so when in doubt more is hidden, never less."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rsplit('@', 1)[1]}"
+    for mark in "?#":
+        head, found, _ = rest.partition(mark)
+        if found:
+            rest = f"{head}{mark}{REDACTED}"
+    return f"{scheme}{sep}{rest}"
 
 
 def save_to(path: Path, config: Config) -> None:

@@ -13,7 +13,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -248,10 +248,16 @@ _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
 def explain(
-    message: str, root: type[msgspec.Struct], merged: Tree, layers: list[Layer], env_prefix: str
+    message: str,
+    root: type[msgspec.Struct],
+    merged: Tree,
+    layers: list[Layer],
+    env_prefix: str,
+    shown: Callable[[str, object], str] = lambda _, value: repr(value),
 ) -> ConfigError:
     """Turn msgspec's "Expected `int`, got `str` - at `$.media.image.max_width`" into a
-    message naming the key, its value and the layer it came from."""
+    message naming the key, its value (as ``shown(dotted key, value)`` writes it: the caller
+    hides secrets) and the layer it came from."""
     match = _MSGSPEC_ERROR.fullmatch(message)
     assert match is not None  # the pattern matches any string
     msg = match["msg"]
@@ -279,8 +285,9 @@ def explain(
         choices = typing.get_args(leaf_type(root, ".".join(map(str, path))))
         problem += "; expected one of " + ", ".join(map(repr, choices))
     value = get(merged, path)
-    shown = "" if value is MISSING or isinstance(value, dict) else f" = {value!r}"
-    return ConfigError(f"{dotted(path) or 'config'}{shown} ({source(layers, path)}): {problem}")
+    key = dotted(path)
+    value_part = "" if value is MISSING or isinstance(value, dict) else f" = {shown(key, value)}"
+    return ConfigError(f"{key or 'config'}{value_part} ({source(layers, path)}): {problem}")
 
 
 def leaf_keys(root: type[msgspec.Struct]) -> list[str]:

@@ -8,7 +8,10 @@
                                    process_backgrounded, /internal/*, /healthz,
                                    /openapi.json (http/openapi.py, from http/operations.py),
                                    the JSON 404 of unknown routes and the 405 of wrong methods
+    WebSocket /internal/events  -> http/events.py  (raw ASGI: the journal's event feed)
     lifespan                    -> the quart-trio app
+
+With metrics on, every HTTP request is counted and timed first (``http/metered.py``).
 
 Quart never reads a request body: the exchange hands it an empty one and drops (or refuses)
 whatever the client sends, so nothing is buffered behind a handler's back.
@@ -27,12 +30,15 @@ from pictrs_trio import version
 from pictrs_trio.http import (
     access_log,
     download,
+    events,
     health,
     image,
     internal,
     internal_raw,
+    metered,
     openapi,
     operations,
+    request_span,
     serve,
     upload,
     variants,
@@ -137,16 +143,21 @@ class PictrsApp:
             self._entry = access_log.logged(
                 self._serve, requests=logs.log_requests, spans=logs.log_spans
             )
+        if state.metrics.enabled:
+            self._entry = metered.metered(self._entry, state.metrics)
+        self._entry = request_span.traced(self._entry, state.tracer, self.quart.url_map)
         self.stopping = False  # answers say Connection: close from now on
+        self._stopped = trio.Event()  # event feeds close with "going away"
         self._in_flight = 0
         self._quiet = trio.Event()
 
     def stop(self) -> None:
         """Shutdown began: every answer from now on closes its connection."""
         self.stopping = True
+        self._stopped.set()
 
     async def wait_quiet(self) -> None:
-        """Return when no request is being handled."""
+        """Return when no request (or event feed) is being handled."""
         while self._in_flight:
             await self._quiet.wait()
 
@@ -157,17 +168,36 @@ class PictrsApp:
         await self._entry(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self._quart(scope, receive, send)
             return
+        # Event feeds count too: they close ("going away") as soon as the server stops, and
+        # waiting for them lets that close frame go out before hypercorn is cancelled.
         self._in_flight += 1
         try:
-            await self._route(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._socket(scope, receive, send)
+            else:
+                await self._route(scope, receive, send)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._quiet.set()
                 self._quiet = trio.Event()
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != events.PATH:
+            if (await receive())["type"] == "websocket.connect":
+                await events.refuse(scope, send, RouteNotFound("Not found"))
+            return
+        await events.events_socket(
+            scope,
+            receive,
+            send,
+            journal=self.state.journal,
+            api_key=self.state.config.server.api_key,
+            stopping=self._stopped,
+        )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, method, path = self.state, scope["method"], scope["path"]

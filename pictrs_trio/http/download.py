@@ -17,6 +17,7 @@ from pictrs_trio.http.wire import (
     uploads_response,
     wire_details,
 )
+from pictrs_trio.metrics.names import FILES
 from pictrs_trio.rules.errors import InvalidQuery
 from pictrs_trio.rules.query import parse_bool, parse_upload_query
 from pictrs_trio.services.backgrounded import queue_uploads, store_raw
@@ -53,6 +54,7 @@ async def download() -> Response:
     operations = upload_operations(state, pairs)  # a bad operation fails before the fetch
     state.require_writable()
     cap = limits.byte_cap(state.config.media)
+    state.metrics.count(FILES, {"download": "background" if backgrounded else "inline"})
     async with IngestSession(state) as session:
         if backgrounded:
             async with open_remote(state, url, cap=cap) as chunks:

@@ -12,6 +12,13 @@ from quart import Blueprint, Response, request
 
 from pictrs_trio.http.state import app_state, empty, json_response
 from pictrs_trio.http.wire import UploadedFile, UploadResponse, encode, wire_details
+from pictrs_trio.metrics.names import (
+    BACKGROUND_UPLOAD_CLAIM,
+    UPLOAD_WAIT,
+    UPLOAD_WAIT_DURATION,
+    flag,
+)
+from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import ids, jobs
 from pictrs_trio.rules.errors import (
     AliasNotFound,
@@ -23,6 +30,7 @@ from pictrs_trio.rules.errors import (
 from pictrs_trio.services import blurhash, handlers, proxy
 from pictrs_trio.services.fetch import parse_url
 from pictrs_trio.services.ingest import ensure_details
+from pictrs_trio.services.state import AppState
 
 bp = Blueprint("image", __name__)
 
@@ -36,12 +44,16 @@ def _alias_from(raw: str) -> str | None:
         return None
 
 
-async def _query_alias() -> str | None:
-    """``?proxy=`` (looked up, never downloaded; unknown: 404 proxy-not-found), then
-    ``?alias=``, pict-rs's order. None: the alias cannot exist."""
+async def _query_alias(*, fetch: bool = False) -> str | None:
+    """``?proxy=`` (looked up, never downloaded: unknown is 404 proxy-not-found; with
+    ``fetch``, downloaded when new as GET /image/original does), then ``?alias=``,
+    pict-rs's order. None: the alias cannot exist."""
     raw_url = request.args.get("proxy")
     if raw_url is not None:
-        return await proxy.existing(app_state(), parse_url(raw_url, "proxy"))
+        url = parse_url(raw_url, "proxy")
+        if fetch:
+            return await proxy.fetch(app_state(), url)
+        return await proxy.existing(app_state(), url)
     raw = request.args.get("alias")
     if raw is None:
         raise InvalidQuery("Invalid query: expected alias or proxy")
@@ -74,20 +86,11 @@ class Blurhash(msgspec.Struct, frozen=True, kw_only=True):
 
 @bp.get("/image/blurhash")
 async def blurhash_query() -> Response:
-    """pict-rs ``blurhash``: ``?proxy=`` first (downloaded when new, as GET
-    /image/original does), then ``?alias=``."""
-    state = app_state()
-    raw_url = request.args.get("proxy")
-    if raw_url is not None:
-        alias: str | None = await proxy.fetch(state, parse_url(raw_url, "proxy"))
-    else:
-        raw = request.args.get("alias")
-        if raw is None:
-            raise InvalidQuery("Invalid query: expected alias or proxy")
-        alias = _alias_from(raw)
+    """pict-rs ``blurhash``: ``?proxy=`` first (downloaded when new), then ``?alias=``."""
+    alias = await _query_alias(fetch=True)
     if alias is None:
         raise AliasNotFound("Alias not found")
-    value = await blurhash.blurhash_of(state, alias)
+    value = await blurhash.blurhash_of(app_state(), alias)
     return json_response(encode(Blurhash(blurhash=value)))
 
 
@@ -106,7 +109,7 @@ async def delete(token: str, alias: str) -> Response:
     removed = await state.repo.remove_alias(canonical)
     if removed is not None and removed.orphaned_identifiers:
         # The rows went in one transaction with the job that deletes their files.
-        state.journal.notify(jobs.CLEANUP)
+        state.journal.notify(jobs.CLEANUP, pushed=1)
     return empty(204)
 
 
@@ -119,34 +122,48 @@ def _upload_id(raw: str | None) -> str:
         raise InvalidQuery("Invalid query: upload_id is not a UUID") from None
 
 
+async def _wait_outcome(state: AppState, upload_id: str) -> UploadOutcome | None:
+    """The upload's outcome once there is one, or None after CLAIM_WAIT_SECONDS (a wait
+    of ``pict-rs.upload.wait``, completed when it ended with the outcome). Raises
+    AlreadyClaimed when the upload is not (or no longer) there."""
+    began, outcome = trio.current_time(), None
+    try:
+        with trio.move_on_after(CLAIM_WAIT_SECONDS):
+            delay = 0.02
+            resolved = False
+            while True:
+                exists, outcome = await state.repo.upload_outcome(upload_id)
+                if not exists:
+                    raise AlreadyClaimed("Upload was already claimed or does not exist")
+                if outcome is not None:
+                    return outcome
+                if not resolved:  # once: an upload whose job died gets its failure now
+                    resolved = True
+                    if await handlers.resolve_lost_upload(state, upload_id):
+                        continue
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        return None
+    finally:
+        labels = {"completed": flag(outcome is not None)}
+        state.metrics.observe(UPLOAD_WAIT_DURATION, trio.current_time() - began, labels)
+        state.metrics.count(UPLOAD_WAIT, labels)
+
+
 @bp.get("/image/backgrounded/claim")
 async def claim() -> Response:
     """200 with the file, 422 with the error, 204 when not done within 10 s."""
     state = app_state()
     upload_id = _upload_id(request.args.get("upload_id"))
-    outcome = None
-    with trio.move_on_after(CLAIM_WAIT_SECONDS):
-        delay = 0.02
-        resolved = False
-        while True:
-            exists, outcome = await state.repo.upload_outcome(upload_id)
-            if not exists:
-                raise AlreadyClaimed("Upload was already claimed or does not exist")
-            if outcome is not None:
-                break
-            if not resolved:  # once: an upload whose job died gets its failure now
-                resolved = True
-                if await handlers.resolve_lost_upload(state, upload_id):
-                    continue
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+    outcome = await _wait_outcome(state, upload_id)
     if outcome is None:
         return empty(204)
     claimed, released = await state.repo.claim_upload(upload_id)
     if released:
-        state.journal.notify(jobs.CLEANUP)
+        state.journal.notify(jobs.CLEANUP, pushed=1)
     if not claimed:
         raise AlreadyClaimed("Upload was already claimed")
+    state.metrics.count(BACKGROUND_UPLOAD_CLAIM)
     if outcome.alias is None or outcome.delete_token is None:
         error = ErrorBody(
             msg=outcome.error_msg or "Upload failed", code=outcome.error_code or "unknown-error"

@@ -154,7 +154,7 @@ async def delete_alias() -> Response:
         return empty(404)
     removed = await state.repo.remove_alias(alias)
     if removed is not None and removed.orphaned_identifiers:
-        state.journal.notify(jobs.CLEANUP)
+        state.journal.notify(jobs.CLEANUP, pushed=1)
     return json_response(encode(Ok()))
 
 
@@ -167,9 +167,11 @@ async def purge() -> Response:
     if hash_ is None:
         raise AliasNotFound("Alias not found")
     aliases = await state.repo.aliases_for_hash(hash_)
+    queued = 0
     for each in aliases:
-        await state.repo.remove_alias(each)  # the last one queues the files' removal
-    state.journal.notify(jobs.CLEANUP)
+        removed = await state.repo.remove_alias(each)  # the last one queues the files' removal
+        queued += removed is not None and bool(removed.orphaned_identifiers)
+    state.journal.notify(jobs.CLEANUP, pushed=queued)
     return json_response(encode(Aliases(aliases=aliases)))
 
 

@@ -60,7 +60,7 @@ def import_alias(filename: str | None) -> str:
 async def import_files(state: AppState, exchange: Exchange) -> None:
     """pict-rs ``import``: POST /image's rules and answer, with the given aliases."""
     _check_key(state, exchange)
-    await upload.ingest_parts(state, exchange, import_alias)
+    await upload.ingest_parts(state, exchange, import_alias, {"import": "inline"})
 
 
 async def _json_body(exchange: Exchange) -> bytes:

@@ -144,7 +144,9 @@ DEADLINE = {
 
 INFO = (
     "pict-rs 0.5's HTTP API as pictrs-trio answers it (docs/api.md). Every error is "
-    '`{"msg","code"}` JSON; clients should rely on the status, not on `msg`.'
+    '`{"msg","code"}` JSON; clients should rely on the status, not on `msg`. The WebSocket '
+    "`/internal/events` (docs/api.md, Live events) is not described here: OpenAPI describes "
+    "HTTP exchanges."
 )
 
 TAGS = (

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import hashlib
+import re
 
 import msgspec
 
@@ -162,6 +163,39 @@ def _range_applies(stored: Stored, request: ReadRequest) -> bool:
         return value == stored.etag
     when = _date(value)
     return when is not None and when == _seconds(stored.details.created_at)
+
+
+_SIMPLE_RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d{1,18})\s*-\s*(\d{0,18})\s*$", re.IGNORECASE)
+
+
+def probable_span(request: ReadRequest) -> tuple[int, int | None] | None:
+    """The bytes ``[start, end)`` (end None: to the end) that ``decide`` will most likely
+    send, told before the file's length is known, so that a store can open them and learn
+    the length in one request (``Store.open_read``). None when the answer may well send
+    nothing (HEAD; a conditional request, often 304) or the span needs the length (a
+    suffix range ``bytes=-500``, several ranges): the caller asks the length first then.
+    A guess only: whatever ``decide`` says is what is sent (an If-Range that does not
+    match, say, sends the whole file)."""
+    if request.method != "GET":
+        return None
+    conditional = (
+        request.if_match,
+        request.if_none_match,
+        request.if_modified_since,
+        request.if_unmodified_since,
+    )
+    if any(header is not None for header in conditional):
+        return None
+    if request.range is None:
+        return 0, None
+    found = _SIMPLE_RANGE.match(request.range)
+    if found is None:
+        return None
+    start = int(found.group(1))
+    if not found.group(2):
+        return start, None
+    last = int(found.group(2))
+    return (start, last + 1) if last >= start else None
 
 
 def decide(stored: Stored, request: ReadRequest) -> ReadAnswer:

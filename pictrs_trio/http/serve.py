@@ -17,12 +17,13 @@ it answers 206/416 as any file's does, and HEAD never uses it (pict-rs ``src/lib
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import msgspec
 
 from pictrs_trio.http.exchange import Exchange
-from pictrs_trio.http.read import ReadRequest, Stored, decide
+from pictrs_trio.http.read import ReadAnswer, ReadRequest, Stored, decide, probable_span
 from pictrs_trio.repo.records import Details
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import AliasNotFound, InvalidQuery, StoreNotFound
@@ -106,24 +107,43 @@ async def serve_stored(
         # 303 See Other, GET and HEAD alike, the not-found image too; ``do_serve``).
         await exchange.answer(303, [(b"location", public.encode()), (b"content-length", b"0")])
         return
-    data = store.read_now(identifier, SMALL_FILE)
-    length = len(data) if data is not None else await store.length(identifier)
     request = _request(exchange)
     if not_found:
         request = ReadRequest(method=request.method, range=request.range)
-    answer = decide(Stored(identifier=identifier, details=details, length=length), request)
-    if not_found and answer.status == 200:
-        answer = msgspec.structs.replace(answer, status=404)
+
+    def answer_for(length: int) -> ReadAnswer:
+        answer = decide(Stored(identifier=identifier, details=details, length=length), request)
+        if not_found and answer.status == 200:
+            answer = msgspec.structs.replace(answer, status=404)
+        return answer
+
+    data = store.read_now(identifier, SMALL_FILE)
+    if data is not None:
+        answer = answer_for(len(data))
+        body = b"" if answer.span is None else data[answer.span[0] : answer.span[1]]
+        await exchange.answer(answer.status, answer.headers, body)
+        return
+    guess = probable_span(request)
+    if guess is None:
+        answer = answer_for(await store.length(identifier))
+    else:
+        # The length and the bytes in one request (object storage: one GET, not HEAD+GET).
+        async with store.open_read(identifier, *guess) as reading:
+            answer = answer_for(reading.length)
+            end = reading.length if guess[1] is None else min(guess[1], reading.length)
+            if answer.span == (guess[0], end):
+                await _stream(exchange, answer, reading.chunks)
+                return
     if answer.span is None:
         await exchange.answer(answer.status, answer.headers)
         return
-    start, end = answer.span
-    if data is not None:
-        await exchange.answer(answer.status, answer.headers, data[start:end])
-        return
-    async with aclosing(store.read(identifier, start, end)) as chunks:
-        first = await anext(chunks)  # a missing file fails here, before the head goes out
-        await exchange.stream(answer.status, answer.headers, first, chunks)
+    async with aclosing(store.read(identifier, *answer.span)) as chunks:
+        await _stream(exchange, answer, chunks)
+
+
+async def _stream(exchange: Exchange, answer: ReadAnswer, chunks: AsyncIterator[bytes]) -> None:
+    first = await anext(chunks)  # a missing file fails here, before the head goes out
+    await exchange.stream(answer.status, answer.headers, first, chunks)
 
 
 async def _query_alias(state: AppState, exchange: Exchange) -> str | None:
@@ -217,25 +237,15 @@ async def _variant(state: AppState, exchange: Exchange, ext: str) -> None:
         return
     if exchange.method == "HEAD":
         # HEAD never renders: only an existing variant is described.
-        found = state.repo.find_variant_now(alias, variant.key)
-        if found is None or found.identifier is None or found.details is None:
+        ready = render.existing(state, alias, variant.key)
+        if ready is None:
             await exchange.answer_empty(404)
             return
-        render.record_access(state, found.hash, variant.key)
         try:
-            await serve_stored(state, exchange, found.identifier, found.details)
+            await serve_stored(state, exchange, ready.identifier, ready.details)
         except StoreNotFound:
             await exchange.answer_empty(404)
         return
-    found = state.repo.find_variant_now(alias, variant.key)
-    if found is not None and found.identifier is not None and found.details is not None:
-        # Already rendered, the common case: no render machinery, no timer.
-        render.record_access(state, found.hash, variant.key)
-        try:
-            await serve_stored(state, exchange, found.identifier, found.details)
-            return
-        except StoreNotFound:
-            await render.forget(state, alias, variant, found.identifier)
     try:
         rendered = await render.find_or_render(state, alias, variant)
         try:

@@ -22,9 +22,13 @@ def json_response(body: bytes, status: int = 200) -> Response:
 
 
 def empty(status: int) -> Response:
-    """pict-rs's bodiless answers: 202 and 204, and the 404 (and 400) some routes give for
-    a missing alias instead of an error body (pict-rs ``src/lib.rs``)."""
-    return Response(b"", status=status)
+    """pict-rs's bodiless answers: /healthz's 200, 202 and 204, and the 404 (and 400) some
+    routes give for a missing alias instead of an error body (pict-rs ``src/lib.rs``). No
+    Content-Type, as pict-rs's ``HttpResponse::…().finish()`` and the raw routes'
+    ``answer_empty``: there is no body to have a type (Quart would say text/html)."""
+    response = Response(b"", status=status)
+    del response.headers["Content-Type"]
+    return response
 
 
 CATCH_ALL = "internal.unknown"  # the rule of unknown /internal paths (http/internal.py)

@@ -21,6 +21,8 @@ from pictrs_trio.http.wire import (
     uploads_response,
     wire_details,
 )
+from pictrs_trio.metrics import Labels
+from pictrs_trio.metrics.names import FILES
 from pictrs_trio.repo.records import PendingUpload
 from pictrs_trio.rules.query import parse_upload_query
 from pictrs_trio.services.backgrounded import queue_uploads, store_raw
@@ -45,14 +47,20 @@ def _new_alias(_filename: str | None) -> str | None:
     return None
 
 
+UPLOAD_INLINE: Labels = {"upload": "inline"}  # pict-rs.files of each way files come in
+UPLOAD_BACKGROUND: Labels = {"upload": "background"}
+
+
 async def ingest_parts(
     state: AppState,
     exchange: Exchange,
     alias_for: Callable[[str | None], str | None] = _new_alias,
+    received: Labels = UPLOAD_INLINE,
 ) -> None:
     """Ingest every file part and answer 201 with them all (POST /image, and
     /internal/import with ``alias_for`` taking a part's file name as its alias; None: a new
-    alias). One refused file undoes the others."""
+    alias). One refused file undoes the others. Each part counts in ``pict-rs.files`` with
+    the labels ``received``."""
     limits, pairs = parse_upload_query(exchange.query)
     operations = upload_operations(state, pairs)
     files: list[UploadedFile] = []
@@ -63,6 +71,7 @@ async def ingest_parts(
     )
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
+            state.metrics.count(FILES, received)
             state.require_writable()
             alias = alias_for(part.filename)
             done = await ingest(
@@ -90,6 +99,7 @@ async def upload_backgrounded(state: AppState, exchange: Exchange) -> None:
     pending: list[PendingUpload] = []
     async with IngestSession(state) as session, aclosing(parts):
         async for part in parts:
+            state.metrics.count(FILES, UPLOAD_BACKGROUND)
             state.require_writable()
             pending.append(await store_raw(state, session, part.chunks(), query))
         upload_ids = await queue_uploads(state, session, pending)

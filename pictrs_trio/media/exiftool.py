@@ -27,6 +27,8 @@ from loguru import logger
 
 from pictrs_trio.media.run import stderr_excerpt
 from pictrs_trio.media.spawn import Child, spawn
+from pictrs_trio.metrics import Metrics
+from pictrs_trio.metrics.names import PROCESS
 from pictrs_trio.rules.errors import ErrorCode, MediaToolError, ToolFailed, ToolMissing, ToolTimeout
 from pictrs_trio.rules.formats import Fmt
 
@@ -62,6 +64,9 @@ def _safe_arg(path: Path) -> str:
     return text
 
 
+COMMAND = {"command": "exiftool"}  # the label of its commands in pict-rs.process.*
+
+
 class ExifTool:
     """The supervised exiftool process: create, ``nursery.start(et.supervise)``, then call.
 
@@ -78,8 +83,10 @@ class ExifTool:
         warmup_dir: Path | None = None,
         executable: str = "exiftool",
         idle_timeout: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._timeout = timeout
+        self._metrics = metrics if metrics is not None else Metrics()
         self._warmup_dir = warmup_dir
         self._executable = executable
         self._idle_timeout = idle_timeout
@@ -241,7 +248,7 @@ class ExifTool:
         async with self._lock:
             try:
                 self._last_used = trio.current_time()
-                with trio.fail_after(self._timeout):
+                with self._metrics.guard(PROCESS, COMMAND), trio.fail_after(self._timeout):
                     for attempt in (1, 2):
                         proc = await self._wait_alive()
                         try:

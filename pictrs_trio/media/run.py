@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from pictrs_trio.metrics import Metrics
+from pictrs_trio.metrics.names import PROCESS
 from pictrs_trio.rules.errors import (
     ErrorCode,
     MediaToolError,
@@ -44,8 +46,11 @@ async def run_tool(
     stdin: bytes | None = None,
     capture_stdout: bool = True,
     env: Mapping[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> bytes:
-    """Run one tool to completion and return its stdout (``b""`` when not captured).
+    """Run one tool to completion and return its stdout (``b""`` when not captured). A run
+    is counted and timed in ``metrics`` (``pict-rs.process.*``, ``command`` = the tool) from
+    the moment the limiter lets it start.
 
     Raises MediaToolError with code ``command-not-found`` / ``command-permission-denied``
     (500) when it cannot start, ``command-timeout`` (400) past ``timeout`` seconds and
@@ -59,9 +64,10 @@ async def run_tool(
         options["env"] = {**os.environ, **env}
     if not capture_stdout:
         options["stdout"] = subprocess.DEVNULL  # never onto the server's own stdout
+    guard = (metrics or Metrics()).guard
     try:
         async with limiter:
-            with trio.fail_after(timeout):
+            with guard(PROCESS, {"command": tool}), trio.fail_after(timeout):
                 done = await trio.run_process(
                     args,
                     stdin=stdin if stdin is not None else subprocess.DEVNULL,
@@ -71,6 +77,10 @@ async def run_tool(
                     deliver_cancel=_kill_now,
                     **options,
                 )
+                if done.returncode != 0:
+                    raise ToolFailed(
+                        f"{tool} failed (exit {done.returncode}): {stderr_excerpt(done.stderr)}"
+                    )
     except trio.TooSlowError:
         raise ToolTimeout(f"{tool} timed out after {timeout:g}s") from None
     except FileNotFoundError as exc:
@@ -81,6 +91,4 @@ async def run_tool(
         ) from exc
     except OSError as exc:
         raise MediaToolError(f"{tool} could not start: {exc}") from exc
-    if done.returncode != 0:
-        raise ToolFailed(f"{tool} failed (exit {done.returncode}): {stderr_excerpt(done.stderr)}")
     return done.stdout if capture_stdout else b""

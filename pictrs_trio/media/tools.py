@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -39,10 +39,14 @@ from pictrs_trio.media.protocol import (
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.strip import strip_file
 from pictrs_trio.media.vips import EnginePool
+from pictrs_trio.metrics import Metrics
 from pictrs_trio.rules.errors import MediaToolError
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 from pictrs_trio.rules.policy import Discovery, Plan
 from pictrs_trio.rules.variants import Op
+
+# A maker of scratch files for one operation (``MediaTools.scratch``): suffix -> fresh path.
+Temp = Callable[[str], Path]
 
 # Every external program the media work calls, by name on PATH (media.md's tool chain; the
 # libvips engine is the pyvips-binary wheel, not a program).
@@ -79,12 +83,14 @@ class MediaTools:
         engine: EnginePool,
         exiftool: ExifTool,
         limiter: trio.CapacityLimiter,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.tmp_dir = tmp_dir
         self.engine = engine
         self.exiftool = exiftool
         self.limiter = limiter
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def run(self, argv: Sequence[str | Path], *, capture_stdout: bool = True) -> bytes:
         """``run_tool`` with this instance's timeout and limiter."""
@@ -93,6 +99,7 @@ class MediaTools:
             timeout=self.config.process_timeout,
             limiter=self.limiter,
             capture_stdout=capture_stdout,
+            metrics=self.metrics,
         )
 
     async def submit(self, job: Request) -> Reply:
@@ -101,6 +108,22 @@ class MediaTools:
 
     def temp_path(self, suffix: str = "") -> Path:
         return self.tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    @contextmanager
+    def scratch(self) -> Iterator[Temp]:
+        """Fresh paths in the temporary folder for one operation, all removed when the block
+        ends, however it ends."""
+        made: list[Path] = []
+
+        def temp(suffix: str) -> Path:
+            made.append(self.temp_path(suffix))
+            return made[-1]
+
+        try:
+            yield temp
+        finally:
+            for path in made:
+                path.unlink(missing_ok=True)
 
     async def discover(self, path: Path) -> Discovery:
         """What the file is. Raises UnsupportedMedia (400) or MediaToolError."""
@@ -124,33 +147,25 @@ class MediaTools:
         Returns the discovery of the output. Raises UnsupportedMedia when the input does not
         decode, MediaToolError for conversions no tool here can do or tool failures.
         """
-        scratch: list[Path] = []
-        try:
+        with self.scratch() as temp:
             if plan.output.kind is Kind.ANIMATION:
                 await self._convert_animation(src, dst, source=source, plan=plan)
             else:
-                await self._convert_image(src, dst, source=source, plan=plan, scratch=scratch)
+                await self._convert_image(src, dst, source=source, plan=plan, temp=temp)
             return await self.discover(dst)
-        finally:
-            for path in scratch:
-                path.unlink(missing_ok=True)
 
     async def _convert_image(
-        self, src: Path, dst: Path, *, source: Discovery, plan: Plan, scratch: list[Path]
+        self, src: Path, dst: Path, *, source: Discovery, plan: Plan, temp: Temp
     ) -> None:
         sniffed, autorot = source.format.fmt.value, plan.autorot
         if source.format.fmt is Fmt.APNG:
             sniffed = "png"  # the engine reads the default image of an APNG
         if source.format.fmt is Fmt.JXL:
-            decoded = self.temp_path(".png")
-            scratch.append(decoded)
+            decoded = temp(".png")
             await self.run(djxl_argv(src, decoded), capture_stdout=False)
             src, sniffed, autorot = decoded, "png", False  # djxl already applied orientation
         out = plan.output.fmt
-        target = dst
-        if out is Fmt.JXL:
-            target = self.temp_path(".png")
-            scratch.append(target)
+        target = temp(".png") if out is Fmt.JXL else dst
         await self.engine.submit(
             Render(  # a conversion: no operations, the first page of an animation
                 src=os.fspath(src),
@@ -210,12 +225,8 @@ class MediaTools:
         records it). Raises UnsupportedMedia (400) when the input does not decode or is too
         much work, MediaToolError when a tool fails or times out.
         """
-        scratch: list[Path] = []
-        try:
-            return await self._render(src, dst, source, ops, output, quality, scratch)
-        finally:
-            for path in scratch:
-                path.unlink(missing_ok=True)
+        with self.scratch() as temp:
+            return await self._render(src, dst, source, ops, output, quality, temp)
 
     async def _render(
         self,
@@ -225,16 +236,12 @@ class MediaTools:
         ops: Sequence[Op],
         output: MediaFormat,
         quality: int | None,
-        scratch: list[Path],
+        temp: Temp,
     ) -> Discovery:
         animated = source.format.kind is Kind.ANIMATION and output.kind is Kind.ANIMATION
 
-        def temp(suffix: str) -> Path:
-            scratch.append(self.temp_path(suffix))
-            return scratch[-1]
-
         # 1. Input the engine can read.
-        src, sniffed = await self._engine_input(src, source, animated=animated, scratch=scratch)
+        src, sniffed = await self._engine_input(src, source, animated=animated, temp=temp)
 
         # 2. Output the engine writes, then the tool that finishes it, if any.
         out = output.fmt
@@ -269,17 +276,13 @@ class MediaTools:
         return _discovered(out, reply)
 
     async def _engine_input(
-        self, src: Path, source: Discovery, *, animated: bool, scratch: list[Path]
+        self, src: Path, source: Discovery, *, animated: bool, temp: Temp
     ) -> tuple[Path, str]:
         """(path, sniffed type) of ``src`` as the engine can read it: a video's or a still
         AVIF sequence's first frame and a JPEG XL as PNG, an animation the engine cannot
-        read animated as lossless WebP, an APNG's default image as PNG. New files are
-        added to ``scratch``."""
+        read animated as lossless WebP, an APNG's default image as PNG. New files come
+        from ``temp``."""
         src_fmt = source.format.fmt
-
-        def temp(suffix: str) -> Path:
-            scratch.append(self.temp_path(suffix))
-            return scratch[-1]
 
         if source.format.kind is Kind.VIDEO or (
             src_fmt is Fmt.AVIF and source.format.kind is Kind.ANIMATION and not animated
@@ -303,13 +306,9 @@ class MediaTools:
         """The BlurHash of ``src``'s first frame (pict-rs ``src/blurhash.rs``; a video's
         first frame too, though callers pass its motion still, which is kept). Raises
         UnsupportedMedia when the input does not decode, MediaToolError when a tool fails."""
-        scratch: list[Path] = []
-        try:
-            path, sniffed = await self._engine_input(src, source, animated=False, scratch=scratch)
+        with self.scratch() as temp:
+            path, sniffed = await self._engine_input(src, source, animated=False, temp=temp)
             reply = await self.engine.submit(Blurhash(src=os.fspath(path), sniffed=sniffed))
-        finally:
-            for each in scratch:
-                each.unlink(missing_ok=True)
         assert isinstance(reply, BlurhashResult)
         return reply.blurhash
 
@@ -388,21 +387,26 @@ async def open_media_tools(
     tmp_dir: Path,
     engine_workers: int,
     limiter: trio.CapacityLimiter | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[MediaTools]:
     """Start exiftool and ``engine_workers`` engine processes (0 = one per core), yield the
     tools, and stop everything on exit. ``limiter`` caps short-lived tool processes
-    (default: one per core)."""
+    (default: one per core). Every run of a tool, exiftool command and engine job is
+    counted in ``metrics``."""
     cores = os.cpu_count() or 1
+    metrics = metrics if metrics is not None else Metrics()
     exiftool = ExifTool(
         timeout=config.process_timeout,
         warmup_dir=tmp_dir,
         idle_timeout=config.exiftool_idle_timeout,
+        metrics=metrics,
     )
     engine = EnginePool(
         size=engine_workers if engine_workers > 0 else cores,
         job_timeout=config.process_timeout,
         limits=engine_limits(config.magick),
         tmp_dir=tmp_dir,
+        metrics=metrics,
     )
     tools = MediaTools(
         config=config,
@@ -410,6 +414,7 @@ async def open_media_tools(
         engine=engine,
         exiftool=exiftool,
         limiter=limiter if limiter is not None else trio.CapacityLimiter(cores),
+        metrics=metrics,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(exiftool.supervise)

@@ -33,12 +33,15 @@ from pictrs_trio.media.protocol import (
     frame,
 )
 from pictrs_trio.media.spawn import Child, spawn
+from pictrs_trio.metrics import Metrics
+from pictrs_trio.metrics.names import ENGINE_COMMAND, ENGINE_RESTARTS, PROCESS
 from pictrs_trio.rules.errors import EngineBusy, MediaToolError, ToolTimeout, UnsupportedMedia
 
 RESTART_BACKOFF_S = 1.0
 REAP_S = 5.0
 STARTUP_S = 30.0
 STDERR_LINE = 300
+_COMMAND = {"command": ENGINE_COMMAND}
 
 
 class _Worker:
@@ -75,8 +78,12 @@ class EnginePool:
         limits: EngineLimits = EngineLimits(),  # noqa: B008 (frozen: one shared default is fine)
         tmp_dir: Path | None = None,
         python: str = sys.executable,
+        metrics: Metrics | None = None,
     ) -> None:
         self.size = max(1, size)
+        # Each job is counted and timed as a run of pict-rs's ``magick`` would be, with
+        # ``command`` = ENGINE_COMMAND; each worker replaced, as a restart.
+        self._metrics = metrics if metrics is not None else Metrics()
         self._timeout = job_timeout
         self._limits = limits
         self._tmp_dir = tmp_dir
@@ -184,6 +191,8 @@ class EnginePool:
             logger.info(
                 "engine worker {} (pid {}) exited with {}", index, proc.pid, proc.returncode
             )
+            killed = proc.returncode == -signal.SIGKILL
+            self._metrics.count(ENGINE_RESTARTS, {"reason": "killed" if killed else "exited"})
             if proc.returncode != -signal.SIGKILL:
                 self.last_failure = f"worker exited with {proc.returncode}"
             # Killed (by us, for a timeout or crash) restarts at once; a child that exits on
@@ -247,9 +256,14 @@ class EnginePool:
             raise EngineBusy("no engine worker available")
         healthy = False
         try:
-            with trio.fail_after(self._timeout):
+            with self._metrics.guard(PROCESS, _COMMAND), trio.fail_after(self._timeout):
                 reply = await self._roundtrip(worker, payload)
-            healthy = True
+                healthy = True
+                # Raised in here, so that a refused job counts as a run that failed.
+                if isinstance(reply, Failed):
+                    if reply.media:
+                        raise UnsupportedMedia(f"media rejected by the engine: {reply.message}")
+                    raise MediaToolError(f"engine job failed: {reply.message}")
         except trio.TooSlowError:
             raise ToolTimeout(f"engine job timed out after {self._timeout:g}s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
@@ -261,10 +275,6 @@ class EnginePool:
                 self._idle_send.send_nowait(worker)  # room is guaranteed: one slot per worker
             elif worker.alive:
                 worker.proc.kill()  # mid-job state is unknown: never reuse it
-        if isinstance(reply, Failed):
-            if reply.media:
-                raise UnsupportedMedia(f"media rejected by the engine: {reply.message}")
-            raise MediaToolError(f"engine job failed: {reply.message}")
         return reply
 
     async def _roundtrip(self, worker: _Worker, payload: bytes) -> Reply:

@@ -24,7 +24,7 @@ transaction; they raise ``journal.IntentLost`` (nothing written) if that intent 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -137,6 +137,11 @@ class MediaRepo(Protocol):
 
     async def identifiers(self) -> set[str]:
         """Every store identifier some row references (what the store should hold)."""
+        ...
+
+    async def known_identifiers(self, identifiers: Sequence[str]) -> set[str]:
+        """Which of ``identifiers`` some row references: one indexed look-up each, for a
+        page of a store's listing (the store audit), where ``identifiers`` reads them all."""
         ...
 
 
@@ -317,9 +322,12 @@ class StoreMigrationRepo(Protocol):
         finished one, else None."""
         ...
 
-    async def begin_store_migration(self, from_store: str, to_store: str) -> StoreMigration:
+    async def begin_store_migration(
+        self, from_store: str, to_store: str, command: str | None = None
+    ) -> StoreMigration:
         """A new run, or the unfinished one as it is (its stores may differ: the caller
-        checks)."""
+        checks). ``command``: the command line running it, recorded with the run (the
+        unfinished one's too when its stores are these: the latest that ran it)."""
         ...
 
     async def files_to_move(self, position: MovePosition, limit: int) -> MovePage:
@@ -341,6 +349,23 @@ class StoreMigrationRepo(Protocol):
 
     async def finish_store_migration(self) -> None:
         """Record the run as finished and forget the per-file progress, together."""
+        ...
+
+    async def moved_files(self, after: str, limit: int) -> list[tuple[str, str]]:
+        """(old, new) identifiers of the next ``limit`` files the unfinished run moved,
+        by old identifier after ``after`` ("" for the first)."""
+        ...
+
+    async def move_back(self, pairs: list[tuple[str, str]], remove: list[str]) -> int:
+        """``migrate-store --abandon``: repoint every row naming each ``new`` (and its
+        details) back to its ``old`` and forget the pair, and queue the removal of
+        ``remove`` (copies in the new store) on the ``migrate`` queue, in one transaction.
+        Returns how many pairs were moved back."""
+        ...
+
+    async def abandon_store_migration(self) -> bool:
+        """Record the unfinished run as abandoned, if no moved file is left (then the
+        latest run is the last finished one again). False when some are left."""
         ...
 
 

@@ -12,6 +12,7 @@ from journal import fulfil_in, release_in
 from journal.schema import transaction
 from journal.store import push_in
 from pictrs_trio.rules import jobs
+from pictrs_trio.rules.errors import AlreadyClaimed
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -189,20 +190,22 @@ def q_upload_raw(conn: apsw.Connection, upload_id: str) -> str | None:
     return None if row is None or row[0] is None else as_str(row[0])
 
 
-UPLOAD_FINISHED = "upload already finished"  # the message _translate maps to AlreadyClaimed
+def _set_outcome(conn: apsw.Connection, upload_id: str, result: bytes) -> bool:
+    """The upload's outcome, unless it has one already (or is gone): whether it was set."""
+    conn.execute(
+        "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
+    )
+    return conn.changes() == 1
 
 
 def record_outcome_in(conn: apsw.Connection, upload_id: str, result: bytes, now: float) -> bool:
     """Inside the caller's transaction: the upload's outcome, once (an ingest that ran twice
     must not replace the first one's alias), and its raw bytes let go of with their
-    RemoveFiles job. Raises apsw.ConstraintError (rolling back) when the upload has an
-    outcome already or is gone. Returns whether a RemoveFiles job was queued."""
+    RemoveFiles job. Raises AlreadyClaimed (rolling back) when the upload has an outcome
+    already or is gone. Returns whether a RemoveFiles job was queued."""
     with transaction(conn):
-        conn.execute(
-            "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
-        )
-        if conn.changes() != 1:
-            raise apsw.ConstraintError(UPLOAD_FINISHED)
+        if not _set_outcome(conn, upload_id, result):
+            raise AlreadyClaimed("Upload was already finished")
         return release_raw_in(conn, upload_id, now)
 
 
@@ -210,9 +213,7 @@ def w_finish_upload(conn: apsw.Connection, upload_id: str, result: bytes, now: f
     """Record a failed ingest's outcome (nothing if there is one already), releasing the raw
     bytes. Returns whether a RemoveFiles job was queued."""
     with transaction(conn):
-        conn.execute(
-            "UPDATE uploads SET result = ? WHERE id = ? AND result IS NULL", (result, upload_id)
-        )
+        _set_outcome(conn, upload_id, result)
         return release_raw_in(conn, upload_id, now)
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import apsw
 
+from journal.schema import transaction
+
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate", "schema_version"]
 
 Migration = Callable[[apsw.Connection], None]
@@ -143,6 +145,19 @@ def _v6_store_migration_runs(conn: apsw.Connection) -> None:
     )
 
 
+def _v7_store_migration_command_and_abandoned(conn: apsw.Connection) -> None:
+    """Per ``migrate-store`` run, the command line that started it (its secrets left out),
+    so the server names the exact command that finishes it; and when it was abandoned
+    (``--abandon``: its moved files were moved back), which makes it history, neither
+    unfinished nor finished."""
+    conn.execute(
+        """
+        ALTER TABLE store_migration_runs ADD COLUMN command TEXT;
+        ALTER TABLE store_migration_runs ADD COLUMN abandoned INTEGER;
+        """
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_base,
     _v2_blurhash_and_access,
@@ -150,6 +165,7 @@ MIGRATIONS: Sequence[Migration] = (
     _v4_upload_raw_identifier,
     _v5_claims_move_to_the_journal,
     _v6_store_migration_runs,
+    _v7_store_migration_command_and_abandoned,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,10 +182,9 @@ def migrate(conn: apsw.Connection, target: int = SCHEMA_VERSION) -> int:
     Raises SchemaTooNew if the file is ahead of this code, apsw.Error on database failure
     (the transaction is rolled back then and the file keeps its old version).
     """
-    # IMMEDIATE: take the write lock before reading the version, so two processes opening a
-    # fresh file at once run the migrations once, one after the other.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    # IMMEDIATE (``transaction``): take the write lock before reading the version, so two
+    # processes opening a fresh file at once run the migrations once, one after the other.
+    with transaction(conn):
         current = schema_version(conn)
         if current > len(MIGRATIONS):
             raise SchemaTooNew(
@@ -179,8 +194,4 @@ def migrate(conn: apsw.Connection, target: int = SCHEMA_VERSION) -> int:
             step(conn)
         if target > current:
             conn.pragma("user_version", target)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return current

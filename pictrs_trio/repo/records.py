@@ -139,7 +139,8 @@ class StoreMigration(msgspec.Struct, frozen=True, kw_only=True):
     and ``to_store`` describe the stores as the command line names them; ``moved`` counts
     the files recorded as moved while the run is unfinished (0 once it finished). A run
     with id 0 stands for progress rows no run names (a repo whose migration another program
-    began)."""
+    began). ``command``: the command line that last ran it (secrets left out), None for
+    runs recorded before schema version 7."""
 
     id: int
     from_store: str
@@ -147,6 +148,7 @@ class StoreMigration(msgspec.Struct, frozen=True, kw_only=True):
     started_ns: int
     finished_ns: int | None = None
     moved: int = 0
+    command: str | None = None
 
     @property
     def finished(self) -> bool:

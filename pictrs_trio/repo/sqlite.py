@@ -21,7 +21,7 @@ Errors: ``apsw`` and ``msgspec`` exceptions are translated once, in ``_translate
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
@@ -61,7 +61,7 @@ from pictrs_trio.repo.records import (
     UploadOutcome,
 )
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import AlreadyClaimed, DuplicateAlias, PictrsError, RepoError
+from pictrs_trio.rules.errors import DuplicateAlias, PictrsError, RepoError
 
 __all__ = ["DB_FILE_NAME", "SqliteRepo", "open_sqlite_repo"]
 
@@ -81,13 +81,13 @@ if TYPE_CHECKING:  # SQLiteValue exists only in apsw's type stubs
 _DETAILS_ENCODER = msgspec.json.Encoder()
 _DETAILS_DECODER = msgspec.json.Decoder(Details)
 _OUTCOME_ENCODER = msgspec.json.Encoder()
+_LIST_ENCODER = msgspec.json.Encoder()
 _OUTCOME_DECODER = msgspec.json.Decoder(UploadOutcome)
 
 # (constraint message fragment, error to raise) for apsw.ConstraintError; anything else from
 # the database is a RepoError.
 _CONSTRAINTS: tuple[tuple[str, Callable[[], PictrsError]], ...] = (
     ("aliases.alias", lambda: DuplicateAlias("Alias already exists")),
-    (media_sql.UPLOAD_FINISHED, lambda: AlreadyClaimed("Upload was already finished")),
 )
 
 
@@ -186,6 +186,20 @@ def _q_identifiers(conn: apsw.Connection) -> set[str]:
         " UNION SELECT motion_identifier FROM hashes WHERE motion_identifier IS NOT NULL"
         " UNION SELECT identifier FROM variants"
         " UNION SELECT raw_identifier FROM uploads WHERE raw_identifier IS NOT NULL"
+    ).fetchall()
+    return {media_sql.as_str(identifier) for (identifier,) in rows}
+
+
+def _q_known_identifiers(conn: apsw.Connection, identifiers: str) -> set[str]:
+    """Which of ``identifiers`` (a JSON array) a row references; every column has an index
+    (uploads' partial one too: equality implies NOT NULL)."""
+    rows = conn.execute(
+        "SELECT j.value FROM json_each(?1) AS j WHERE"
+        " EXISTS (SELECT 1 FROM hashes WHERE identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM hashes WHERE motion_identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM variants WHERE identifier = j.value)"
+        " OR EXISTS (SELECT 1 FROM uploads WHERE raw_identifier = j.value)",
+        (identifiers,),
     ).fetchall()
     return {media_sql.as_str(identifier) for (identifier,) in rows}
 
@@ -400,6 +414,13 @@ class SqliteRepo:
     async def identifiers(self) -> set[str]:
         return await self._read(_q_identifiers)
 
+    async def known_identifiers(self, identifiers: Sequence[str]) -> set[str]:
+        if not identifiers:
+            return set()
+        return await self._read(
+            _q_known_identifiers, _LIST_ENCODER.encode(list(identifiers)).decode()
+        )
+
     # -- VariantRepo --
 
     def find_variant_now(self, alias: str, variant: str) -> Found | None:
@@ -597,8 +618,10 @@ class SqliteRepo:
         row = await self._read(move_sql.q_latest_run)
         return None if row is None else _store_migration(row)
 
-    async def begin_store_migration(self, from_store: str, to_store: str) -> StoreMigration:
-        row = await self._write(move_sql.w_begin_run, from_store, to_store, _now_ns())
+    async def begin_store_migration(
+        self, from_store: str, to_store: str, command: str | None = None
+    ) -> StoreMigration:
+        row = await self._write(move_sql.w_begin_run, from_store, to_store, _now_ns(), command)
         return _store_migration(row)
 
     async def files_to_move(self, position: MovePosition, limit: int) -> MovePage:
@@ -632,6 +655,15 @@ class SqliteRepo:
     async def finish_store_migration(self) -> None:
         await self._write(move_sql.w_finish_run, _now_ns())
 
+    async def moved_files(self, after: str, limit: int) -> list[tuple[str, str]]:
+        return await self._read(move_sql.q_moved_files, after, limit)
+
+    async def move_back(self, pairs: list[tuple[str, str]], remove: list[str]) -> int:
+        return await self._write(move_sql.w_move_back, pairs, remove, time.time())
+
+    async def abandon_store_migration(self) -> bool:
+        return await self._write(move_sql.w_abandon_run, _now_ns())
+
     # -- BackupRepo --
 
     async def export(self, folder: Path) -> Path:
@@ -657,7 +689,7 @@ class SqliteRepo:
 
 
 def _store_migration(row: move_sql.RunRow) -> StoreMigration:
-    run_id, from_store, to_store, started, finished, moved = row
+    run_id, from_store, to_store, started, finished, moved, command = row
     return StoreMigration(
         id=run_id,
         from_store=from_store,
@@ -665,6 +697,7 @@ def _store_migration(row: move_sql.RunRow) -> StoreMigration:
         started_ns=started,
         finished_ns=finished,
         moved=moved,
+        command=command,
     )
 
 

@@ -20,6 +20,7 @@
     ├── VariantTimeout               waited too long for a render  command-timeout      500
     ├── StoreError, StoreNotFound    a store backend failed        file-io-error, ...   500
     ├── RepoError                    the repo failed               sqlite-error         500
+    ├── ScratchError                 the temporary folder failed   io-error             500
     ├── HttpClientError, DownloadFailed  outbound fetch failed     http-client-error, … 500
     ├── UrlNotAllowed                a URL the SSRF guard refuses  url-not-allowed      400
     ├── FailedExternalValidation     the validator refused    failed-external-validation 400
@@ -99,6 +100,7 @@ class ErrorCode(enum.StrEnum):
     REQUEST_TIMEOUT = "request-timeout"
     PROXY_NOT_ALLOWED = "proxy-not-allowed"
     URL_NOT_ALLOWED = "url-not-allowed"
+    MIGRATING = "migrating"  # ours: migrate-store holds the address (503)
 
 
 class PictrsError(Exception):
@@ -223,6 +225,13 @@ class StoreNotFound(StoreError):
 
 class RepoError(PictrsError):
     code = ErrorCode.SQLITE_ERROR
+
+
+class ScratchError(PictrsError):
+    """This process's temporary folder could not be written (full, gone, not writable): pict-rs
+    answers its io errors with ``io-error``, 500."""
+
+    code = ErrorCode.IO_ERROR
 
 
 class HttpClientError(PictrsError):
@@ -357,6 +366,7 @@ STATUS: dict[type[BaseException], int] = {
     VariantTimeout: 500,
     StoreError: 500,
     RepoError: 500,
+    ScratchError: 500,
     HttpClientError: 500,
     DownloadFailed: 500,
     AliasNotFound: 404,

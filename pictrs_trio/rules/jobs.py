@@ -60,8 +60,17 @@ class SweepOrphans(msgspec.Struct, tag="sweep_orphans", **_JOB):
 
 
 class AuditStore(msgspec.Struct, tag="audit_store", **_JOB):
-    """Count store files the repo does not know, and say so once. Never deletes: they may
-    belong to another program (docs/migration.md)."""
+    """One batch of the walk that counts store files the repo does not know, and says so
+    once at its end. Never deletes: they may belong to another program (docs/migration.md).
+    ``run`` names the walk (a newer one replaces it); ``after`` is where the batch starts
+    in the store's listing (None: a new walk); ``seen``, ``unknown`` and ``example`` are the
+    counts so far (services/audit.py)."""
+
+    run: str = ""
+    after: str | None = None
+    seen: int = 0
+    unknown: int = 0
+    example: str | None = None
 
 
 class PruneMissing(msgspec.Struct, tag="prune_missing", **_JOB):

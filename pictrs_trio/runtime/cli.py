@@ -5,6 +5,7 @@
     pictrs-trio [GLOBAL FLAGS] migrate-store [FLAGS] FROM-STORE TO-STORE [REPO]
     pictrs-trio [GLOBAL FLAGS] migrate-repo FROM-REPO TO-REPO
     pictrs-trio [GLOBAL FLAGS] check-config [RUN FLAGS] [STORE ...] [REPO ...]
+    pictrs-trio [GLOBAL FLAGS] jobs [watch [--url URL] [--since ID]] [REPO ...]
 
 pict-rs chains its store and repo subcommands after ``run`` (``run -a X filesystem -p Y
 sqlite -p Z``); cyclopts resolves commands only at the front of argv and the segments reuse
@@ -21,6 +22,7 @@ import functools
 import inspect
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ from cyclopts.exceptions import CycloptsError
 import pictrs_trio
 from pictrs_trio import config as cfg
 from pictrs_trio.config import Config, ConfigError
-from pictrs_trio.runtime.startup import StartupError
+from pictrs_trio.runtime.startup import VALUE_CHECKS, StartupError
 
 Runner = Callable[[Config], None]
 
@@ -46,6 +48,8 @@ class MigrateStoreArgs(msgspec.Struct, frozen=True, kw_only=True):
     destination: cfg.FilesystemStore | cfg.ObjectStorageStore
     skip_missing_files: bool = False
     concurrency: int = 32  # pict-rs's default
+    abandon: bool = False
+    command: str = ""  # the command line, to be run again as it is (``command_line``)
 
 
 MigrateRunner = Callable[[Config, MigrateStoreArgs], int]
@@ -189,6 +193,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, tuple[Flag, ...], str]] = {
                   Flag(("--certificate-file", "-c"), "repo.certificate_file", "CA file.",
                        hint=str)),
                  "pict-rs's postgres repo: not supported yet."),
+    # Not a store or repo: `jobs watch` (no config section; its flags are its own).
+    "watch": ("", "", (Flag(("--url",), None, "The event feed: ws://HOST:PORT/internal/events "
+                                               "(default: the configured server.address).",
+                            hint=str),
+                       Flag(("--since",), None, "Begin after this event id.", hint=int)),
+              "Follow the journal's events live (GET /internal/events)."),
 }  # fmt: skip
 STORES = frozenset({"filesystem", "object-storage"})
 REPOS = frozenset({"sqlite", "sled", "postgres"})
@@ -196,14 +206,36 @@ REPOS = frozenset({"sqlite", "sled", "postgres"})
 MIGRATE_STORE_FLAGS = (
     Flag(("--skip-missing-files",), None, "Skip files missing in the source.", switch=True),
     Flag(("--concurrency",), None, "Files in flight.", hint=int),
+    Flag(
+        ("--abandon",),
+        None,
+        "End the unfinished migration FROM -> TO instead of finishing it: the files it "
+        "moved are moved back (their rows name FROM's copies again).",
+        switch=True,
+    ),
 )
+# How a recorded command line (``command_line``) shows the values of some flags, by the
+# segment's word ("": the global flags): secrets left out, paths absolute, URLs for logs.
+SECRET_FLAGS = {
+    "object-storage": {
+        "--secret-key": "<secret-key>",
+        "-s": "<secret-key>",
+        "--session-token": "<session-token>",
+    }
+}
+PATH_FLAGS = {
+    "": {"--config-file", "-c", "--save-to"},
+    "filesystem": {"--path", "-p"},
+    "sqlite": {"--path", "-p", "--export-path", "-e"},
+}
+URL_FLAGS = {"object-storage": {"--endpoint", "-e", "--public-endpoint"}}
 # The chain after each command: slots filled left to right, each optional.
 CHAINS = {
     "run": (STORES, REPOS),
     "check-config": (STORES, REPOS),
     "migrate-store": (STORES, STORES, REPOS),
     "migrate-repo": (REPOS, REPOS),
-    "jobs": (REPOS,),
+    "jobs": (frozenset({"watch"}), REPOS),
 }
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
@@ -275,6 +307,7 @@ def _main(
             raise UsageError("migrate-store needs a FROM and a TO store: filesystem|object-storage")
         migrate_args = _migrate_store_args(parsed)
         parsed = [parsed[0], *parsed[3:]]  # the stores are not the configured `store`
+        has_repo = len(segments) > 3
     if command == "migrate-repo":
         raise UsageError(
             "migrate-repo is not available: pictrs-trio has one embedded SQLite repo and reads "
@@ -286,7 +319,7 @@ def _main(
     flat: dict[str, object] = {}
     special: dict[str, object] = {}
     for word, result in [("", parsed_globals), *parsed]:
-        if word in SUBCOMMANDS:
+        if word in SUBCOMMANDS and SUBCOMMANDS[word][0]:
             section, kind, _, _ = SUBCOMMANDS[word]
             flat[f"{section}.type"] = kind
         for flag, value in result:
@@ -301,6 +334,7 @@ def _main(
         file=config_file if isinstance(config_file, Path) else None,
         env=os.environ if env is None else env,
         overrides=cfg.nest(flat),
+        checks=VALUE_CHECKS,
     )
     config = loaded.config
     save_path = special.get("save_to")
@@ -310,6 +344,8 @@ def _main(
         except OSError as exc:
             raise StartupError(f"--save-to {save_path}: {exc.strerror or exc}") from None
     if migrate_args is not None:
+        line = command_line(head, segments, "" if has_repo else config.repo.path)
+        migrate_args = msgspec.structs.replace(migrate_args, command=line)
         if migrate_runner is None:
             from pictrs_trio.runtime import migrate_command
 
@@ -320,6 +356,15 @@ def _main(
 
         startup.check_config(config)
         return _check_config(loaded)
+    if runner is None and command == "jobs" and any(w == "watch" for w, _ in parsed):
+        from pictrs_trio.runtime import watch_command
+
+        url, since = special.get("url"), special.get("since")
+        runner = functools.partial(
+            watch_command.watch,
+            url=url if isinstance(url, str) else None,
+            since=since if isinstance(since, int) else None,
+        )
     if runner is None and command == "jobs":
         from pictrs_trio.runtime import jobs_command
 
@@ -344,7 +389,55 @@ def _migrate_store_args(parsed: list[tuple[str, Parsed]]) -> MigrateStoreArgs:
         destination=stores[1],
         skip_missing_files=bool(given.get("skip_missing_files", False)),
         concurrency=concurrency,
+        abandon=bool(given.get("abandon", False)),
     )
+
+
+def command_line(head: Sequence[str], segments: Sequence[Sequence[str]], repo_path: str) -> str:
+    """``pictrs-trio`` with the global flags ``head`` and the command's ``segments``
+    (``split_chain``) as the operator typed them, to be run again from anywhere: folders
+    and files made absolute, secrets (``SECRET_FLAGS``) and an endpoint's user info left
+    out, ``--abandon`` dropped; ``repo_path``, when given, as a ``sqlite -p`` segment (the
+    repo came from the configuration or the environment)."""
+    words = ["pictrs-trio", *_rewrite("", head, GLOBAL_FLAGS)]
+    for segment in segments:
+        word, rest = segment[0], segment[1:]
+        flags = SUBCOMMANDS[word][2] if word in SUBCOMMANDS else MIGRATE_STORE_FLAGS
+        words += [word, *(t for t in _rewrite(word, rest, flags) if t != "--abandon")]
+    if repo_path:
+        words += ["sqlite", "-p", os.path.abspath(repo_path)]
+    return shlex.join(words)
+
+
+def _rewrite(word: str, tokens: Sequence[str], flags: Sequence[Flag]) -> list[str]:
+    switches = _switches(flags)
+    out: list[str] = []
+    flag: str | None = None
+    for token in tokens:
+        if flag is not None:
+            out.append(_value(word, flag, token))
+            flag = None
+        elif token.startswith("-") and token != "-" and "=" in token:
+            name, value = token.split("=", 1)
+            out.append(f"{name}={_value(word, name, value)}")
+        elif token.startswith("-") and token != "-":
+            out.append(token)
+            flag = None if token in switches else token
+        else:
+            out.append(token)
+    return out
+
+
+def _value(word: str, flag: str, value: str) -> str:
+    if flag in SECRET_FLAGS.get(word, {}):
+        return SECRET_FLAGS[word][flag]
+    if flag in PATH_FLAGS.get(word, set()):
+        return os.path.abspath(value)
+    if flag in URL_FLAGS.get(word, set()) and ("@" in value or "?" in value):
+        from pictrs_trio.rules.egress import url_for_log
+
+        return url_for_log(value)
+    return value
 
 
 def _store_from(word: str, result: Parsed) -> cfg.FilesystemStore | cfg.ObjectStorageStore:
@@ -460,8 +553,9 @@ def build_app() -> App:
     jobs = App(
         name="jobs",
         help="Show the job journal: jobs per queue and status, and dead jobs with their last "
-        "error. Safe while the server runs.",
-        usage="Usage: pictrs-trio jobs [REPO [FLAGS]]",
+        "error. Safe while the server runs. `jobs watch` follows the server's live event feed "
+        "(needs server.api_key).",
+        usage="Usage: pictrs-trio jobs [watch [--url URL] [--since ID]] [REPO [FLAGS]]",
     )
     jobs.default(_command("jobs", "Show the job journal.", ()))
     check_config = App(
@@ -476,7 +570,7 @@ def build_app() -> App:
         (check_config, STORES | REPOS),
         (migrate_store, STORES | REPOS),
         (migrate_repo, REPOS),
-        (jobs, REPOS),
+        (jobs, REPOS | {"watch"}),
     ):
         for word in sorted(words):
             _, _, flags, help_ = SUBCOMMANDS[word]

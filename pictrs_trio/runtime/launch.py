@@ -5,8 +5,10 @@
       server.workers > 1: supervisor.supervise, whose children all accept on it
 
 The port is taken before anything is opened: a second instance started by mistake fails
-there, before it could migrate the running one's database. Kept apart from ``service`` so
-that the supervisor process of ``server.workers`` > 1 does not import the web stack.
+there, before it could migrate the running one's database; so is the scrape listener's
+(``metrics.prometheus_address``), served by the one server process or by the supervisor.
+Kept apart from ``service`` so that the supervisor process of ``server.workers`` > 1 does
+not import the web stack (but for the scrape listener's hypercorn, when metrics are on).
 """
 
 from __future__ import annotations
@@ -39,16 +41,25 @@ def run(config: Config, warnings: Sequence[str] = ()) -> None:
         )
     listener = startup.open_listener(config)
     try:
-        trio.run(startup.preflight, config)
+        scrape = startup.open_metrics_listener(config)
     except BaseException:
         listener.close()
         raise
+    try:
+        trio.run(startup.preflight, config)
+    except BaseException:
+        listener.close()
+        if scrape is not None:
+            scrape.close()
+        raise
+    # hypercorn owns the scrape listener from here, wherever it runs.
+    scrape_fd = scrape.detach() if scrape is not None else None
     if config.server.workers > 1:
         from pictrs_trio.runtime import supervisor
 
         with listener:  # each child serves (and closes) its inherited copy
-            trio.run(supervisor.supervise, config, listener)
+            trio.run(supervisor.supervise, config, listener, scrape_fd)
         return
     from pictrs_trio.runtime import service
 
-    service.run(config, listener.detach())  # hypercorn owns the socket from here
+    service.run(config, listener.detach(), scrape_fd)  # hypercorn owns the socket from here

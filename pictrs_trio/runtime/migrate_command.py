@@ -5,6 +5,9 @@
     1    unfinished: files failed (or the run stopped early); or it could not start
     130  interrupted (SIGINT or SIGTERM): run the same command again to go on
 
+``--abandon`` (services/abandon.py) opens the same, TO only if it can be, and exits 0 once
+every moved file is back in FROM, 1 while some are left moved, 130 when interrupted.
+
 On a terminal (stderr is a TTY) a progress bar is redrawn on stderr; otherwise a plain
 progress line is logged every ``LOG_EVERY`` seconds. The summary goes to stdout.
 """
@@ -28,10 +31,13 @@ from loguru import logger
 from journal import Journal, JournalError
 from pictrs_trio import store as stores
 from pictrs_trio.config import Config, ConfigError, FilesystemStore, ObjectStorageStore
+from pictrs_trio.http.events import POLL_SECONDS as EVENTS_POLL_SECONDS
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
 from pictrs_trio.runtime import logging as pictrs_logging
+from pictrs_trio.runtime.migrate_feed import announce, announce_end, serve_feed
 from pictrs_trio.runtime.startup import StartupError, check_object_storage
+from pictrs_trio.services.abandon import Abandoned, abandon_migration
 from pictrs_trio.services.migrate import (
     MigrateOptions,
     MigrationRefused,
@@ -39,7 +45,9 @@ from pictrs_trio.services.migrate import (
     check_stores,
     describe,
     migrate_store,
+    start_owner,
 )
+from pictrs_trio.store import Store
 
 if TYPE_CHECKING:
     from pictrs_trio.runtime.cli import MigrateStoreArgs
@@ -123,6 +131,38 @@ def summary(progress: Progress, elapsed: float, source: str, destination: str) -
     return lines
 
 
+def abandon_summary(result: Abandoned, source: str, destination: str) -> list[str]:
+    """What ``--abandon`` did and what to do next, as lines for stdout."""
+    lines = [
+        f"migrate-store --abandon: moved back {result.moved_back} of {result.total} files; "
+        f"missing {result.missing}; failed {result.failed}; removed {result.removed} copies "
+        f"from {destination}"
+    ]
+    if result.finished:
+        lines.append(
+            f"Abandoned: the repo names the files in {source} again, as before the "
+            f"migration; keep (or put back) the configured store at {source}."
+        )
+        if result.missing:
+            lines.append(
+                f"{result.missing} files were missing from {source}: their links answer 404 "
+                "(POST /internal/prune_missing forgets them)."
+            )
+    else:
+        lines.append(
+            f"Unfinished: {result.kept} moved files were left moved (their copy in {source} "
+            "is missing or could not be read). Restore them and run the same command again; "
+            "or add --skip-missing-files to move them back anyway; or finish the migration "
+            "instead (the same command without --abandon)."
+        )
+    if result.unreachable is not None:
+        lines.append(
+            f"Copies in {destination} were not removed ({result.unreachable}): remove them "
+            "with that folder or bucket, if it is still there."
+        )
+    return lines
+
+
 def _store_hint(destination: str) -> str:
     if destination.startswith("filesystem -p "):
         path = destination.removeprefix("filesystem -p ")
@@ -157,9 +197,10 @@ def run(config: Config, args: MigrateStoreArgs, warnings: Sequence[str] = ()) ->
     options = MigrateOptions(
         skip_missing_files=args.skip_missing_files, concurrency=args.concurrency
     )
-    progress = Progress()
     try:
-        return trio.run(_migrate, config, args.source, args.destination, options, progress)
+        if args.abandon:
+            return trio.run(_abandon, config, args, options)
+        return trio.run(_migrate, config, args, options, Progress())
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
 
@@ -170,12 +211,9 @@ def _scratch(config: Config) -> Path:
 
 
 async def _migrate(
-    config: Config,
-    source_config: FilesystemStore | ObjectStorageStore,
-    destination_config: FilesystemStore | ObjectStorageStore,
-    options: MigrateOptions,
-    progress: Progress,
+    config: Config, args: MigrateStoreArgs, options: MigrateOptions, progress: Progress
 ) -> int:
+    source_config, destination_config = args.source, args.destination
     source_name, destination_name = describe(source_config), describe(destination_config)
     tmp_dir = _scratch(config)
     await trio.to_thread.run_sync(lambda: tmp_dir.mkdir(parents=True, exist_ok=True))
@@ -190,9 +228,15 @@ async def _migrate(
                 stack, destination_name, stores.open_store(destination_config)
             )
             journal = Journal(repo.journal_db())
+            feed_stopping = trio.Event()
             async with trio.open_nursery() as nursery:
-                await nursery.start(journal.run_owner)  # also undoes what dead owners left
+                try:  # alone on the repo; also undoes what dead owners left
+                    await start_owner(nursery, journal)
+                except MigrationRefused as exc:
+                    raise StartupError(str(exc)) from None
                 nursery.start_soon(_report, progress, sys.stderr)
+                feed = await nursery.start(serve_feed, config, journal, feed_stopping)
+                nursery.start_soon(announce, journal, progress, source_name, destination_name)
                 with trio.CancelScope() as work:
                     nursery.start_soon(_watch_signals, work)
                     try:
@@ -206,10 +250,18 @@ async def _migrate(
                             tmp_dir=tmp_dir,
                             options=options,
                             progress=progress,
+                            command=args.command or None,
                         )
                     except (MigrationRefused, PictrsError, JournalError) as exc:
                         error = _message(exc)
-                nursery.cancel_scope.cancel()  # the owner, the reporter, the signal watcher
+                if progress.run is not None:
+                    await announce_end(journal, progress, source_name, destination_name)
+                if feed is not None:  # open feeds get the last events, then "going away"
+                    await trio.sleep(2 * EVENTS_POLL_SECONDS)
+                    feed_stopping.set()
+                    await trio.sleep(1.0)
+                # the owner, the reporter, the signal watcher, the feed
+                nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(5, shield=True):
             await trio.to_thread.run_sync(lambda: shutil.rmtree(tmp_dir, ignore_errors=True))
@@ -225,6 +277,66 @@ async def _migrate(
         print("Interrupted: run the same command again to go on.", flush=True)
         return EXIT_INTERRUPTED
     return 0 if progress.finished else EXIT_UNFINISHED
+
+
+async def _abandon(config: Config, args: MigrateStoreArgs, options: MigrateOptions) -> int:
+    """``--abandon``: the stores and the repo opened as for a migration, but TO only if it
+    can be (it may be gone), then ``abandon_migration`` and its summary."""
+    source_name, destination_name = describe(args.source), describe(args.destination)
+    result = Abandoned()
+    error: str | None = None
+    async with AsyncExitStack() as stack:
+        repo = await _enter(
+            stack, f"repo.path {config.repo.path}", open_sqlite_repo(Path(config.repo.path))
+        )
+        source = await _enter(stack, source_name, stores.open_store(args.source))
+        destination = await _open_if_there(stack, args.destination, result)
+        journal = Journal(repo.journal_db())
+        async with trio.open_nursery() as nursery:
+            try:
+                await start_owner(nursery, journal)
+            except MigrationRefused as exc:
+                raise StartupError(str(exc)) from None
+            with trio.CancelScope() as work:
+                nursery.start_soon(_watch_signals, work)
+                try:
+                    await abandon_migration(
+                        repo=repo,
+                        journal=journal,
+                        source=source,
+                        destination=destination,
+                        from_store=source_name,
+                        to_store=destination_name,
+                        options=options,
+                        result=result,
+                    )
+                except (MigrationRefused, PictrsError, JournalError) as exc:
+                    error = _message(exc)
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise StartupError(error)
+    for line in abandon_summary(result, source_name, destination_name):
+        print(line, flush=True)
+    if work.cancelled_caught:
+        print("Interrupted: run the same command again to go on.", flush=True)
+        return EXIT_INTERRUPTED
+    return 0 if result.finished else EXIT_UNFINISHED
+
+
+async def _open_if_there(
+    stack: AsyncExitStack, config: FilesystemStore | ObjectStorageStore, result: Abandoned
+) -> Store | None:
+    """TO, when it can be opened; a folder only if it exists (opening one makes it)."""
+    if isinstance(config, FilesystemStore) and not await trio.to_thread.run_sync(
+        os.path.isdir, config.path
+    ):
+        result.unreachable = f"{config.path} is not a folder"
+        return None
+    try:
+        return await stack.enter_async_context(stores.open_store(config))
+    except PictrsError as exc:
+        result.unreachable = exc.msg
+        return None
 
 
 def _message(exc: BaseException) -> str:

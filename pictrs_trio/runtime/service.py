@@ -4,7 +4,8 @@ run(config)
   └─ trio.run(serve)
        ├─ repo (SQLite)   ├─ store (filesystem)   ├─ media tools (exiftool, engine pool)
        ├─ signal watcher: SIGTERM/SIGINT -> graceful shutdown
-       └─ hypercorn (trio worker) serving create_app(state)
+       ├─ hypercorn (trio worker) serving create_app(state)
+       └─ the scrape listener (runtime/metrics_server.py), when this process has one
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,17 +27,19 @@ import trio
 from loguru import logger
 
 import pictrs_trio
-from journal import Journal, run_workers
+from journal import Journal, NotAlone, run_workers
 from pictrs_trio import store as stores
 from pictrs_trio.config import Config, parse_network
 from pictrs_trio.http.app import PictrsApp, create_app
 from pictrs_trio.media.tools import open_media_tools
+from pictrs_trio.metrics import Metrics
 from pictrs_trio.repo.sqlite import open_sqlite_repo
 from pictrs_trio.rules.errors import PictrsError
-from pictrs_trio.runtime.startup import BACKLOG, StartupError
+from pictrs_trio.runtime.startup import BACKLOG, StartupError, check_store_migration, temp_root
 from pictrs_trio.services import handlers
 from pictrs_trio.services.outbound import Outbound
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import open_tracer
 from pictrs_trio.store import Store
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -60,12 +62,13 @@ def tune_malloc() -> None:
         pass
 
 
-def run(config: Config, listen_fd: int) -> None:
-    """Serve on the listening socket ``listen_fd`` until SIGTERM/SIGINT. Blocks. A failure
-    before serving raises StartupError (one line for the operator)."""
+def run(config: Config, listen_fd: int, metrics_fd: int | None = None) -> None:
+    """Serve on the listening socket ``listen_fd`` until SIGTERM/SIGINT, and the metrics on
+    ``metrics_fd`` if given. Blocks. A failure before serving raises StartupError (one line
+    for the operator)."""
     tune_malloc()
     try:
-        trio.run(functools.partial(serve, config, listen_fd=listen_fd))
+        trio.run(functools.partial(serve, config, listen_fd=listen_fd, metrics_fd=metrics_fd))
     except BaseExceptionGroup as group:
         raise _startup_error(group) from group
 
@@ -89,18 +92,13 @@ def _startup_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
-def temp_root(config: Config) -> Path:
-    base = config.server.temporary_directory or tempfile.gettempdir()
-    return Path(base) / "pictrs-trio"
-
-
 # Per queue: an ingest or render is bounded by its tools' own limits well before this.
 JOB_TIME_LIMITS = {"cleanup": 3600.0, "ingest": 600.0, "process": 600.0, "migrate": 600.0}
 
 
 @asynccontextmanager
-async def open_store(config: Config) -> AsyncIterator[Store]:
-    async with stores.open_store(config.store) as store:
+async def open_store(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Store]:
+    async with stores.open_store(config.store, metrics=metrics) as store:
         yield store
 
 
@@ -146,9 +144,21 @@ def open_http_client(config: Config) -> Outbound:
     )
 
 
+def recorder(config: Config) -> Metrics:
+    """What this process records metrics with: nothing unless ``metrics.prometheus_address``
+    is set (prometheus-client is imported only then)."""
+    if config.metrics.prometheus_address is None:
+        return Metrics()
+    from pictrs_trio.metrics.prometheus import PrometheusMetrics
+
+    return PrometheusMetrics()
+
+
 @asynccontextmanager
-async def open_state(config: Config) -> AsyncIterator[AppState]:
-    """Open repo, store and media tools; a private temp folder for this process."""
+async def open_state(config: Config, metrics: Metrics | None = None) -> AsyncIterator[AppState]:
+    """Open repo, store and media tools; a private temp folder for this process. Everything
+    records into ``metrics`` (default: ``recorder(config)``)."""
+    metrics = metrics if metrics is not None else recorder(config)
     root = temp_root(config)
     if config.server.cleanup_temporary_directory:
         swept = await trio.to_thread.run_sync(sweep_temp_root, root)
@@ -159,13 +169,18 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
     try:
         async with (
             open_sqlite_repo(Path(config.repo.path)) as repo,
-            open_store(config) as store,
+            open_store(config, metrics) as store,
             open_media_tools(
-                config.media, tmp_dir=tmp_dir, engine_workers=engine_workers(config)
+                config.media,
+                tmp_dir=tmp_dir,
+                engine_workers=engine_workers(config),
+                metrics=metrics,
             ) as media,
             open_http_client(config) as http,
+            # last: its spans are flushed once every request and job has ended
+            open_tracer(config.tracing.opentelemetry) as tracer,
         ):
-            journal = Journal(repo.journal_db())
+            journal = Journal(repo.journal_db(), monitor=metrics)
             yield AppState(
                 config=config,
                 repo=repo,
@@ -174,6 +189,8 @@ async def open_state(config: Config) -> AsyncIterator[AppState]:
                 tmp_dir=tmp_dir,
                 journal=journal,
                 http=http,
+                metrics=metrics,
+                tracer=tracer,
             )
     finally:
         with trio.move_on_after(5, shield=True):
@@ -203,6 +220,9 @@ def hypercorn_config(config: Config, listen_fd: int) -> hypercorn.config.Config:
     if config.server.certificate and config.server.private_key:
         hc.certfile = config.server.certificate
         hc.keyfile = config.server.private_key
+        # check_files refused an encrypted key; should it have become one since, an empty
+        # passphrase makes loading fail instead of OpenSSL asking on the terminal.
+        hc.keyfile_password = ""
     return hc
 
 
@@ -239,12 +259,38 @@ async def _serve_http(
     )
 
 
+async def _serve_metrics(
+    state: AppState, metrics_fd: int, *, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    """The scrape listener of a lone server process, over its own registry."""
+    from pictrs_trio.metrics.prometheus import PrometheusMetrics
+    from pictrs_trio.runtime import metrics_server
+
+    assert isinstance(state.metrics, PrometheusMetrics)  # recorder(): metrics are on
+    registry = metrics_server.registry_for(state.config, state.metrics.registry)
+    await metrics_server.serve_metrics(registry, metrics_fd, task_status=task_status)
+
+
 async def start_background(state: AppState, nursery: trio.Nursery) -> None:
     """Start what every server process runs beside HTTP, in ``nursery``: first this
     process becomes a journal owner and what dead ones left (render leases, jobs in hand,
     unfinished writes) is released or undone; then the job runners, the access-time
-    flusher and (not in read-only mode) the scheduler."""
-    await nursery.start(state.journal.run_owner)
+    flusher and (not in read-only mode) the scheduler. Raises StartupError when a
+    migrate-store runs, or the repo records one unfinished or elsewhere
+    (``check_store_migration``)."""
+    try:
+        await nursery.start(state.journal.run_owner)
+    except NotAlone as exc:
+        raise StartupError(
+            f"repo.path {state.config.repo.path}: a migrate-store is running on this repo "
+            f"({exc.owners[0]}): start the server once it has finished"
+        ) from None
+    # Registered: from now on no migrate-store can begin beside this process (it runs alone,
+    # journal/owners.py), so what the repo says of migrations holds while it serves. Read
+    # after registering: preflight's reading may be stale by now.
+    migration = await state.repo.store_migration()
+    if migration is not None:
+        check_store_migration(state.config, migration)
     nursery.start_soon(state.accesses.run, state.repo)
     await nursery.start(
         functools.partial(
@@ -263,9 +309,11 @@ async def serve(
     config: Config,
     *,
     listen_fd: int,
+    metrics_fd: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Open everything, serve, and return once a signal has drained in-flight requests.
+    With ``metrics_fd`` (one server process, metrics on) serve the scrape listener too.
 
     hypercorn stops accepting on the shutdown event and gives open requests up to
     ``server.shutdown_timeout`` seconds; then resources close in reverse order.
@@ -275,6 +323,9 @@ async def serve(
         app = create_app(state)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown)
+            if metrics_fd is not None:
+                scrape = await nursery.start(_serve_metrics, state, metrics_fd)
+                logger.info("metrics for Prometheus on {}", ", ".join(scrape))
             await start_background(state, nursery)
             binds = await nursery.start(
                 _serve_http, app, hypercorn_config(config, listen_fd), shutdown

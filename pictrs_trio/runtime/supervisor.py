@@ -8,14 +8,21 @@ share the SQLite repo (WAL) and the store; journal leases keep rendering single-
 them, and the journal's atomic claims let every process run jobs. The parent only supervises:
 it restarts a child that dies, passes SIGTERM/SIGINT on, and waits for the children's graceful
 shutdown. Children (and their own children) die with it, even on SIGKILL.
+
+With metrics on, the parent also serves the scrape listener, for the whole instance: the
+children record into files of prometheus-client's multiprocess mode in a folder the parent
+makes empty at start and names to them (``PROMETHEUS_MULTIPROC_DIR``), and the parent adds
+them up at each scrape (runtime/metrics_server.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import msgspec
 import trio
@@ -23,6 +30,7 @@ from loguru import logger
 
 from pictrs_trio.config import Config
 from pictrs_trio.media.spawn import spawn
+from pictrs_trio.metrics import MULTIPROC_ENV
 from pictrs_trio.runtime.startup import StartupError
 
 CONFIG_ENV = "PICTRS_TRIO_WORKER_CONFIG"
@@ -31,9 +39,16 @@ RESTART_DELAY = 1.0
 
 
 async def _child(
-    index: int, config: Config, fd: int, stopping: trio.Event, started: trio.Event
+    index: int,
+    config: Config,
+    fd: int,
+    stopping: trio.Event,
+    started: trio.Event,
+    metrics_folder: Path | None = None,
 ) -> None:
     env = {**os.environ, CONFIG_ENV: msgspec.json.encode(config).decode(), FD_ENV: str(fd)}
+    if metrics_folder is not None:
+        env[MULTIPROC_ENV] = str(metrics_folder)
     while not stopping.is_set():
         proc = spawn(
             [sys.executable, "-m", "pictrs_trio.runtime.supervisor"],
@@ -57,23 +72,50 @@ async def _child(
                     await proc.wait()
             with trio.move_on_after(5, shield=True):
                 await proc.aclose()
+            if metrics_folder is not None:
+                from pictrs_trio.runtime import metrics_server
+
+                metrics_server.child_exited(metrics_folder, proc.pid)
         if stopping.is_set():
             return
         logger.error("worker {} exited with {}; restarting", index, code)
         await trio.sleep(RESTART_DELAY)
 
 
-async def supervise(config: Config, listener: socket.socket) -> None:
+async def supervise(config: Config, listener: socket.socket, metrics_fd: int | None = None) -> None:
     """Run ``server.workers`` children on ``listener`` until a signal; then close our copy
     of it and stop them (each drains its own requests, and closes its copy at once, so that
-    new connections are refused instead of waiting in a backlog nobody serves)."""
+    new connections are refused instead of waiting in a backlog nobody serves). With
+    ``metrics_fd``, serve the instance's metrics there."""
+    folder = None
+    if metrics_fd is not None:
+        from pictrs_trio.runtime import metrics_server
+
+        folder = await trio.to_thread.run_sync(metrics_server.fresh_folder, config)
+    try:
+        await _supervise(config, listener, metrics_fd, folder)
+    finally:
+        if folder is not None:
+            with trio.move_on_after(5, shield=True):
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+async def _supervise(
+    config: Config, listener: socket.socket, metrics_fd: int | None, folder: Path | None
+) -> None:
     listen_fd = listener.fileno()
     stopping = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            if metrics_fd is not None and folder is not None:
+                from pictrs_trio.runtime import metrics_server
+
+                registry = metrics_server.instance_registry(config, folder)
+                scrape = await nursery.start(metrics_server.serve_metrics, registry, metrics_fd)
+                logger.info("metrics for Prometheus on {}", ", ".join(scrape))
             for i in range(config.server.workers):
                 started = trio.Event()
-                nursery.start_soon(_child, i, config, listen_fd, stopping, started)
+                nursery.start_soon(_child, i, config, listen_fd, stopping, started, folder)
                 await started.wait()
             logger.info(
                 "pictrs-trio supervising {} workers on {}",

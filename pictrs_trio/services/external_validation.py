@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import INGEST_EXTERNAL_VALIDATION
 from pictrs_trio.rules import egress
 from pictrs_trio.rules.errors import ExternalValidationUnavailable, FailedExternalValidation
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import Span
 
 CHUNK = 64 * 1024
 
@@ -45,18 +48,34 @@ class _FileBody:
 async def validate_externally(state: AppState, path: Path, *, size: int, content_type: str) -> None:
     """POST the file at ``path`` to ``media.external_validation``, if set. Raises
     FailedExternalValidation (refused) or ExternalValidationUnavailable (no answer in
-    time, no connection)."""
+    time, no connection). Timed in ``pict-rs.ingest.external-validation``, ``complete``
+    when the validator answered (whatever it said)."""
     media = state.config.media
     url = media.external_validation
     if url is None:
         return
+    # A client span whose traceparent goes with the request: the validator may join the trace.
+    with state.tracer.span(__name__, "ingest.external_validation", kind="client") as span:
+        span.set("http.request.method", "POST")
+        span.set("server.address", urlsplit(url).hostname or "")
+        await _post(state, url, path, size=size, content_type=content_type, span=span)
+
+
+async def _post(
+    state: AppState, url: str, path: Path, *, size: int, content_type: str, span: Span
+) -> None:
+    media = state.config.media
     client = await state.http.operator_client()
     import httpx  # loaded with the client (outbound.py)
 
     headers = {"Content-Type": content_type, "Content-Length": str(size)}
+    span.inject(headers)
     try:
         # pict-rs gives the whole request this timeout; it replaces the client's own.
-        with trio.fail_after(media.external_validation_timeout):
+        with (
+            state.metrics.timed(INGEST_EXTERNAL_VALIDATION),
+            trio.fail_after(media.external_validation_timeout),
+        ):
             request = client.build_request(
                 "POST", url, content=_FileBody(path), headers=headers, timeout=None
             )
@@ -72,6 +91,7 @@ async def validate_externally(state: AppState, path: Path, *, size: int, content
         raise ExternalValidationUnavailable(
             f"External validation could not be reached: {type(exc).__name__}"
         ) from exc
+    span.set("http.response.status_code", response.status_code)
     if not response.is_success:
         logger.bind(status=response.status_code).info("external validation refused an upload")
         raise FailedExternalValidation(

@@ -104,7 +104,14 @@ async def open_remote(
     import httpx  # loaded by then (outbound.py)
 
     try:
-        async with client.stream("GET", url) as response:
+        # The span ends with the answer's head: the body is read by the caller (ingest.spool
+        # times it). No traceparent goes out: the remote host is anyone's server.
+        with state.tracer.span(__name__, "download", kind="client") as span:
+            span.set("http.request.method", "GET")
+            span.set("server.address", httpx.URL(url).host)
+            response = await client.send(client.build_request("GET", url), stream=True)
+            span.set("http.response.status_code", response.status_code)
+        try:
             if not response.is_success:
                 raise DownloadFailed(
                     f"Failed to download file: remote answered {response.status_code}"
@@ -115,6 +122,8 @@ async def open_remote(
             deadline = trio.current_time() + BODY_SECONDS
             async with aclosing(_capped(response, cap, deadline)) as chunks:
                 yield chunks
+        finally:
+            await response.aclose()
     except httpx.HTTPError as exc:
         # logged with the answer: the URL without its userinfo and query (a signature)
         where = egress.url_for_log(url)

@@ -2,7 +2,8 @@
 
     cleanup  RemoveFiles (files of removed rows; of unfinished writes of dead processes),
              ExpireVariants, ExpireProxies (retention), RemoveAllVariants (DELETE
-             /internal/variants), AuditStore (count files this repo does not know),
+             /internal/variants), AuditStore (count files this repo does not know, a
+             batch per job: services/audit.py),
              PruneMissing (POST /internal/prune_missing, services/prune.py)
     ingest   IngestUpload (POST /image/backgrounded, /image/download?backgrounded=true)
     process  Generate (process_backgrounded)
@@ -12,6 +13,9 @@
 
 Delivery is at least once, so every handler is idempotent: removing a missing file is fine,
 an upload whose outcome is recorded is not ingested again, a rendered variant is found.
+
+With a live tracer each run of a job is a consumer span ``job {kind}`` (``traced``), the
+root of the ingest or render spans it makes; the journal itself knows nothing of tracing.
 """
 
 from __future__ import annotations
@@ -28,13 +32,19 @@ from loguru import logger
 from journal import Abort, Job, Journal
 from journal.runner import Handler
 from pictrs_trio.config import parse_retention
+from pictrs_trio.metrics.names import (
+    BACKGROUND_INGEST,
+    CLEANUP_OUTDATED_PROXY,
+    CLEANUP_OUTDATED_VARIANT,
+)
 from pictrs_trio.repo.records import UploadOutcome
 from pictrs_trio.rules import jobs
 from pictrs_trio.rules.errors import PictrsError, StoreError, StoreNotFound
 from pictrs_trio.rules.query import parse_upload_query
-from pictrs_trio.services import prune, render
+from pictrs_trio.services import audit, prune, render
 from pictrs_trio.services.ingest import IngestSession, ingest, upload_operations
 from pictrs_trio.services.state import AppState
+from pictrs_trio.services.tracing import Tracer
 
 BATCH = 500
 CONCURRENCY = {jobs.CLEANUP: 1, jobs.INGEST: 2, jobs.PROCESS: 2, jobs.MIGRATE: 1}
@@ -46,12 +56,29 @@ _generate_decoder = msgspec.json.Decoder(jobs.Generate)
 
 
 def by_queue(state: AppState) -> dict[str, Handler]:
-    return {
+    handlers: dict[str, Handler] = {
         jobs.CLEANUP: partial(handle_cleanup, state),
         jobs.INGEST: partial(handle_ingest, state),
         jobs.PROCESS: partial(handle_generate, state),
         jobs.MIGRATE: partial(handle_cleanup, state),
     }
+    if not state.tracer.enabled:
+        return handlers
+    return {queue: traced(state.tracer, handler) for queue, handler in handlers.items()}
+
+
+def traced(tracer: Tracer, handler: Handler) -> Handler:
+    """``handler`` with a span around each run: ``job {kind}``, with the job's queue, id
+    and attempt (a failed run's span says why: Retry, Abort, or the error)."""
+
+    async def run(job: Job) -> None:
+        with tracer.span(__name__, f"job {job.kind}", kind="consumer") as span:
+            span.set("messaging.destination.name", job.queue)
+            span.set("messaging.message.id", str(job.id))
+            span.set("pictrs.job.attempt", job.attempts)
+            await handler(job)
+
+    return run
 
 
 # --- cleanup ---------------------------------------------------------------------------------
@@ -64,15 +91,16 @@ async def handle_cleanup(state: AppState, job: Job) -> None:
             await state.store.remove(identifier, partial=payload.partial)
     elif isinstance(payload, jobs.ExpireVariants):
         cutoff = _cutoff_ns(state.config.media.retention.variants)
-        await _drain(state, partial(state.repo.expire_variants, cutoff, BATCH), "expired")
+        step = partial(state.repo.expire_variants, cutoff, BATCH)
+        await _drain(state, step, "expired", counter=CLEANUP_OUTDATED_VARIANT)
     elif isinstance(payload, jobs.ExpireProxies):
         cutoff = _cutoff_ns(state.config.media.retention.proxy)
         step = partial(state.repo.expire_proxies, cutoff, BATCH)
-        await _drain(state, step, "expired", "proxied media")
+        await _drain(state, step, "expired", "proxied media", counter=CLEANUP_OUTDATED_PROXY)
     elif isinstance(payload, jobs.RemoveAllVariants):
         await _drain(state, partial(state.repo.remove_all_variants, BATCH), "removed")
     elif isinstance(payload, jobs.AuditStore):
-        await audit_store(state)
+        await audit.run_batch(state, payload)
     elif isinstance(payload, jobs.PruneMissing):
         await prune.run_batch(state, payload)
     else:
@@ -88,51 +116,41 @@ def _cutoff_ns(retention: str) -> int:
 
 
 async def _drain(
-    state: AppState, step: Callable[[], Awaitable[int]], verb: str, what: str = "variants"
+    state: AppState,
+    step: Callable[[], Awaitable[int]],
+    verb: str,
+    what: str = "variants",
+    *,
+    counter: str | None = None,
 ) -> None:
-    """Run a batched removal until a batch comes back short; each batch queued its files."""
+    """Run a batched removal until a batch comes back short; each batch queued its files
+    (one job). ``counter`` counts what was removed."""
     total = 0
     while True:
         n = await step()
         total += n
         if n:
-            state.journal.notify(jobs.CLEANUP)
+            state.journal.notify(jobs.CLEANUP, pushed=1)
+            if counter is not None:
+                state.metrics.count(counter, amount=n)
         if n < BATCH:
             break
     if total:
         logger.info("{} {} {}", verb, total, what)
 
 
-async def audit_store(state: AppState) -> int:
-    """Count the store's files that no row and no write in flight accounts for, and warn
-    once if there are any. They are left alone: a store may hold another program's files
-    (an earlier pict-rs volume, say), and only what this program's journal recorded as its
-    own unfinished writes is ever removed (services/storing.py). Returns the count."""
-    async with aclosing(state.store.identifiers()) as listing:
-        listed = [identifier async for identifier in listing]
-    # Read what is known after listing: a file listed was intended before it was written, and
-    # its intent is fulfilled in the commit that adds its row. Intents first, rows second: a
-    # commit between the two reads moves a file from the first set into the second, never
-    # out of both.
-    intended = await state.journal.intended()
-    known = intended | await state.repo.identifiers()
-    unknown = [identifier for identifier in listed if identifier not in known]
-    if unknown:
-        logger.warning(
-            "the store holds {} files this repo does not know (for example {}); they are "
-            "left alone. If this store was pict-rs's, see docs/migration.md",
-            len(unknown),
-            unknown[0],
-        )
-    return len(unknown)
-
-
 # --- backgrounded uploads --------------------------------------------------------------------
 
 
 async def handle_ingest(state: AppState, job: Job) -> None:
+    with state.metrics.guard(BACKGROUND_INGEST):  # completed: an outcome was recorded
+        await _handle_ingest(state, job)
+
+
+async def _handle_ingest(state: AppState, job: Job) -> None:
     payload = job.decode(_ingest_decoder)
     exists, outcome = await state.repo.upload_outcome(payload.upload_id)
+    failed: UploadOutcome | None = None
     if exists and outcome is None:
         try:
             await _ingest_upload(state, payload)
@@ -142,19 +160,19 @@ async def handle_ingest(state: AppState, job: Job) -> None:
             transient = isinstance(exc, StoreError) and not isinstance(exc, StoreNotFound)
             if transient and job.attempts < job.max_attempts:
                 raise
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
-            )
+            failed = UploadOutcome(error_msg=exc.msg, error_code=str(exc.code))
         except Exception as exc:
             if job.attempts < job.max_attempts:
                 raise  # retried later; transient, like a database hiccup
-            await state.repo.finish_upload(
-                payload.upload_id, UploadOutcome(error_msg=str(exc), error_code="unknown-error")
-            )
-    # The outcome's transaction let go of the raw bytes and queued their removal; this is
-    # for rows whose outcome was recorded otherwise (an upload from before that was so).
-    await state.repo.release_upload_raw(payload.upload_id)
-    state.journal.notify(jobs.CLEANUP)
+            failed = UploadOutcome(error_msg=str(exc), error_code="unknown-error")
+    # The outcome's transaction lets go of the raw bytes and queues their removal (the
+    # ingest's commit, which does not say so: not counted as a push); the release after it
+    # is for rows whose outcome was recorded otherwise (an upload from before that was so).
+    queued = 0
+    if failed is not None:
+        queued += await state.repo.finish_upload(payload.upload_id, failed)
+    queued += await state.repo.release_upload_raw(payload.upload_id)
+    state.journal.notify(jobs.CLEANUP, pushed=queued)
 
 
 async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
@@ -166,8 +184,8 @@ async def resolve_lost_upload(state: AppState, upload_id: str) -> bool:
         return False
     why = job.last_error if job is not None and job.last_error else "the ingest job was lost"
     outcome = UploadOutcome(error_msg=f"Ingest failed: {why}", error_code="unknown-error")
-    await state.repo.finish_upload(upload_id, outcome)
-    state.journal.notify(jobs.CLEANUP)
+    queued = await state.repo.finish_upload(upload_id, outcome)
+    state.journal.notify(jobs.CLEANUP, pushed=int(queued))
     return True
 
 
@@ -214,9 +232,9 @@ async def handle_generate(state: AppState, job: Job) -> None:
 
 
 async def schedule(state: AppState, journal: Journal) -> None:
-    """Queue the start-up audit and the periodic cleanup jobs (pict-rs: not in read-only
-    mode)."""
-    await journal.push(jobs.CLEANUP, jobs.AuditStore(), unique_key="audit-store")
+    """Queue the store audit when it is due (services/audit.py) and the periodic cleanup
+    jobs (pict-rs: not in read-only mode)."""
+    await audit.start(state)
     retention = state.config.media.retention
     shortest = min(
         parse_retention(retention.variants).total_seconds(),

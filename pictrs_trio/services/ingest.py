@@ -4,6 +4,10 @@
       -> strip / convert / video -> hash -> external validation (media.external_validation)
       -> store.save_file -> repo.commit_upload
 
+Each arrow's step is a span under an ``ingest`` span (``ingest.spool``, ``ingest.discover``,
+``ingest.strip`` | ``ingest.convert`` | ``ingest.video``, ``ingest.process``, ``ingest.hash``,
+``ingest.external_validation``, ``ingest.store``; services/tracing.py).
+
 Everything an attempt creates is recorded on an ``IngestSession``; unless the caller
 disarms it after success, leaving the session removes it all again, so a failed or
 cancelled upload leaves nothing behind (pict-rs ``src/ingest.rs`` ``Session``).
@@ -22,6 +26,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import INGEST_END
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import ids, jobs, policy, variants
 from pictrs_trio.rules.errors import EmptyFile
@@ -30,7 +35,7 @@ from pictrs_trio.rules.policy import Discovery
 from pictrs_trio.rules.validate import UploadLimits, validate
 from pictrs_trio.rules.variants import Op
 from pictrs_trio.services.external_validation import validate_externally
-from pictrs_trio.services.local import local_file, spool
+from pictrs_trio.services.local import local_file, remove_scratch, spool
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS, discard, save_new
 
@@ -99,7 +104,7 @@ class IngestSession:
         # Bounded cleanup: it must run even when the request was cancelled.
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             temps, self._temps = self._temps, []
-            await trio.to_thread.run_sync(_unlink_all, temps)
+            await trio.to_thread.run_sync(remove_scratch, temps)
             if self._armed:
                 await self._undo()
 
@@ -113,7 +118,7 @@ class IngestSession:
                 continue
             if removed is not None and removed.orphaned_identifiers:
                 # their rows went with a cleanup job that deletes the files
-                self._state.journal.notify(jobs.CLEANUP)
+                self._state.journal.notify(jobs.CLEANUP, pushed=1)
         for identifier in dict.fromkeys(self._identifiers):
             await discard(self._state, identifier)
 
@@ -153,11 +158,6 @@ async def ensure_details(state: AppState, identifier: str) -> Details:
     return details
 
 
-def _unlink_all(paths: list[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
-
-
 def _hash_file(path: Path) -> tuple[bytes, int]:
     h = hashlib.sha256()
     size = 0
@@ -182,35 +182,44 @@ async def _prepare(
 ) -> tuple[Path, Discovery, tuple[bytes, int] | None]:
     """Discover, validate, strip or convert, apply ``operations``: the file to store, what
     it is, and its (sha256, size) when already known."""
-    media_cfg = state.config.media
-    source = await state.media.discover(raw)
-    validate(source, size, limits, media_cfg)
-    plan = policy.decide(source, media_cfg)
+    media_cfg, tracer = state.config.media, state.tracer
+    with tracer.span(__name__, "ingest.discover") as span:
+        source = await state.media.discover(raw)
+        span.set("pictrs.media.type", source.format.content_type)
+        span.set("pictrs.media.width", source.width)
+        span.set("pictrs.media.height", source.height)
+        validate(source, size, limits, media_cfg)
+        plan = policy.decide(source, media_cfg)
 
     final: Discovery
     hashed: tuple[bytes, int] | None = None
-    if plan.action == "strip":
-        # No suffix: exiftool's -o treats a suffix unlike the source's as "create a new file".
-        out = session.temp_path()
-        hashed = await state.media.strip(raw, out, source.format)
-        final = source  # stripping changes no dimension, frame or format
-    elif plan.action == "convert":
-        out = session.temp_path(plan.output.extension)
-        final = await state.media.convert(raw, out, source=source, plan=plan)
-    else:
-        out = session.temp_path(plan.output.extension)
-        final = await state.media.video(raw, out, source=source, plan=plan)
+    with tracer.span(__name__, f"ingest.{plan.action}") as span:
+        span.set("pictrs.media.output_type", plan.output.content_type)
+        if plan.action == "strip":
+            # No suffix: exiftool's -o treats a suffix unlike the source's as "create a new
+            # file".
+            out = session.temp_path()
+            hashed = await state.media.strip(raw, out, source.format)
+            final = source  # stripping changes no dimension, frame or format
+        elif plan.action == "convert":
+            out = session.temp_path(plan.output.extension)
+            final = await state.media.convert(raw, out, source=source, plan=plan)
+        else:
+            out = session.temp_path(plan.output.extension)
+            final = await state.media.video(raw, out, source=source, plan=plan)
 
     if operations and final.format.kind is not Kind.VIDEO:
         processed = session.temp_path(final.format.extension)
-        final = await state.media.render(
-            out,
-            processed,
-            source=final,
-            ops=list(operations),
-            output=final.format,
-            quality=plan.quality,
-        )
+        with tracer.span(__name__, "ingest.process") as span:
+            span.set("pictrs.operations", len(operations))
+            final = await state.media.render(
+                out,
+                processed,
+                source=final,
+                ops=list(operations),
+                output=final.format,
+                quality=plan.quality,
+            )
         out = processed
         hashed = None
     return out, final, hashed
@@ -229,10 +238,32 @@ async def ingest(
     """Ingest one file. ``operations`` (upload query or ``media.preprocess_steps``) are
     applied to images and animations, never to videos. Raises the PictrsError of the first
     step that refuses it (FailedExternalValidation from ``media.external_validation``,
-    asked before anything is stored, in dummy mode too, as in pict-rs)."""
-    media_cfg = state.config.media
+    asked before anything is stored, in dummy mode too, as in pict-rs). Counted in
+    ``pict-rs.ingest.end``: completed, or not (failed or cancelled)."""
+    try:
+        with state.tracer.span(__name__, "ingest"):
+            done = await _ingest(state, session, chunks, limits, operations, alias, upload_id)
+    except BaseException:
+        state.metrics.count(INGEST_END, {"completed": "false"})
+        raise
+    state.metrics.count(INGEST_END, {"completed": "true"})
+    return done
+
+
+async def _ingest(
+    state: AppState,
+    session: IngestSession,
+    chunks: AsyncIterable[bytes],
+    limits: UploadLimits,
+    operations: Sequence[Op],
+    alias: str | None,
+    upload_id: str | None,
+) -> Ingested:
+    media_cfg, tracer = state.config.media, state.tracer
     raw = session.temp_path()
-    size = await spool(chunks, raw, limits.byte_cap(media_cfg))
+    with tracer.span(__name__, "ingest.spool") as span:
+        size = await spool(chunks, raw, limits.byte_cap(media_cfg))
+        span.set("pictrs.bytes", size)
     if size == 0:
         raise EmptyFile("Uploaded file is empty")
     if state.config.server.danger_dummy_mode:
@@ -242,30 +273,33 @@ async def ingest(
         out, final, hashed = await _prepare(state, session, raw, size, limits, operations)
 
     if hashed is None:
-        hashed = await trio.to_thread.run_sync(_hash_file, out)
+        with tracer.span(__name__, "ingest.hash"):
+            hashed = await trio.to_thread.run_sync(_hash_file, out)
     sha, stored_size = hashed
     fmt = final.format
     await validate_externally(state, out, size=stored_size, content_type=fmt.content_type)
     details = details_now(final)
-    identifier = await session.save(out, extension=fmt.extension, content_type=fmt.content_type)
-
     new_alias = alias if alias is not None else ids.new_alias(fmt.extension)
     token = ids.new_delete_token()
-    commit = await state.repo.commit_upload(
-        hash=Hash(sha256=sha, size=stored_size, format=fmt),
-        identifier=identifier,
-        details=details,
-        alias=new_alias,
-        delete_token=token,
-        owner=state.journal.owner,
-        upload_id=upload_id,
-    )
-    if commit.deduplicated:
-        # Same content is stored already: our copy is redundant and no row points at it.
-        await session.discard(identifier)
-        session.committed(new_alias, None)
-    else:
-        session.committed(new_alias, identifier)
+    with tracer.span(__name__, "ingest.store") as span:
+        span.set("pictrs.bytes", stored_size)
+        identifier = await session.save(out, extension=fmt.extension, content_type=fmt.content_type)
+        commit = await state.repo.commit_upload(
+            hash=Hash(sha256=sha, size=stored_size, format=fmt),
+            identifier=identifier,
+            details=details,
+            alias=new_alias,
+            delete_token=token,
+            owner=state.journal.owner,
+            upload_id=upload_id,
+        )
+        span.set("pictrs.deduplicated", commit.deduplicated)
+        if commit.deduplicated:
+            # Same content is stored already: our copy is redundant and no row points at it.
+            await session.discard(identifier)
+            session.committed(new_alias, None)
+        else:
+            session.committed(new_alias, identifier)
     logger.bind(alias=new_alias).info(
         "ingested {} {}x{} {} bytes{}",
         fmt.content_type,

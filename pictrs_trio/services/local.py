@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path, PurePosixPath
 
 import trio
+from loguru import logger
 
-from pictrs_trio.rules.errors import FileTooLarge
+from pictrs_trio.rules.errors import FileTooLarge, ScratchError
 from pictrs_trio.services.state import AppState
 from pictrs_trio.services.storing import CLEANUP_SECONDS
 from pictrs_trio.store import Store
@@ -44,7 +45,7 @@ async def local_file(state: AppState, identifier: str) -> AsyncIterator[Path]:
         yield copy
     finally:
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-            await trio.to_thread.run_sync(lambda: copy.unlink(missing_ok=True))
+            await trio.to_thread.run_sync(remove_scratch, [copy])
 
 
 async def copy_out(store: Store, identifier: str, dest: Path) -> int:
@@ -61,9 +62,10 @@ async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int | None = None
     (``services/fetch.py``)."""
     size = 0
     buf = bytearray()
-    fd = await trio.to_thread.run_sync(
-        lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    )
+    with _scratch_errors(dest):
+        fd = await trio.to_thread.run_sync(
+            lambda: os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        )
     try:
         async for chunk in chunks:
             size += len(chunk)
@@ -72,12 +74,41 @@ async def spool(chunks: AsyncIterable[bytes], dest: Path, cap: int | None = None
             buf += chunk
             if len(buf) >= WRITE_BATCH:
                 data, buf = bytes(buf), bytearray()
-                await trio.to_thread.run_sync(_write_all, fd, data)
+                with _scratch_errors(dest):
+                    await trio.to_thread.run_sync(_write_all, fd, data)
         if buf:
-            await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
+            with _scratch_errors(dest):
+                await trio.to_thread.run_sync(_write_all, fd, bytes(buf))
     finally:
         os.close(fd)
     return size
+
+
+@contextmanager
+def _scratch_errors(dest: Path) -> Iterator[None]:
+    """An OSError writing ``dest`` (a full disk, a folder removed or made read-only) as
+    ScratchError naming the folder and the errno: the chunks' own errors (a client, a
+    store) are not caught here, only the file's. The caller's session removes ``dest``."""
+    try:
+        yield
+    except OSError as exc:
+        raise ScratchError(
+            f"temporary_directory {dest.parent}: cannot write there: "
+            f"[Errno {exc.errno}] {exc.strerror}"
+        ) from None
+
+
+def remove_scratch(paths: Iterable[Path]) -> None:
+    """Remove scratch files; never raises, as it runs while another error is on its way
+    (the one to answer). A folder gone or replaced (ENOENT, ENOTDIR) took them along; any
+    other failure is one warning line, and the folder is emptied when the process stops."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except NotADirectoryError:
+            pass
+        except OSError as exc:
+            logger.warning("could not remove the scratch file {}: {}", path, exc.strerror or exc)
 
 
 def _write_all(fd: int, data: bytes) -> None:

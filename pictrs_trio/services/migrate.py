@@ -5,8 +5,8 @@ repoint the rows, resumably, file by file (pict-rs ``src/migrate_store.rs``).
     begin the run, or resume the unfinished one (same stores only)
     undo what a killed run left half-written (journal intents, queue ``migrate``)
     walk the files not moved yet, ``concurrency`` at a time; per file:
-        read it from the old store into a spool file
-        record the intent on a fresh identifier, save it into the new store
+        record the intent on a fresh identifier, save it into the new store: from the
+            old store's own file when it has one (a folder), else from a spool copy
         one transaction: repoint every row naming it, record old -> new, fulfil the intent
     all moved (missing ones skipped with --skip-missing-files): finish the run
 
@@ -29,15 +29,17 @@ rows name, docs/operations.md "Moving media with migrate-store"); a half-written
 killed run is removed (its intent) at the next start; running a finished migration again
 moves the files still in the old store (added since) and skips those in the new one, and
 the server refuses to start on another store than the last finished run's (runtime/
-startup.py); FROM and TO are compared normalised (``same_store``), not as typed.
+startup.py); FROM and TO are compared normalised (``same_store``), not as typed; the run
+records the command line that ran it, which the server names when it refuses
+(``finish_command``); an unfinished run can be abandoned (services/abandon.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,7 +48,7 @@ import msgspec
 import trio
 from loguru import logger
 
-from journal import Journal, JournalError
+from journal import Journal, JournalError, NotAlone
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.repo import FileToMove, MovePosition, Repo, StoreMigration
 from pictrs_trio.rules import jobs
@@ -64,8 +66,10 @@ __all__ = [
     "Progress",
     "check_stores",
     "describe",
+    "finish_command",
     "migrate_store",
     "same_store",
+    "start_owner",
 ]
 
 DEFAULT_CONCURRENCY = 32  # pict-rs's default for --concurrency
@@ -232,29 +236,24 @@ class _Missing(Exception):
     """The old store has no bytes for the file."""
 
 
-def _copy_local(local: Path, dest: Path) -> int:
-    shutil.copyfile(local, dest)
-    return dest.stat().st_size
-
-
 async def _spool(source: Store, identifier: str, dest: Path) -> int:
-    """Copy the file's bytes from ``source`` into ``dest``; returns the size. A local file
-    is copied in one thread hop; others stream. Raises _Missing, StoreError, OSError."""
-    try:
-        local = await source.local_path(identifier)
-    except StoreNotFound as exc:
-        raise _Missing(exc.msg) from exc
-    if local is not None:
-        try:
-            return await trio.to_thread.run_sync(_copy_local, local, dest)
-        except FileNotFoundError as exc:
-            if exc.filename != str(local):
-                raise  # the spool folder, not the source
-            raise _Missing(f"No file for {identifier}") from exc
+    """Stream the file's bytes from ``source`` into ``dest``; returns the size. Raises
+    _Missing, StoreError, OSError."""
     try:
         return await copy_out(source, identifier, dest)
     except StoreNotFound as exc:
         raise _Missing(exc.msg) from exc
+
+
+async def _in_store(store: Store, identifier: str) -> bool:
+    """Whether ``store`` has the file: False only when it says it has not."""
+    try:
+        await store.length(identifier)
+    except StoreNotFound:
+        return False
+    except (PictrsError, OSError):
+        return True
+    return True
 
 
 class _Mover:
@@ -284,20 +283,19 @@ class _Mover:
     async def move(self, file: FileToMove) -> int:
         """Copy one file and repoint its rows. Returns its size, or -1 when another run
         moved it meanwhile. Raises _Missing, PictrsError, JournalError, OSError."""
-        spool = self.tmp_dir / uuid.uuid4().hex
         try:
-            size = await _spool(self.source, file.identifier, spool)
-            extension, content_type = _kind(file)
-            new = await save_into(
-                self.destination,
-                self.journal,
-                spool,
-                extension=extension,
-                content_type=content_type,
-                queue=jobs.MIGRATE,
-            )
-        finally:
-            spool.unlink(missing_ok=True)
+            local = await self.source.local_path(file.identifier)
+        except StoreNotFound as exc:
+            raise _Missing(exc.msg) from exc
+        if local is not None:  # the old store's own file: saved from there, left as it is
+            size, new = await self._copy_local(file, local)
+        else:  # streamed into a spool file first: a store saves files, not streams
+            spool = self.tmp_dir / uuid.uuid4().hex
+            try:
+                size = await _spool(self.source, file.identifier, spool)
+                new = await self._save(file, spool, keep_source=False)
+            finally:
+                spool.unlink(missing_ok=True)
         try:
             changed = await self.repo.commit_moved_file(
                 file.identifier, new, owner=self.journal.owner
@@ -309,6 +307,33 @@ class _Mover:
             await discard_from(self.destination, self.journal, new)
             return -1
         return size
+
+    async def _copy_local(self, file: FileToMove, local: Path) -> tuple[int, str]:
+        """Save the old store's file at ``local`` into the new store. Returns (size, new
+        identifier). Raises _Missing (the file is gone, also when it went while it was
+        being read), PictrsError, JournalError."""
+        try:
+            size = await self.source.length(file.identifier)
+        except StoreNotFound as exc:
+            raise _Missing(exc.msg) from exc
+        try:
+            return size, await self._save(file, local, keep_source=True)
+        except PictrsError:
+            if not await _in_store(self.source, file.identifier):
+                raise _Missing(f"No file for {file.identifier}") from None
+            raise
+
+    async def _save(self, file: FileToMove, src: Path, *, keep_source: bool) -> str:
+        extension, content_type = _kind(file)
+        return await save_into(
+            self.destination,
+            self.journal,
+            src,
+            extension=extension,
+            content_type=content_type,
+            queue=jobs.MIGRATE,
+            keep_source=keep_source,
+        )
 
     async def handle(self, file: FileToMove) -> None:
         """Move one file with retries, and count how it went."""
@@ -407,17 +432,40 @@ async def undo_killed_copies(journal: Journal, destination: Store) -> int:
     return removed
 
 
+def _beside(others: list[str]) -> MigrationRefused:
+    return MigrationRefused(
+        f"another pictrs-trio process uses this repo ({others[0]}): stop the server "
+        "first; migrate-store runs alone"
+    )
+
+
+async def start_owner(nursery: trio.Nursery, journal: Journal) -> None:
+    """Make ``journal`` the run's owner (its ``run_owner`` in ``nursery``), alone: refused
+    beside a live server, and no server starts beside it (journal/owners.py ``join``; the
+    server checks for migrations once registered, runtime/service.py). Raises
+    MigrationRefused."""
+    try:
+        await nursery.start(functools.partial(journal.run_owner, alone=True))
+    except NotAlone as exc:
+        raise _beside(exc.owners) from None
+
+
 async def _refuse_beside_others(journal: Journal) -> None:
+    # Also between pages: a process that joined without ``start_owner``'s check (an older
+    # version's server) is caught here.
     others = await journal.others_alive()
     if others:
-        raise MigrationRefused(
-            f"another pictrs-trio process uses this repo ({others[0]}): stop the server "
-            "first; migrate-store runs alone"
-        )
+        raise _beside(others)
 
 
 async def _begin(
-    repo: Repo, journal: Journal, source: Store, destination: Store, from_store: str, to_store: str
+    repo: Repo,
+    journal: Journal,
+    source: Store,
+    destination: Store,
+    from_store: str,
+    to_store: str,
+    command: str | None,
 ) -> tuple[StoreMigration, bool]:
     """Checks, then (the run to go on with, whether the same migration finished before: this
     run then moves what is still in FROM, files added since). Raises MigrationRefused,
@@ -433,16 +481,34 @@ async def _begin(
     )
     await source.health(write=False)  # pict-rs checks the old store and the repo
     await destination.health(write=True)  # and, here, that the new one takes files
-    run = await repo.begin_store_migration(from_store, to_store)
+    run = await repo.begin_store_migration(from_store, to_store, command)
     if run.id and not (
         same_store(run.from_store, from_store) and same_store(run.to_store, to_store)
     ):
         raise MigrationRefused(
             f"an unfinished migration from {run.from_store} to {run.to_store} is recorded in "
             f"this repo ({run.moved} files moved); finish it first by running it again: "
-            f"pictrs-trio migrate-store {run.from_store} {run.to_store}"
+            f"{finish_command(run)}; or end it with --abandon (docs/operations.md)"
         )
     return run, again
+
+
+_PLACEHOLDERS = ("<secret-key>", "<session-token>")
+
+
+def finish_command(run: StoreMigration, repo_path: str | None = None) -> str:
+    """The command that goes on with ``run``: the one that last ran it, as recorded
+    (runtime/cli.py ``command_line``: secrets are placeholders, said so here); for a run
+    recorded without it, one built from its stores (and ``repo_path``)."""
+    if run.command:
+        left_out = [p for p in _PLACEHOLDERS if p in run.command]
+        if not left_out:
+            return run.command
+        return f"{run.command} (with the real {' and '.join(left_out)})"
+    repo = f" sqlite -p {repo_path}" if repo_path else ""
+    buckets = "object-storage" in (run.from_store + run.to_store)
+    keys = " (with the region and keys of each bucket)" if buckets else ""
+    return f"pictrs-trio migrate-store {run.from_store} {run.to_store}{repo}{keys}"
 
 
 async def migrate_store(
@@ -456,15 +522,19 @@ async def migrate_store(
     tmp_dir: Path,
     options: MigrateOptions,
     progress: Progress,
+    command: str | None = None,
 ) -> Progress:
     """Move every file the repo names from ``source`` to ``destination`` (``from_store``
-    and ``to_store`` describe them: ``describe``). ``journal`` must be registered and
-    reaped (its ``run_owner`` running), ``tmp_dir`` an existing private folder. Counts go
+    and ``to_store`` describe them: ``describe``). ``journal`` must be registered alone
+    and reaped (``start_owner``), ``tmp_dir`` an existing private folder. ``command``, the
+    command line running it, is recorded with the run (``finish_command``). Counts go
     to ``progress`` as the run goes (also returned): ``finished`` once every file is moved
     and the run recorded as finished. Raises MigrationRefused (another process uses the
     repo, or another migration is unfinished), PictrsError or JournalError (a store or the
     repo cannot be used)."""
-    progress.run, again = await _begin(repo, journal, source, destination, from_store, to_store)
+    progress.run, again = await _begin(
+        repo, journal, source, destination, from_store, to_store, command
+    )
     if again:
         logger.info(
             "this migration finished before: moving the files still in {} (added since)",

@@ -104,7 +104,7 @@ async def run_batch(state: AppState, job: jobs.PruneMissing) -> None:
                 stored.identifier,
             )
     if pruned:
-        state.journal.notify(jobs.CLEANUP)  # the RemoveFiles jobs queued with the prunes
+        state.journal.notify(jobs.CLEANUP, pushed=pruned)  # RemoveFiles queued with each
     if len(batch) < BATCH:
         if await repo.setting(STARTED) == job.run.encode():
             await repo.set_settings({COMPLETE: b"1"})

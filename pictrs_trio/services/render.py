@@ -7,6 +7,11 @@
                 -> input: the original, or its motion still (videos; animations to stills)
                 -> media.process -> storing.save_new -> repo.commit_variant
 
+Spans (services/tracing.py): ``render`` for a miss, with ``render.wait`` (another task or
+process renders the key), ``render.engine`` (the engine job, submitted from here: the worker
+process itself is not traced), ``render.store`` (save and commit); ``render.motion_still``
+for the still of a video or animation.
+
 A GET renders in the request's own cancel scope: a request that gives up cancels its render,
 and the next request for the key renders again. ``process_backgrounded`` queues a
 ``Generate`` job instead (jobs.py), which renders through the same path.
@@ -15,13 +20,14 @@ and the next request for the key renders again. ``process_backgrounded`` queues 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import msgspec
 import trio
 from loguru import logger
 
+from pictrs_trio.metrics.names import GENERATE, GENERATE_PROCESS
 from pictrs_trio.repo.records import Details, Hash
 from pictrs_trio.rules import variants
 from pictrs_trio.rules.errors import AliasNotFound, MediaToolError, VariantTimeout
@@ -86,25 +92,33 @@ async def _single_flight(state: AppState, key: str, render: _Render) -> None:
     In this process an event decides (``SingleFlight``); across processes a journal lease on
     ``key``, which a process that dies releases at once (journal/owners.py): a waiting
     request takes a dead renderer's work over instead of waiting it out."""
-    async with state.generations.lead_or_wait(key) as leading:
+    tracer = state.tracer
+    waiting = tracer.span(__name__, "render.wait")
+    async with state.generations.lead_or_wait(key, waiting) as leading:
         if not leading:
             return
         journal = state.journal
         # A live holder stuck past what pict-rs allows a render (4 x process_timeout) is
         # passed by: its commit checks its own work, so rendering again loses nothing.
         stale_after = 4 * state.config.media.process_timeout
-        while not await journal.lease(key, stale_after):
-            # Another process renders it: wait for its lease to go (released, or its owner
-            # dead), looking for its result meanwhile.
-            await trio.sleep(POLL_SECONDS)
-            if await render.done():
-                return
+        if not await journal.lease(key, stale_after):
+            with tracer.span(__name__, "render.wait") as span:
+                span.set("pictrs.render.elsewhere", True)
+                while True:
+                    # Another process renders it: wait for its lease to go (released, or its
+                    # owner dead), looking for its result meanwhile.
+                    await trio.sleep(POLL_SECONDS)
+                    if await render.done():
+                        return
+                    if await journal.lease(key, stale_after):
+                        break
         try:
             # Another process may have finished and released its lease between our first
             # look and our lease: look again (a point read) rather than render twice.
             if await render.done():
                 return
-            await render.run(key)
+            with state.metrics.timed(GENERATE_PROCESS):
+                await render.run(key)
         finally:
             if not render.released:  # a successful render releases with its commit
                 with trio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -124,13 +138,27 @@ class _Render:
         raise NotImplementedError
 
 
-async def _save_rendered(state: AppState, out: Path, result: Discovery) -> tuple[str, Details]:
-    """Store a render write-ahead; not fsynced: a variant can be rendered again."""
+async def _store(
+    state: AppState,
+    out: Path,
+    result: Discovery,
+    commit: Callable[[str, Details], Awaitable[bool]],
+) -> tuple[str, Details, bool]:
+    """Store the render at ``out`` write-ahead (not fsynced: a variant can be rendered
+    again), then ``commit`` it: its identifier, details, and whether the commit was ours (it
+    released the lease either way). A commit that fails discards the stored file."""
     fmt = result.format
-    identifier = await save_new(
-        state, out, extension=fmt.extension, content_type=fmt.content_type, durable=False
-    )
-    return identifier, details_now(result)
+    with state.tracer.span(__name__, "render.store"):
+        identifier = await save_new(
+            state, out, extension=fmt.extension, content_type=fmt.content_type, durable=False
+        )
+        details = details_now(result)
+        try:
+            ours = await commit(identifier, details)
+        except BaseException:
+            await discard(state, identifier)
+            raise
+    return identifier, details, ours
 
 
 class _MotionRender(_Render):
@@ -143,21 +171,22 @@ class _MotionRender(_Render):
     async def run(self, claim_key: str) -> None:
         state = self.state
         out = state.tmp_dir / f"motion-{uuid.uuid4().hex}"
-        try:
-            async with local_file(state, self.original) as src:
-                result = await state.media.motion_still(
-                    src, out, source=discovery_of(self.details), media=state.config.media
-                )
-            identifier, details = await _save_rendered(state, out, result)
-        finally:
-            out.unlink(missing_ok=True)
-        try:
+
+        async def commit(identifier: str, details: Details) -> bool:
             _, ours = await state.repo.commit_motion(
                 self.hash, identifier, details, owner=state.journal.owner, lease=claim_key
             )
-        except BaseException:
-            await discard(state, identifier)
-            raise
+            return ours
+
+        try:
+            async with local_file(state, self.original) as src:
+                with state.tracer.span(__name__, "render.engine"):
+                    result = await state.media.motion_still(
+                        src, out, source=discovery_of(self.details), media=state.config.media
+                    )
+            identifier, _, ours = await _store(state, out, result, commit)
+        finally:
+            out.unlink(missing_ok=True)
         self.released = True
         if not ours:
             await discard(state, identifier)
@@ -175,9 +204,10 @@ async def motion_still(
             if still is not None:
                 return identifier, still
         state.require_writable()
-        await _single_flight(
-            state, f"{hash.key().hex()}:motion", _MotionRender(state, hash, original, details)
-        )
+        with state.tracer.span(__name__, "render.motion_still"):
+            await _single_flight(
+                state, f"{hash.key().hex()}:motion", _MotionRender(state, hash, original, details)
+            )
     raise MediaToolError("Motion still could not be generated")
 
 
@@ -191,6 +221,10 @@ class _VariantRender(_Render):
         return found is not None and found.identifier is not None
 
     async def run(self, claim_key: str) -> None:
+        with self.state.metrics.guard(GENERATE):  # pict-rs.generate.{start,end,duration}
+            await self._run(claim_key)
+
+    async def _run(self, claim_key: str) -> None:
         state, request = self.state, self.request
         found = state.repo.find_original_now(self.alias)
         if found is None or found.identifier is None:
@@ -203,20 +237,8 @@ class _VariantRender(_Render):
             )
         output = variants.output_format(source_details.format.kind, request.ext)
         out = state.tmp_dir / f"variant-{uuid.uuid4().hex}{output.extension}"
-        try:
-            async with local_file(state, source_id) as src:
-                result = await state.media.render(
-                    src,
-                    out,
-                    source=discovery_of(source_details),
-                    ops=request.operations,
-                    output=output,
-                    quality=variants.quality_for(state.config.media, output),
-                )
-            identifier, details = await _save_rendered(state, out, result)
-        finally:
-            out.unlink(missing_ok=True)
-        try:
+
+        async def commit(identifier: str, details: Details) -> bool:
             _, ours = await state.repo.commit_variant(
                 found.hash,
                 request.key,
@@ -225,9 +247,23 @@ class _VariantRender(_Render):
                 owner=state.journal.owner,
                 lease=claim_key,
             )
-        except BaseException:
-            await discard(state, identifier)
-            raise
+            return ours
+
+        try:
+            async with local_file(state, source_id) as src:
+                with state.tracer.span(__name__, "render.engine") as span:
+                    span.set("pictrs.media.output_type", output.content_type)
+                    result = await state.media.render(
+                        src,
+                        out,
+                        source=discovery_of(source_details),
+                        ops=request.operations,
+                        output=output,
+                        quality=variants.quality_for(state.config.media, output),
+                    )
+            identifier, details, ours = await _store(state, out, result, commit)
+        finally:
+            out.unlink(missing_ok=True)
         self.released = True
         if ours:
             self.result = Rendered(identifier=identifier, details=details)
@@ -245,6 +281,16 @@ async def _details_of(state: AppState, identifier: str) -> Details:
     return details
 
 
+def existing(state: AppState, alias: str, key: str) -> Rendered | None:
+    """The variant ``key`` of ``alias`` if it is rendered already (its access recorded),
+    else None: a point read on the loop thread, microseconds in WAL."""
+    found = state.repo.find_variant_now(alias, key)
+    if found is None or found.identifier is None or found.details is None:
+        return None
+    record_access(state, found.hash, key)
+    return Rendered(identifier=found.identifier, details=found.details)
+
+
 async def find_or_render(
     state: AppState, alias: str, request: VariantRequest, *, wait: float = WAIT_SECONDS
 ) -> Rendered:
@@ -256,6 +302,9 @@ async def find_or_render(
     repo = state.repo
     if state.config.server.danger_dummy_mode:
         return await _the_original(state, alias)
+    rendered = existing(state, alias, request.key)
+    if rendered is not None:  # the common case: no render machinery, no timer
+        return rendered
     with trio.move_on_after(wait) as waited:
         while True:
             # Point reads on the loop thread: microseconds in WAL, a thread hop is ~100 µs.
@@ -267,7 +316,9 @@ async def find_or_render(
                 return Rendered(identifier=found.identifier, details=found.details)
             state.require_writable()
             render = _VariantRender(state, alias, request)
-            await _single_flight(state, f"{found.hash.key().hex()}:{request.key}", render)
+            with state.tracer.span(__name__, "render") as span:
+                span.set("pictrs.variant", request.key)
+                await _single_flight(state, f"{found.hash.key().hex()}:{request.key}", render)
             if render.result is not None:  # ours: no need to read it back
                 record_access(state, found.hash, request.key)
                 return render.result

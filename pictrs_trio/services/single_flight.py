@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from pictrs_trio.rules.errors import PictrsError
+from pictrs_trio.services.tracing import NO_SPAN, Span
 
 
 class _Flight:
@@ -23,15 +24,17 @@ class SingleFlight:
         self._running: dict[str, _Flight] = {}
 
     @asynccontextmanager
-    async def lead_or_wait(self, key: str) -> AsyncIterator[bool]:
+    async def lead_or_wait(self, key: str, waiting: Span = NO_SPAN) -> AsyncIterator[bool]:
         """Yields True to the one task that should do ``key`` now; the others wait until
         it is done and get False (then they look again). If the leader failed with a
         client-facing error (a dead URL, media a tool rejects), the waiters raise that same
         error instead of each trying again in turn; after any other ending (cancelled, a
-        crash) they get False and may try themselves."""
+        crash) they get False and may try themselves. ``waiting`` is a span entered only
+        while waiting."""
         flight = self._running.get(key)
         if flight is not None:
-            await flight.done.wait()
+            with waiting:
+                await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             yield False

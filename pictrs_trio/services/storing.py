@@ -18,9 +18,9 @@ from pathlib import Path
 import trio
 from loguru import logger
 
-from journal import Journal
+from journal import Journal, JournalError
 from pictrs_trio.rules import jobs
-from pictrs_trio.rules.errors import ErrorCode, StoreError
+from pictrs_trio.rules.errors import ErrorCode, PictrsError, StoreError
 from pictrs_trio.services.state import AppState
 from pictrs_trio.store import Store
 
@@ -59,16 +59,23 @@ async def save_into(
     content_type: str,
     durable: bool = True,
     queue: str = jobs.CLEANUP,
+    keep_source: bool = False,
 ) -> str:
     """``save_new`` into any store: the undo job of the intent goes to ``queue``, whose
     workers must act on that store (``migrate-store`` writes to a store the server's
-    cleanup workers do not use, so its undo jobs have a queue of their own)."""
+    cleanup workers do not use, so its undo jobs have a queue of their own).
+    ``keep_source``: ``src`` is another store's file, read and left as it is
+    (``Store.save_file``)."""
     identifier = store.new_identifier(extension)
     undo = jobs.RemoveFiles(identifiers=[identifier], partial=True)
     await journal.intend([identifier], queue, undo)
     try:
         await store.save_file(
-            src, identifier=identifier, content_type=content_type, durable=durable
+            src,
+            identifier=identifier,
+            content_type=content_type,
+            durable=durable,
+            keep_source=keep_source,
         )
     except StoreError as exc:
         if exc.code is ErrorCode.FILE_EXISTS:  # not ours: leave it, drop only the intent
@@ -89,5 +96,15 @@ async def discard_from(store: Store, journal: Journal, identifier: str) -> None:
         try:
             await store.remove(identifier, partial=True)
             await journal.abandon([identifier])
+        except (PictrsError, JournalError) as exc:
+            # Expected when the store or the database is down (what failed the caller, most
+            # often): the store's or journal's message says it all, a traceback nothing more.
+            why = f"{exc.msg} ({exc.code})" if isinstance(exc, PictrsError) else str(exc)
+            logger.warning(
+                "could not remove {} now: {}; its intent stays, so it is removed once this "
+                "process has stopped",
+                identifier,
+                why,
+            )
         except Exception:
             logger.opt(exception=True).warning("could not remove {} now", identifier)

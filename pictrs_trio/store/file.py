@@ -12,6 +12,14 @@ costs what its fsync costs). New directory entries are fsynced so a stored ident
 a crash once ``save_*`` returns. Every blocking step runs in ``trio.to_thread.run_sync``, one
 hop per operation (reads: one hop per 1 MiB).
 
+A source that is not ours (``keep_source``: another store's file, read by ``migrate-store``)
+is copied that same way (temp file, fsync, link into place), never linked itself. Stored
+files are never written in place, so a shared inode would hold the right bytes today; but
+linking would change the old store's file (its mode), and whatever the operator later does
+to the old store's files in place (``shred`` when retiring it, an ``rsync --inplace``
+restore, a ``chown``) would reach the new store's. After a migration the two stores share
+nothing, as if they were on two disks.
+
 Identifiers are checked with ``ids.is_safe_identifier`` before any path is built from them.
 """
 
@@ -22,13 +30,14 @@ import os
 import secrets
 import stat
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
 
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import ErrorCode, StoreError, StoreNotFound
+from pictrs_trio.store import Reading
 
 __all__ = ["FileStore", "open_file_store"]
 
@@ -37,6 +46,7 @@ CHUNKS_PER_HOP = 4  # 256 KiB per thread hop when streaming: bounded memory per 
 FILE_MODE = 0o644  # media is public; the same mode whether linked or copied
 TEMP_MARKER = ".tmp-"
 PROBE_PREFIX = ".health-"
+LIST_BATCH = 1000  # names per thread hop of ``identifiers``
 _DIR_RETRIES = 5  # a concurrent remove may prune a directory we just made
 # link() errors that mean "cannot link here", so copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -204,12 +214,17 @@ def _write_all(data: bytes) -> Callable[[int], None]:
     return fill
 
 
-def _save_file_sync(root: Path, identifier: str, src: Path, durable: bool = True) -> None:
+def _save_file_sync(
+    root: Path, identifier: str, src: Path, durable: bool = True, keep_source: bool = False
+) -> None:
     try:
-        _place(root, identifier, src, _copy_from(src), durable)
+        # A kept source is copied, never linked: see the module's docstring.
+        _place(root, identifier, None if keep_source else src, _copy_from(src), durable)
     except BaseException:
         _prune((root / identifier).parent, root)
         raise
+    if keep_source:
+        return
     # Consumed: the Store owns the bytes now. A src we may not delete (copy path) stays.
     with suppress(OSError):
         src.unlink(missing_ok=True)
@@ -223,15 +238,15 @@ def _save_bytes_sync(root: Path, identifier: str, data: bytes) -> None:
         raise
 
 
-def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, list[bytes]]:
-    """Open, check, and read the first batch: (fd, stop offset, chunks)."""
+def _open_and_read(path: Path, start: int, end: int | None) -> tuple[int, int, int, list[bytes]]:
+    """Open, check, and read the first batch: (fd, size, stop offset, chunks)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
         stop = info.st_size if end is None else min(end, info.st_size)
-        return fd, stop, _read_batch(fd, start, stop)
+        return fd, info.st_size, stop, _read_batch(fd, start, stop)
     except BaseException:
         os.close(fd)
         raise
@@ -268,11 +283,35 @@ def _remove_sync(root: Path, path: Path, partial: bool = False) -> None:
     _prune(path.parent, root)
 
 
-def _walk(root: Path) -> list[str]:
+def _walk_after(root: Path, after: tuple[str, ...], limit: int) -> list[str]:
+    """Up to ``limit`` stored files (temp and probe files left out) that come after the
+    path ``after`` (its components; () for the start) in a walk of sorted directories."""
     found: list[str] = []
-    for dirpath, _dirs, files in os.walk(root):
-        base = Path(dirpath).relative_to(root)
-        found.extend((base / name).as_posix() for name in files if not _is_ours_hidden(name))
+
+    def visit(directory: str, prefix: tuple[str, ...]) -> bool:
+        """False once ``limit`` files are found."""
+        depth = len(prefix)
+        # On the path to ``after``: what sorts before its next component is done.
+        bound = after[depth] if depth < len(after) and after[:depth] == prefix else None
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # pruned by a remove meanwhile
+            return True
+        for entry in entries:
+            if bound is not None and entry.name < bound:
+                continue
+            path = (*prefix, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if not visit(entry.path, path):
+                    return False
+            elif path != after and not entry.is_dir() and not _is_ours_hidden(entry.name):
+                found.append("/".join(path))
+                if len(found) >= limit:
+                    return False
+        return True
+
+    visit(os.fspath(root), ())
     return found
 
 
@@ -289,6 +328,23 @@ def _health_sync(root: Path, write: bool) -> None:
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
+
+
+async def _chunks(
+    identifier: str, fd: int, offset: int, stop: int, chunks: list[bytes]
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` (the first batch, read from ``offset``), then the rest of ``fd`` up to
+    ``stop``, a batch per thread hop. The caller closes ``fd``."""
+    while chunks:
+        for chunk in chunks:
+            yield chunk
+            offset += len(chunk)
+        if offset >= stop:
+            break
+        try:
+            chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
+        except OSError as exc:
+            raise StoreError(f"Cannot read {identifier}: {exc}") from exc
 
 
 class FileStore:
@@ -320,16 +376,23 @@ class FileStore:
         return ids.new_identifier(extension)
 
     async def save_file(
-        self, src: Path, *, identifier: str, content_type: str, durable: bool = True
+        self,
+        src: Path,
+        *,
+        identifier: str,
+        content_type: str,
+        durable: bool = True,
+        keep_source: bool = False,
     ) -> str:
         """Consumes ``src`` on success (moved or copied, then unlinked); on failure ``src``
         is left as it was and nothing is stored. ``durable=False``: no fsync (derived files
-        that can be rendered again). Raises StoreError (``file-exists`` if the identifier
-        exists: it is never overwritten)."""
+        that can be rendered again). ``keep_source``: ``src`` is copied and left as it was
+        (another store's file). Raises StoreError (``file-exists`` if the identifier exists:
+        it is never overwritten)."""
         self._existing(identifier)  # refuses an unsafe one
         try:
             await trio.to_thread.run_sync(
-                _save_file_sync, self.root, identifier, Path(src), durable
+                _save_file_sync, self.root, identifier, Path(src), durable, keep_source
             )
         except OSError as exc:
             raise StoreError(f"Failed to store file: {exc}") from exc
@@ -352,30 +415,39 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot stat {identifier}: {exc}") from exc
 
-    async def read(
-        self, identifier: str, start: int = 0, end: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    async def _open(
+        self, identifier: str, start: int, end: int | None
+    ) -> tuple[int, int, int, list[bytes]]:
         path = self._existing(identifier)
         try:
-            fd, stop, chunks = await trio.to_thread.run_sync(_open_and_read, path, start, end)
+            return await trio.to_thread.run_sync(_open_and_read, path, start, end)
         except FileNotFoundError as exc:
             raise StoreNotFound(f"No file for {identifier}") from exc
         except OSError as exc:
             raise StoreError(f"Cannot read {identifier}: {exc}") from exc
+
+    async def read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        fd, _size, stop, chunks = await self._open(identifier, start, end)
         try:
-            offset = start
-            while chunks:
-                for chunk in chunks:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                async for chunk in rest:
                     yield chunk
-                    offset += len(chunk)
-                if offset >= stop:
-                    break
-                try:
-                    chunks = await trio.to_thread.run_sync(_read_batch, fd, offset, stop)
-                except OSError as exc:
-                    raise StoreError(f"Cannot read {identifier}: {exc}") from exc
         finally:
             os.close(fd)  # no await in an async generator's finally
+
+    @asynccontextmanager
+    async def open_read(
+        self, identifier: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[Reading]:
+        """One thread hop opens the file, learns its size and reads the first batch."""
+        fd, size, stop, chunks = await self._open(identifier, start, end)
+        try:
+            async with aclosing(_chunks(identifier, fd, start, stop, chunks)) as rest:
+                yield Reading(size, rest)
+        finally:
+            os.close(fd)
 
     def read_now(self, identifier: str, limit: int) -> bytes | None:
         """The whole file, read without leaving the calling thread, if it is at most
@@ -427,15 +499,21 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"Cannot remove {identifier}: {exc}") from exc
 
-    async def identifiers(self) -> AsyncGenerator[str, None]:
-        """Every stored file, temp files excluded. Walks the whole tree in one thread hop,
-        so the list is held in memory (fine up to millions of names)."""
-        try:
-            found = await trio.to_thread.run_sync(_walk, self.root)
-        except OSError as exc:
-            raise StoreError(f"Cannot list store: {exc}") from exc
-        for identifier in found:
-            yield identifier
+    async def identifiers(self, *, after: str | None = None) -> AsyncGenerator[str, None]:
+        """Every stored file, temp files excluded, in a walk of sorted directories, a batch
+        of ``LIST_BATCH`` per thread hop (each picks the walk up after the last one's final
+        file, so only a batch is ever held)."""
+        position = tuple(after.split("/")) if after is not None else ()
+        while True:
+            try:
+                batch = await trio.to_thread.run_sync(_walk_after, self.root, position, LIST_BATCH)
+            except OSError as exc:
+                raise StoreError(f"Cannot list store: {exc}") from exc
+            for identifier in batch:
+                yield identifier
+            if len(batch) < LIST_BATCH:
+                return
+            position = tuple(batch[-1].split("/"))
 
     async def health(self, *, write: bool = True) -> None:
         try:

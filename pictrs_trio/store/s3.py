@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
+from pictrs_trio.config import redact_url
 from pictrs_trio.rules.egress import url_for_log
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ __all__ = [
     "S3Failure",
     "Signer",
     "addressing",
+    "describe_denied_read",
     "describe_failure",
+    "is_denied_read",
     "parse_error",
     "public_url",
 ]
@@ -50,9 +53,16 @@ class Addressing(msgspec.Struct, frozen=True, kw_only=True):
 def addressing(endpoint: str, bucket: str, path_style: bool) -> Addressing:
     """The URLs of ``bucket`` at ``endpoint``. Raises ValueError for an endpoint that is not
     an http(s) URL with a host, or that carries a user, a query or a fragment."""
-    parts = urlsplit(endpoint)
+    typed = redact_url(endpoint)  # as the operator wrote it: urlsplit mangles "minio:9000"
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ValueError(f"store.endpoint {typed!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"store.endpoint {url_for_log(endpoint)!r} is not an http(s) URL")
+        fix = "it needs http:// or https://"
+        if "://" not in endpoint:
+            fix += " in front" + ("" if "@" in endpoint else f", like 'http://{endpoint}'")
+        raise ValueError(f"store.endpoint {typed!r} is not an http(s) URL: {fix}")
     if parts.username is not None or parts.password is not None:
         raise ValueError("store.endpoint must not carry a user or password: use access_key")
     if parts.query or parts.fragment:
@@ -283,3 +293,22 @@ def describe_failure(failure: S3Failure, *, where: str, region: str, bucket: str
             "read, write, list and delete in the bucket"
         )
     return f"object storage {where} failed ({code}){_short(failure.message)}"
+
+
+def is_denied_read(failure: S3Failure) -> bool:
+    """A plain refusal of a HEAD or GET (403 without a code, as HEAD answers have no body,
+    or AccessDenied): what S3 answers for a missing key when the access key lacks
+    s3:ListBucket. Other 403 codes (a bad signature, an unknown key) say what they are."""
+    return failure.status == 403 and failure.code in (None, "AccessDenied")
+
+
+def describe_denied_read(failure: S3Failure, *, where: str, key: str) -> str:
+    """One line for a refused read of ``key``: it is never taken for a missing key (that
+    would make prune-missing forget, or migrate-store skip, a file that exists), but the
+    line says that it may be one, and how to make S3 say so."""
+    code = failure.code or f"HTTP {failure.status}"
+    return (
+        f"object storage {where} denied reading {key} ({code}): the key may be missing (S3 "
+        "answers 403, not 404, for a missing key unless the access key has s3:ListBucket "
+        "on the bucket), or the access key may not read it (s3:GetObject)"
+    )

@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pyvips
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, free_port
 from tests.origin import Origin
+from tests.otlp import Collector
 
 API_KEY = "API_KEY"
 
@@ -75,8 +77,9 @@ def test_lemmys_stock_pict_rs_environment(tmp_path: Path, samples: dict[str, Pat
 
 
 # Every section and key of pict-rs 0.5's sample pict-rs.toml with the values it shows (our
-# own writing of them), except: repo is sqlite, the paths, the address and the validator
-# are this test's, and the TLS pair is left out (it names files that do not exist).
+# own writing of them), except: repo is sqlite, the paths, the address, the validator and
+# the OpenTelemetry collector are this test's, and the TLS pair is left out (it names files
+# that do not exist).
 SAMPLE = """
 [server]
 address = '127.0.0.1:{port}'
@@ -105,12 +108,12 @@ address = '0.0.0.0:6669'
 buffer_capacity = 102400
 
 [tracing.opentelemetry]
-url = 'http://localhost:4317/'
+url = 'http://127.0.0.1:{collector_port}/'
 service_name = 'pict-rs'
 targets = 'info'
 
 [metrics]
-prometheus_address = "0.0.0.0:9000"
+prometheus_address = "127.0.0.1:{metrics_port}"
 
 [old_repo]
 path = '/mnt/sled-repo'
@@ -196,10 +199,19 @@ path = '{root}/files'
 def test_pict_rs_sample_configuration_with_a_sqlite_repo(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
-    validator = Origin()
+    validator, collector = Origin(), Collector()
     srv = Server(tmp_path)
     config = tmp_path / "pict-rs.toml"
-    config.write_text(SAMPLE.format(port=srv.port, root=tmp_path, validator_port=validator.port))
+    metrics_port = free_port()  # pict-rs's sample says 0.0.0.0:9000; any free port here
+    config.write_text(
+        SAMPLE.format(
+            port=srv.port,
+            root=tmp_path,
+            validator_port=validator.port,
+            collector_port=collector.port,
+            metrics_port=metrics_port,
+        )
+    )
     srv.global_args = ["-c", str(config)]
     srv.start()
     try:
@@ -212,16 +224,22 @@ def test_pict_rs_sample_configuration_with_a_sqlite_repo(
         with srv.client() as c:
             kept = c.get(f"/image/original/{alias}").content
         assert validator.take() == [("image/webp", kept)]
+        # the scrape listener acts, and counted the validator's answer
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'pict_rs_ingest_external_validation_count{complete="true"} 1.0' in scraped
     finally:
         assert srv.stop() == 0
         validator.close()
+        collector.stop()
+    # the spans went to the collector, as pict-rs's would
+    spans = collector.spans()
+    assert {span.resource["service.name"] for span in spans} == {"pict-rs"}
+    assert {"POST /image", "ingest", "ingest.external_validation"} <= {s.name for s in spans}
     warned = _warnings(srv)
     keys = {m[1] for w in warned if (m := re.search(r"configuration: ([\w.]+)", w))}
     assert keys == {
         "repo.cache_capacity",  # a sled setting: no sqlite key reads it
         "tracing.console.address",
-        "tracing.opentelemetry.url",
-        "metrics.prometheus_address",
         "old_repo.path",
     }, warned
     assert len(warned) == len(keys)

@@ -6,7 +6,9 @@ bytes it served before."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -14,9 +16,14 @@ import time
 import zlib
 from pathlib import Path
 
+import httpx
+import msgspec
 import trio
 
+from pictrs_trio.config import load_all
+from pictrs_trio.config.layered import nest
 from pictrs_trio.repo.sqlite import open_sqlite_repo
+from pictrs_trio.runtime.supervisor import CONFIG_ENV, FD_ENV
 from pictrs_trio.store.file import open_file_store
 from tests.e2e.conftest import REPO, Server, free_port
 from tests.migrate_helpers import Filled, assert_all_in, db_rows, files_on_disk, fill
@@ -105,7 +112,9 @@ def test_media_uploaded_on_a_serves_the_same_from_b(tmp_path: Path) -> None:
     assert "--skip-missing-files" in first.stdout + first.stderr
 
     message = refused_start(tmp_path, b, db)
-    assert "unfinished" in message and f"migrate-store filesystem -p {a}" in message
+    assert "unfinished" in message
+    command = f"pictrs-trio migrate-store filesystem -p {a} filesystem -p {b} sqlite -p {db}"
+    assert f"running the same command again: {command}; or end it with" in message
 
     second = migrate_store(tmp_path, a, b, db, "--skip-missing-files")
     assert second.returncode == 0, second.stdout + second.stderr
@@ -223,3 +232,157 @@ def test_progress_is_logged_when_not_on_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "\r" not in done.stderr and "[#" not in done.stderr
     assert "5 files to move" in done.stdout
+
+
+def _filled_a(tmp_path: Path, n: int) -> tuple[Path, Path, Path, Filled]:
+    a, b, db = tmp_path / "a", tmp_path / "b", tmp_path / "db"
+
+    async def fill_a() -> Filled:
+        async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
+            return await fill(repo, store, n, variant_every=0, motion_every=0)
+
+    return a, b, db, trio.run(fill_a)
+
+
+def _healthy_or_exited(server: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+    """True once the server answers /healthz 200; False once it has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return False
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the server neither served nor exited")
+
+
+def test_a_server_and_a_migration_started_together_never_both_go_on(tmp_path: Path) -> None:
+    """``run`` on A and ``migrate-store A B`` started at the same moment: one of them
+    refuses, whichever was first to register with the repo."""
+    a, b, db, filled = _filled_a(tmp_path, 200)
+    port = free_port()
+    run_argv = [sys.executable, "-m", "pictrs_trio", "run", "-a", f"127.0.0.1:{port}",
+                "filesystem", "-p", str(a), "sqlite", "-p", str(db)]  # fmt: skip
+    migrate_argv = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency",
+                    "1", "filesystem", "-p", str(a), "filesystem", "-p", str(b), "sqlite",
+                    "-p", str(db)]  # fmt: skip
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(run_argv, cwd=REPO, env=_env(tmp_path), stdout=log, stderr=log)
+        migration = subprocess.Popen(
+            migrate_argv, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    try:
+        served = _healthy_or_exited(server, f"http://127.0.0.1:{port}", 60)
+        out, err = migration.communicate(timeout=120)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        migration.kill()
+        migration.wait()
+    said = (tmp_path / "server.log").read_text()
+    if served:  # the server went on: the migration refused and changed nothing
+        assert migration.returncode == 1, out + err
+        assert "another pictrs-trio process uses this repo" in err
+        assert db_rows(db, "SELECT count(*) FROM store_migration_runs") == [(0,)]
+        assert files_on_disk(b) == []
+    else:  # the migration went on: the server refused before serving
+        assert server.returncode == 1, said
+        assert "migrate-store" in said and ("unfinished" in said or "is running" in said)
+        assert migration.returncode == 0, out + err
+        assert_all_in(b, db, filled)
+
+
+def test_a_server_process_started_after_preflight_refuses_a_running_migration(
+    tmp_path: Path,
+) -> None:
+    """A server process that passed its preflight before the migration began (a worker of
+    ``server.workers`` > 1, started by the supervisor) checks again once it has joined the
+    repo: it refuses, and the migration it found goes on to the end."""
+    a, b, db, filled = _filled_a(tmp_path, 50)
+    argv = [sys.executable, "-m", "pictrs_trio", "migrate-store", "--concurrency", "1",
+            "filesystem", "-p", str(a), "filesystem", "-p", str(b), "sqlite", "-p",
+            str(db)]  # fmt: skip
+    migration = subprocess.Popen(
+        argv, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _runs(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        migration.send_signal(signal.SIGSTOP)  # alive, holding the repo, and not finishing
+        assert _runs(db) == 1
+        done = _server_process(tmp_path, a, db)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "a migrate-store is running on this repo" in done.stderr, done.stderr
+    finally:
+        migration.send_signal(signal.SIGCONT)
+    out, err = migration.communicate(timeout=120)
+    assert migration.returncode == 0, out + err
+    assert_all_in(b, db, filled)
+    # Dead or finished, a migration is still checked once the process has joined: here the
+    # media are in B, so a server process on A refuses.
+    done = _server_process(tmp_path, a, db)
+    assert done.returncode == 1 and "point store at filesystem -p" in done.stderr, done.stderr
+
+
+def _runs(db: Path) -> int:
+    try:
+        return int(db_rows(db, "SELECT count(*) FROM store_migration_runs")[0][0])  # type: ignore[arg-type]
+    except Exception:  # not created yet, or busy for a moment
+        return 0
+
+
+def _server_process(root: Path, files: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    """One server process as the supervisor starts it (no preflight: the supervisor made
+    it), on a socket of its own."""
+    config = load_all(
+        env={},
+        overrides=nest(
+            {
+                "server.address": f"127.0.0.1:{free_port()}",
+                "server.temporary_directory": str(root / "tmp"),
+                "store.type": "filesystem",
+                "store.path": str(files),
+                "repo.type": "sqlite",
+                "repo.path": str(db),
+            }
+        ),
+    ).config
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.set_inheritable(True)
+        env = {**os.environ, CONFIG_ENV: msgspec.json.encode(config).decode(),
+               FD_ENV: str(listener.fileno())}  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "pictrs_trio.runtime.supervisor"],
+            cwd=REPO, env=env, pass_fds=(listener.fileno(),), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+
+
+def test_abandon_when_the_new_folder_is_gone(tmp_path: Path) -> None:
+    """The new store's folder is gone (an unmounted volume): ``--abandon`` does not make it
+    again, moves every file back, and says the copies there were not removed."""
+    a, b, db, filled = _filled_a(tmp_path, 30)
+    ((lost,),) = db_rows(db, "SELECT identifier FROM hashes ORDER BY hash DESC LIMIT 1")
+    data = (a / str(lost)).read_bytes()
+    (a / str(lost)).unlink()  # the run cannot finish: one file is missing
+    first = migrate_store(tmp_path, a, b, db)
+    assert first.returncode == 1 and "moved 29 files" in first.stdout, first.stdout
+    (a / str(lost)).write_bytes(data)
+    shutil.rmtree(b)
+
+    done = migrate_store(tmp_path, a, b, db, "--abandon")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "moved back 29 of 29 files" in done.stdout
+    assert f"Copies in filesystem -p {b} were not removed ({b} is not a folder)" in done.stdout
+    assert not b.exists()
+    assert_all_in(a, db, filled)
+    assert db_rows(db, "SELECT finished, abandoned IS NOT NULL FROM store_migration_runs") == [
+        (None, 1)
+    ]

@@ -33,7 +33,7 @@ EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.SQLITE_ERROR: (e.RepoError("locked"), 500),
     C.EXTRACT_DETAILS: (e.RepoError("bad details", code=C.EXTRACT_DETAILS), 500),
     C.FILE_UPLOAD_ERROR: (e.UploadError("not multipart"), 400),
-    C.IO_ERROR: (e.PictrsError("io", code=C.IO_ERROR), 500),
+    C.IO_ERROR: (e.ScratchError("temporary_directory /t: cannot write there"), 500),
     C.VALIDATE_WIDTH: (e.ValidationError("wide", code=C.VALIDATE_WIDTH), 400),
     C.VALIDATE_HEIGHT: (e.ValidationError("tall", code=C.VALIDATE_HEIGHT), 400),
     C.VALIDATE_AREA: (e.ValidationError("big", code=C.VALIDATE_AREA), 400),
@@ -64,6 +64,7 @@ EVERY_CODE: dict[C, tuple[BaseException, int]] = {
     C.REQUEST_TIMEOUT: (e.RequestTimeout("deadline"), 408),
     C.PROXY_NOT_ALLOWED: (e.ProxyNotAllowed("alias only"), 400),
     C.URL_NOT_ALLOWED: (e.UrlNotAllowed("loopback"), 400),
+    C.MIGRATING: (e.Unhealthy("migrate-store runs", code=C.MIGRATING), 503),
 }  # fmt: skip
 
 # The same code, another kind, another status (pict-rs picks it by kind).

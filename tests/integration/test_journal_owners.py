@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import trio
 
-from journal import IntentLost, Journal, fulfil_in, open_journal, owners, schema
+from journal import IntentLost, Journal, NotAlone, fulfil_in, open_journal, owners, schema
 from journal.schema import transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +76,36 @@ async def test_a_silent_owner_loses_its_lease_after_the_ttl(
     assert not await b.lease("k")  # quiet, but not for long enough
     clock.now += 2
     assert await b.lease("k")  # a's heartbeat is older than the TTL: taken over
+
+
+async def test_an_owner_that_runs_alone_joins_only_alone(db_file: Path) -> None:
+    clock = Clock()
+    async with (
+        open_journal(db_file, clock=clock) as lone,
+        open_journal(db_file, clock=clock) as server,
+        open_journal(db_file, clock=clock) as late,
+    ):
+        await server.register()
+        with pytest.raises(NotAlone) as refused:
+            await lone.register(alone=True)
+        assert refused.value.owners == [server.owner]
+        assert rows(db_file, "SELECT count(*) FROM journal_owners") == [(1,)]  # not joined
+        assert rows(db_file, "SELECT count(*) FROM journal_leases") == [(0,)]
+
+        await server._write(lambda conn: owners.unregister(conn, server.owner))  # it stopped
+        await lone.register(alone=True)
+        with pytest.raises(NotAlone) as refused:
+            await late.register()
+        assert refused.value.owners == [lone.owner]
+        with pytest.raises(NotAlone):
+            await late.register(alone=True)
+        assert rows(db_file, "SELECT owner FROM journal_owners") == [(lone.owner,)]
+
+        clock.now += owners.OWNER_TTL + 1  # silent too long: dead (this process, so by TTL)
+        await late.register()
+        assert sorted(rows(db_file, "SELECT owner FROM journal_owners")) == sorted(
+            [(lone.owner,), (late.owner,)]
+        )
 
 
 async def test_intents_are_fulfilled_with_the_callers_transaction(

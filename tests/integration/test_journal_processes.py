@@ -198,3 +198,60 @@ async def test_push_and_claim_cost(tmp_path: Path) -> None:
     assert unique_ms < 1.0
     assert cycle_ms < 2.0
     assert len(cycles) == 500 + 50
+
+
+JOINER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import trio
+    sys.path.insert(0, sys.argv[2])
+    from journal import NotAlone, open_journal
+
+    async def main():
+        alone, at = sys.argv[3] == "alone", float(sys.argv[4])
+        async with open_journal(Path(sys.argv[1])) as journal:
+            await trio.sleep(max(0.0, at - time.time()))  # all try at the same moment
+            try:
+                await journal.register(alone=alone)
+            except NotAlone:
+                print("refused", flush=True)
+                return
+            print("joined", flush=True)
+            await trio.sleep(1.5)  # alive while the others try
+
+    trio.run(main)
+    """
+)
+
+
+def test_processes_joining_at_once_never_join_beside_one_that_runs_alone(
+    tmp_path: Path,
+) -> None:
+    """Owners that run alone and owners that do not, started together, each in a process of
+    its own: whoever joins, an owner that runs alone is never beside another."""
+    import subprocess
+
+    db_file = tmp_path / "db.sqlite3"
+    setup = schema.connect(db_file, busy_timeout_ms=10_000, synchronous_full=False)
+    schema.ensure(setup)
+    setup.close()
+    for round_ in range(3):
+        kinds = ["alone", "shared", "alone", "shared", "shared"]
+        kinds = kinds[round_ % 2 :] + kinds[: round_ % 2]
+        at = time.time() + 2.0  # after every interpreter has started
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", JOINER, str(db_file), str(REPO), kind, str(at)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for kind in kinds
+        ]
+        outcomes = [proc.communicate(timeout=60)[0].strip() for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs), outcomes
+        joined = [
+            kind for kind, outcome in zip(kinds, outcomes, strict=True) if outcome == "joined"
+        ]
+        assert joined, outcomes
+        assert "alone" not in joined or joined == ["alone"], list(zip(kinds, outcomes, strict=True))

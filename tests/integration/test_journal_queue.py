@@ -39,7 +39,7 @@ def autojump_clock() -> trio.testing.MockClock:
     # pytest-trio's autojump_clock jumps as soon as no task is runnable, even while a thread
     # is inside SQLite, so virtual time would leap ahead of the database work it waits on. A
     # few real milliseconds of idleness first keeps virtual timings exact.
-    return trio.testing.MockClock(autojump_threshold=0.01)
+    return trio.testing.MockClock(autojump_threshold=0.03)
 
 
 def wall_clock() -> Callable[[], float]:

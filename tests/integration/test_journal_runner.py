@@ -35,7 +35,7 @@ EPOCH = 1_700_000_000.0
 def autojump_clock() -> trio.testing.MockClock:
     # Jump only after a few real milliseconds of idleness, so virtual time never leaps
     # ahead while a thread is still inside SQLite (see test_journal_queue.py).
-    return trio.testing.MockClock(autojump_threshold=0.01)
+    return trio.testing.MockClock(autojump_threshold=0.03)
 
 
 class Delete(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -323,3 +323,69 @@ async def test_unknown_queue_in_concurrency_is_refused(tmp_path: Path) -> None:
     async with journal_on(tmp_path) as journal:
         with pytest.raises(ValueError, match="No handler"):
             await run_workers(journal, {}, concurrency={"q": 1})
+
+
+class Recording:
+    """A journal.Monitor that writes down what it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def pushed(self, queue: str, count: int, *, completed: bool) -> None:
+        self.events.append(("pushed", queue, count, completed))
+
+    def popped(self, queue: str, seconds: float, *, completed: bool) -> None:
+        self.events.append(("popped", queue, seconds, completed))
+
+    def job_started(self, queue: str, worker: str) -> None:
+        self.events.append(("started", queue, worker))
+
+    def job_ended(self, queue: str, worker: str, seconds: float, ending: str) -> None:
+        self.events.append(("ended", queue, seconds, ending))
+
+
+async def test_the_monitor_hears_pushes_waits_and_how_jobs_ended(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    monitor = Recording()
+    started = trio.Event()
+
+    async def handle(job: Job) -> None:
+        payload = job.decode(DECODER)
+        if isinstance(payload, Resize):
+            if payload.size == 0:
+                started.set()
+                await trio.sleep_forever()
+            raise Abort("no")
+        await trio.sleep(2)
+
+    async with journal_on(tmp_path) as journal:
+        journal.monitor = monitor
+        async with workers(journal, {"q": handle}, concurrency={"q": 1}):
+            await trio.sleep(5)
+            done = await journal.push("q", Delete(identifier="a"))
+            await journal.wait_done(done)
+            dead = await journal.push("q", Resize(size=1))
+            await journal.wait_done(dead)
+            journal.notify("q", pushed=3)  # a caller's own transaction queued three
+            journal.notify("q")  # a wake-up alone counts nothing
+            await trio.sleep(1)
+        async with workers(journal, {"q": handle}, concurrency={"q": 1}):
+            await journal.push("q", Resize(size=0))
+            await started.wait()  # then shutdown stops it mid-job
+
+    kinds = [(e[0], "w" if e[0] == "started" else e[-1]) for e in monitor.events]
+    assert kinds == [
+        ("pushed", True), ("popped", True), ("started", "w"), ("ended", "done"),
+        ("pushed", True), ("popped", True), ("started", "w"), ("ended", "dead"),
+        ("pushed", True),
+        ("popped", False),  # the first workers stopped while waiting
+        ("pushed", True), ("popped", True), ("started", "w"), ("ended", "stopped"),
+    ]  # fmt: skip
+    pushes = [e[2] for e in monitor.events if e[0] == "pushed"]
+    assert pushes == [1, 1, 3, 1]
+    first_wait, first_run = monitor.events[1][2], monitor.events[3][2]
+    assert first_wait == pytest.approx(5, abs=0.5)  # idle from the start until the push
+    assert first_run == pytest.approx(2, abs=0.5)
+    worker = monitor.events[2][2]
+    assert isinstance(worker, str) and worker == journal.worker_id("q", 0)

@@ -17,6 +17,7 @@ from pictrs_trio.media.exiftool import ExifTool
 from pictrs_trio.media.protocol import Probe, ProbeResult, Render, RenderResult, Sleep
 from pictrs_trio.media.run import run_tool
 from pictrs_trio.media.tools import open_media_tools
+from pictrs_trio.metrics.prometheus import PrometheusMetrics
 from pictrs_trio.rules.errors import MediaToolError, status_of
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
 
@@ -193,6 +194,32 @@ async def test_engine_job_time_limit(tmp_path: Path, jpeg: Path) -> None:
         probe = await tools.submit(Probe(path=str(jpeg), sniffed="jpeg"))
         assert isinstance(probe, ProbeResult)
         assert slow not in tools.engine.pids
+
+
+async def test_runs_and_restarts_are_counted(tmp_path: Path, jpeg: Path) -> None:
+    metrics = PrometheusMetrics()
+    # Long enough that a loaded machine's worker start does not time out the later jobs too.
+    cfg = Media(process_timeout=2)
+    async with open_media_tools(cfg, tmp_dir=tmp_path, engine_workers=1, metrics=metrics) as tools:
+        with trio.fail_after(15), pytest.raises(MediaToolError):
+            await tools.submit(Sleep(seconds=30))  # killed at the time limit, replaced
+        await tools.submit(Probe(path=str(jpeg), sniffed="jpeg"))
+        await tools.exiftool.strip(jpeg, tmp_path / "a.jpeg")
+        await tools.run(["ffprobe", "-version"])
+
+    def ended(command: str, completed: str) -> float | None:
+        labels = {"command": command, "completed": completed}
+        return metrics.registry.get_sample_value("pict_rs_process_end_total", labels)
+
+    assert ended("vips", "false") == 1  # the job that ran out of time
+    assert ended("vips", "true") == 1
+    assert ended("exiftool", "true") == 1
+    assert ended("ffprobe", "true") == 1
+    started = metrics.registry.get_sample_value("pict_rs_process_start_total", {"command": "vips"})
+    assert started == 2
+    restarts = "pictrs_trio_engine_worker_restarts_total"
+    assert metrics.registry.get_sample_value(restarts, {"reason": "killed"}) == 1
+    assert metrics.registry.get_sample_value(restarts, {"reason": "exited"}) is None
 
 
 async def test_engine_refuses_other_loaders(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ class Setup:
         try:
             async with trio.open_nursery() as nursery:
                 journal = Journal(self.repo.journal_db())
-                await nursery.start(journal.run_owner)
+                await migrate.start_owner(nursery, journal)
                 try:
                     with stop or trio.CancelScope():
                         await migrate.migrate_store(
@@ -253,6 +253,43 @@ async def test_a_store_without_local_files_streams(setup: Setup) -> None:
     assert_all_in(setup.root / "b", setup.db, filled)
 
 
+async def test_a_folder_is_read_in_place_and_left_as_it_was(setup: Setup) -> None:
+    """A source with local files is saved from them (no scratch copy: the scratch folder
+    does not even exist here), and its files are left untouched, sharing no inode with the
+    copies."""
+    filled = await fill(setup.repo, setup.a, 20, uploads=1, size=100_000)
+    a = setup.root / "a"
+    before = {p: (p.read_bytes(), os.stat(p)) for p in files_on_disk(a)}
+    setup.tmp.rmdir()
+    progress = await setup.migrate(concurrency=4)
+    assert progress.finished and progress.moved == filled.files and progress.failed == 0
+    assert_all_in(setup.root / "b", setup.db, filled)
+    assert files_on_disk(a) == sorted(before)
+    for path, (data, stat) in before.items():
+        now = os.stat(path)
+        assert path.read_bytes() == data
+        assert (now.st_ino, now.st_mode, now.st_nlink, now.st_mtime_ns) == (
+            stat.st_ino,
+            stat.st_mode,
+            1,
+            stat.st_mtime_ns,
+        )
+    moved_inodes = {os.stat(p).st_ino for p in files_on_disk(setup.root / "b")}
+    assert not moved_inodes & {stat.st_ino for _, stat in before.values()}
+
+
+async def test_a_file_gone_while_it_is_read_is_missing(setup: Setup) -> None:
+    """The old store's file disappears between the look and the copy: counted missing,
+    not retried as a failure, and nothing is left in the new store."""
+    await fill(setup.repo, setup.a, 3, variant_every=0, motion_every=0)
+    vanishing = _Vanishing(setup.a)
+    progress = await setup.migrate(vanishing, skip_missing_files=True, attempts=1)
+    assert progress.finished and (progress.moved, progress.missing) == (2, 1)
+    assert vanishing.looked
+    assert len(files_on_disk(setup.root / "b")) == 2
+    assert db_rows(setup.db, "SELECT count(*) FROM journal_intents") == [(0,)]
+
+
 async def test_failures_are_retried_then_counted(setup: Setup) -> None:
     filled = await fill(setup.repo, setup.a, 4, variant_every=0, motion_every=0)
     flaky = _Flaky(setup.a, fail_times=2)
@@ -294,6 +331,34 @@ class _Flaky:
             self.failed[identifier] = self.failed.get(identifier, 0) + 1
             raise OSError(5, "Input/output error")
         return await self.inner.local_path(identifier)
+
+
+class _Vanishing:
+    """A file store whose first file is removed right after its path is handed out."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+        self.removed: str | None = None
+        self.looked = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def local_path(self, identifier: str) -> Path:
+        path = await self.inner.local_path(identifier)
+        if self.removed is None:
+            self.removed = identifier
+            path.unlink()
+        return path
+
+    async def length(self, identifier: str) -> int:
+        if identifier == self.removed and not self.looked:  # its size, read before it went
+            self.looked = True
+            return 1
+        return await self.inner.length(identifier)
+
+    async def save_file(self, *args: object, **kwargs: object) -> str:
+        raise AssertionError("the old store is only read")
 
 
 def test_describe_and_check_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,10 +479,19 @@ def test_the_server_refuses_an_unfinished_migration(tmp_path: Path) -> None:
         f"repo.path {tmp_path / 'db'}: a migrate-store from filesystem -p /a to filesystem -p "
         f"{b} is unfinished (7 files moved); finish it by running the same command again: "
         f"pictrs-trio migrate-store filesystem -p /a filesystem -p {b} sqlite -p {tmp_path / 'db'}"
+        "; or end it with migrate-store --abandon (docs/operations.md)"
     )
     to_bucket = msgspec.structs.replace(unfinished, to_store="object-storage -e http://s3 -b m")
-    with pytest.raises(StartupError, match=r"again \(with the region and keys of each bucket\)"):
+    with pytest.raises(StartupError, match=r"db \(with the region and keys of each bucket\);"):
         startup.check_store_migration(config, to_bucket)
+    # The command that ran it, recorded with the run: named as it was typed.
+    typed = (
+        "pictrs-trio -c /etc/pictrs.toml migrate-store --concurrency 4 filesystem -p /a "
+        "object-storage -e http://s3 -u -b m -r r -a k -s '<secret-key>' sqlite -p /db"
+    )
+    with pytest.raises(StartupError) as refused:
+        startup.check_store_migration(config, msgspec.structs.replace(to_bucket, command=typed))
+    assert f"again: {typed} (with the real <secret-key>); or end it" in str(refused.value)
     with pytest.raises(StartupError, match="records 7 files moved by an unfinished"):
         startup.check_store_migration(config, msgspec.structs.replace(unfinished, id=0))
 

@@ -311,6 +311,10 @@ async def test_remove_last_alias_orphans_everything(tmp_path: Path, repo: Sqlite
         )
     )
     assert await repo.identifiers() == {ident, v1, v2, "mo/1.png", keep_ident}
+    # The store audit's page look-up: every column, nothing else, no duplicates.
+    page = [ident, "no/such.png", v1, "mo/1.png", keep_ident, ident, alias]
+    assert await repo.known_identifiers(page) == {ident, v1, "mo/1.png", keep_ident}
+    assert await repo.known_identifiers([]) == set()
 
     removed = await repo.remove_alias(alias)
     assert removed is not None
@@ -380,6 +384,7 @@ async def test_an_upload_outcome_is_recorded_once_and_lets_go_of_the_raw_bytes(
 ) -> None:
     upload_id, raw_identifier = await backgrounded(repo)
     assert await repo.upload_outcome(upload_id) == (True, None)
+    assert await repo.known_identifiers([raw_identifier, "x/y.png"]) == {raw_identifier}
     owner = (await owner_of(repo)).owner
     commit = dict(hash=make_hash("bg"), details=make_details(), owner=owner, upload_id=upload_id)
     first = ids.new_alias(".jpeg")

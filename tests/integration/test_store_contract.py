@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from pathlib import Path
 
 import httpx
@@ -20,10 +19,12 @@ import trio
 from pictrs_trio.config import FilesystemStore, ObjectStorageStore
 from pictrs_trio.rules.errors import StoreError, StoreNotFound
 from pictrs_trio.store import Store, open_store
+from pictrs_trio.store import file as file_module
 from pictrs_trio.store import object as object_module
 from pictrs_trio.store.file import FileStore
+from pictrs_trio.store.memory import MemoryStore
 from pictrs_trio.store.object import ObjectStore, open_object_store
-from tests.s3 import LoopbackTransport, MotoServer
+from tests.s3 import LoopbackTransport, MotoServer, ThrottledProxy, small_send_buffer
 
 DATA = bytes(range(256)) * 1200  # 300 KiB: several 64 KiB chunks, not a multiple of it
 MIB = 1024 * 1024
@@ -93,6 +94,37 @@ async def test_save_file_length_read(tmp_path: Path, opened: Opened) -> None:
         assert store.read_now(ident, 10 * MIB) is None
 
 
+async def test_save_file_keep_source_copies_and_leaves_the_source(
+    tmp_path: Path, opened: Opened
+) -> None:
+    """Another store's file (migrate-store): read, stored, and left exactly as it was, its
+    inode shared with nothing."""
+    store = opened.store
+    src = spool(tmp_path)
+    os.chmod(src, 0o600)
+    before = os.stat(src)
+    ident = await store.save_file(
+        src, identifier=store.new_identifier(".png"), content_type="image/png", keep_source=True
+    )
+    after = os.stat(src)
+    assert src.read_bytes() == DATA
+    assert (after.st_ino, after.st_mode, after.st_nlink, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_mode,
+        1,
+        before.st_mtime_ns,
+    )
+    assert b"".join(await collect(store.read(ident))) == DATA
+    local = await store.local_path(ident)
+    if local is not None:  # a copy of its own, not a second name of the source
+        stored = os.stat(local)
+        assert stored.st_ino != before.st_ino and stored.st_nlink == 1
+        assert stored.st_mode & 0o777 == 0o644
+        assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temp file left
+    await store.remove(ident)
+    assert src.read_bytes() == DATA
+
+
 @pytest.mark.parametrize(
     ("start", "end"),
     [
@@ -115,6 +147,72 @@ async def test_read_ranges(opened: Opened, start: int, end: int | None) -> None:
         DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
     )
     assert b"".join(await collect(store.read(ident, start, end))) == DATA[start:end]
+
+
+OPEN_READS = [
+    (0, None),
+    (0, 1),
+    (10, 20),
+    (65535, 65537),
+    (100_000, None),
+    (len(DATA) - 1, None),
+    (len(DATA), None),
+    (5, 10**9),
+    (len(DATA) + 5, None),
+    (len(DATA) + 5, len(DATA) + 10),
+    (7, 7),
+]
+
+
+async def check_open_read(store: Store, ident: str, start: int, end: int | None) -> None:
+    async with store.open_read(ident, start, end) as reading:
+        assert reading.length == len(DATA)
+        chunks = await collect(reading.chunks)
+    assert b"".join(chunks) == DATA[start:end]
+    assert all(len(c) <= 64 * 1024 for c in chunks)
+
+
+@pytest.mark.parametrize(("start", "end"), OPEN_READS)
+async def test_open_read_gives_the_length_and_the_bytes(
+    opened: Opened, start: int, end: int | None
+) -> None:
+    store = opened.store
+    ident = await store.save_bytes(
+        DATA, identifier=store.new_identifier(".jpeg"), content_type="image/jpeg"
+    )
+    before = len(opened.transport.sent) if opened.transport is not None else 0
+    await check_open_read(store, ident, start, end)
+    if opened.transport is not None:
+        sent = [method for method, _, _ in opened.transport.sent[before:]]
+        if end is not None and end <= start:
+            assert sent == ["HEAD"]  # no bytes asked for: the length alone
+        else:
+            assert sent == ["GET"]  # one request, where length() + read() made two
+    with pytest.raises(StoreNotFound):
+        async with store.open_read(store.new_identifier(".jpeg")):
+            pass
+    with pytest.raises(StoreNotFound):
+        async with store.open_read("../escape"):
+            pass
+
+
+async def test_open_read_of_the_memory_store() -> None:
+    store = MemoryStore()
+    ident = await store.save_bytes(DATA, identifier=store.new_identifier(".png"), content_type="x")
+    for start, end in OPEN_READS:
+        await check_open_read(store, ident, start, end)
+    with pytest.raises(StoreNotFound):
+        async with store.open_read(store.new_identifier(".png")):
+            pass
+
+
+async def test_open_read_of_an_empty_file(opened: Opened) -> None:
+    store = opened.store
+    ident = await store.save_bytes(b"", identifier=store.new_identifier(""), content_type="x/y")
+    for start, end in ((0, None), (0, 10), (3, None)):
+        async with store.open_read(ident, start, end) as reading:
+            assert reading.length == 0
+            assert await collect(reading.chunks) == []
 
 
 async def test_empty_file(opened: Opened) -> None:
@@ -198,6 +296,24 @@ async def test_identifiers_lists_every_file(
     assert await listed(store) == sorted(made)
 
 
+async def test_identifiers_resume_after_any_of_them(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing picks up after any identifier it gave, in the same order (the store
+    audit's batches): pages of two, and names whose order by path and by text differ."""
+    store = opened.store
+    monkeypatch.setattr(object_module, "LIST_PAGE", 2)
+    monkeypatch.setattr(file_module, "LIST_BATCH", 2)
+    made = {store.new_identifier(".webp") for _ in range(4)}
+    made |= {"ab/cd.png", "ab-cd/ef.png", "ab.png", "ab/cd/ef.png", "abc/de.png"}
+    for ident in made:
+        await store.save_bytes(b"x", identifier=ident, content_type="x")
+    full = [identifier async for identifier in store.identifiers()]
+    assert sorted(full) == sorted(made)  # each once
+    for n, after in enumerate(full):
+        assert [i async for i in store.identifiers(after=after)] == full[n + 1 :], after
+
+
 async def test_health(opened: Opened) -> None:
     await opened.store.health()
     await opened.store.health(write=False)
@@ -268,6 +384,10 @@ class FailingTransport(LoopbackTransport):
             self.failed += 1
             if self.status is None:
                 raise httpx.ConnectError("refused")
+            # Read the body first, as a real connection sends it before the answer comes:
+            # left unread, the body's generator is only closed by the garbage collector, which
+            # warns in whichever later test it happens to run.
+            await request.aread()
             return httpx.Response(self.status, content=b"<Error><Code>SlowDown</Code></Error>")
         return await super().handle_async_request(request)
 
@@ -385,34 +505,272 @@ async def test_bad_endpoint_is_refused_at_open(moto: MotoServer) -> None:
         assert "pw" not in info.value.msg
 
 
-async def test_a_put_cut_off_mid_body_times_out_and_leaves_nothing(
-    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+async def test_a_slow_upload_that_moves_is_not_cut_off(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
 ) -> None:
-    """The server stops reading the body half-way: the attempt ends at client_timeout, is
-    tried again (then given up), and the file's reader is closed each time."""
+    """client_timeout bounds each wait, not the request: a 1 MiB PUT through a link of
+    400 KiB/s takes about 2.5 s, and passes with client_timeout = 1 s (each 64 KiB write
+    goes within it)."""
+    monkeypatch.setattr(object_module, "UPLOAD_READ", 64 * 1024)
+    bucket = moto.create_bucket()
+    proxy = ThrottledProxy(moto.port, rate=400 * 1024)
+    await nursery.start(proxy.serve)
+    data = os.urandom(MIB)
+    config = moto.config(bucket, endpoint=proxy.endpoint, client_timeout=1.0)
+    async with open_object_store(config, transport=small_send_buffer()) as store:
+        began = trio.current_time()
+        ident = await store.save_file(
+            spool(tmp_path, data), identifier=store.new_identifier(".mp4"), content_type="x"
+        )
+        took = trio.current_time() - began
+    assert took > 1.5  # well over client_timeout, and it went through
+    assert moto.get(bucket, ident) == data
+    assert proxy.connections == 1  # in one attempt
+
+
+async def test_an_upload_that_stops_moving_times_out_and_leaves_nothing(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
+) -> None:
+    """The server stops reading the body: each attempt ends client_timeout after the last
+    write went, is tried again on a new connection (then given up), and nothing is left."""
     monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
     monkeypatch.setattr(object_module, "ATTEMPTS", 2)
     bucket = moto.create_bucket()
-    reads = [0]
-
-    class Stalls(LoopbackTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.method == "PUT":
-                body = request.stream.__aiter__()  # type: ignore[union-attr]
-                async with aclosing(body):  # type: ignore[type-var]
-                    async for _ in body:
-                        reads[0] += 1
-                        await trio.sleep_forever()
-            return await super().handle_async_request(request)
-
-    config = moto.config(bucket, client_timeout=0.3)
-    async with open_object_store(config, transport=Stalls()) as store:
+    proxy = ThrottledProxy(moto.port, rate=0)
+    await nursery.start(proxy.serve)
+    config = moto.config(bucket, endpoint=proxy.endpoint, client_timeout=0.3)
+    async with open_object_store(config, transport=small_send_buffer()) as store:
         src = spool(tmp_path, DATA)
-        with pytest.raises(StoreError, match=r"did not answer within 0\.3 s"):
+        with pytest.raises(StoreError) as info:
             await store.save_file(src, identifier=store.new_identifier(".png"), content_type="x")
-    assert reads == [2]
+    assert info.value.msg == (
+        f"object storage {proxy.endpoint} bucket {bucket} took none of the request body for 0.3 s"
+    )
+    assert proxy.connections == 2
     assert src.exists()
     assert moto.keys(bucket) == []
+
+
+class Counting(LoopbackTransport):
+    """Holds each PUT with a body for a moment, and keeps the most that were in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.most = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "PUT" or request.headers.get("content-length") in (None, "0"):
+            return await super().handle_async_request(request)
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await trio.sleep(0.05)
+            return await super().handle_async_request(request)
+        finally:
+            self.now -= 1
+
+
+async def test_uploads_in_flight_are_bounded_store_wide(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight saves at once, one of them multipart: never more than UPLOADS_IN_FLIGHT bodies
+    go at a time (migrate-store's 32 copies of 4 parts each do not empty the pool)."""
+    monkeypatch.setattr(object_module, "UPLOADS_IN_FLIGHT", 3)
+    bucket = moto.create_bucket()
+    transport = Counting()
+    big = os.urandom(9 * MIB)
+    made: dict[str, bytes] = {}
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+
+        async def save(n: int, data: bytes) -> None:
+            ident = store.new_identifier(".png")
+            src = spool(tmp_path, data, name=f"{n}.bin")
+            made[await store.save_file(src, identifier=ident, content_type="x")] = data
+
+        async with trio.open_nursery() as nursery:
+            for n in range(7):
+                nursery.start_soon(save, n, DATA)
+            nursery.start_soon(save, 7, big)
+    assert transport.most == 3
+    assert moto.keys(bucket) == sorted(made)
+    assert all(moto.get(bucket, ident) == data for ident, data in made.items())
+
+
+def test_the_pool_is_sized() -> None:
+    client = object_module._client(5.0, None)
+    pool = client._transport._pool  # type: ignore[attr-defined]
+    assert pool._max_connections == object_module.MAX_CONNECTIONS
+    assert object_module.UPLOADS_IN_FLIGHT < object_module.MAX_CONNECTIONS
+    timeout = client.timeout
+    assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (5.0,) * 4
+
+
+async def test_a_lost_answer_to_starting_a_multipart_upload_is_not_tried_again(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start of a multipart upload reaches the server, its answer is lost: starting
+    again would orphan the first upload, so the save fails, and the partial removal that
+    follows a failed save (services/storing.py) aborts the one that was started."""
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+
+    class LosesTheAnswer(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            if request.method == "POST" and request.url.query == b"uploads=":
+                await response.aclose()
+                raise httpx.ReadTimeout("timed out")
+            return response
+
+    transport = LosesTheAnswer()
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+        ident = store.new_identifier(".mp4")
+        with pytest.raises(StoreError) as info:
+            await store.save_file(
+                spool(tmp_path, os.urandom(9 * MIB)), identifier=ident, content_type="x"
+            )
+        assert info.value.msg.endswith("not tried again, as the request may have reached it")
+        assert [m for m, _, q in transport.sent if q == "uploads="] == ["POST"]
+        assert moto.uploads(bucket) == [ident]
+        await store.remove(ident, partial=True)
+    assert moto.uploads(bucket) == []
+    assert moto.keys(bucket) == []
+
+
+async def test_starting_a_multipart_upload_is_tried_again_when_it_never_went(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    refused = [False]
+
+    def once(request: httpx.Request) -> bool:
+        if request.url.query == b"uploads=" and not refused[0]:
+            refused[0] = True
+            return True
+        return False
+
+    transport = FailingTransport(once, status=None)  # ConnectError: nothing was sent
+    data = os.urandom(9 * MIB)
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+        ident = await store.save_file(
+            spool(tmp_path, data), identifier=store.new_identifier(".mp4"), content_type="x"
+        )
+    assert transport.failed == 1
+    assert moto.get(bucket, ident) == data
+    assert moto.uploads(bucket) == []
+
+
+async def test_completing_is_tried_attempts_times_in_all(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One retry layer: 503s and 200s that hold InternalError alike count towards ATTEMPTS
+    (two nested loops sent up to ATTEMPTS squared)."""
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    completes = [0]
+
+    class Fails(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.query.startswith(b"uploadId="):
+                completes[0] += 1
+                if completes[0] % 4:
+                    return httpx.Response(503, content=b"<Error><Code>SlowDown</Code></Error>")
+                error = b"<Error><Code>InternalError</Code><Message>oops</Message></Error>"
+                return httpx.Response(200, content=error)
+            return await super().handle_async_request(request)
+
+    async with open_object_store(moto.config(bucket), transport=Fails()) as store:
+        with pytest.raises(StoreError, match="InternalError"):
+            await store.save_file(
+                spool(tmp_path, os.urandom(9 * MIB)),
+                identifier=store.new_identifier(".mp4"),
+                content_type="x",
+            )
+    assert completes == [object_module.ATTEMPTS]
+    assert moto.uploads(bucket) == []  # aborted
+
+
+async def test_a_200_with_an_internal_error_is_completed_on_the_next_try(
+    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    completes = [0]
+
+    class FailsOnce(LoopbackTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.query.startswith(b"uploadId="):
+                completes[0] += 1
+                if completes[0] == 1:
+                    error = b"<Error><Code>InternalError</Code></Error>"
+                    return httpx.Response(200, content=error)
+            return await super().handle_async_request(request)
+
+    data = os.urandom(9 * MIB)
+    async with open_object_store(moto.config(bucket), transport=FailsOnce()) as store:
+        ident = await store.save_file(
+            spool(tmp_path, data), identifier=store.new_identifier(".mp4"), content_type="x"
+        )
+    assert completes == [2]
+    assert moto.get(bucket, ident) == data
+
+
+class CutsReads(LoopbackTransport):
+    """Cuts each object GET off after ``keep`` bytes, ``times`` times in all."""
+
+    def __init__(self, keep: int, times: int) -> None:
+        super().__init__()
+        self.keep, self.times, self.cuts = keep, times, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method != "GET" or self.cuts >= self.times or request.url.query:
+            return response
+        self.cuts += 1
+        body = await response.aread()
+        keep = self.keep
+
+        class Cut(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                if keep:
+                    yield body[:keep]
+                raise httpx.ReadError("connection reset")
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Cut())
+
+
+async def test_a_long_read_survives_more_cut_offs_than_attempts(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cut-off after progress starts the count again: six cut-offs in one read of
+    300 KiB, each after 40 000 more bytes, and every byte arrives in order."""
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    transport = CutsReads(keep=40_000, times=object_module.ATTEMPTS + 2)
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+        ident = await store.save_bytes(
+            DATA, identifier=store.new_identifier(".png"), content_type="image/png"
+        )
+        assert b"".join(await collect(store.read(ident, 10))) == DATA[10:]
+    assert transport.cuts == object_module.ATTEMPTS + 2
+
+
+async def test_a_read_that_never_moves_gives_up(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_module, "FIRST_PAUSE", 0.01)
+    bucket = moto.create_bucket()
+    transport = CutsReads(keep=0, times=100)
+    async with open_object_store(moto.config(bucket), transport=transport) as store:
+        ident = await store.save_bytes(
+            DATA, identifier=store.new_identifier(".png"), content_type="image/png"
+        )
+        with pytest.raises(StoreError) as info:
+            await collect(store.read(ident))
+    assert info.value.msg.startswith(f"reading {ident} from object storage ")
+    assert "ReadError: connection reset" in info.value.msg
+    assert transport.cuts == object_module.ATTEMPTS
 
 
 async def test_removal_without_the_list_permission_still_deletes_the_object() -> None:

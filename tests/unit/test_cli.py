@@ -237,18 +237,49 @@ def test_migrate_store_takes_its_stores_from_the_command_line(tmp_path: Path) ->
         endpoint="http://x", use_path_style=True, bucket_name="b", region="r", access_key="k",
         secret_key="s",
     )  # fmt: skip
-    assert (args.skip_missing_files, args.concurrency) == (True, 8)
+    assert (args.skip_missing_files, args.concurrency, args.abandon) == (True, 8, False)
+    # Recorded with the run, to be named when it is unfinished: as typed, but the secret.
+    assert args.command == (
+        "pictrs-trio migrate-store --skip-missing-files --concurrency 8 filesystem -p /a "
+        "object-storage -e http://x -u -b b -r r -a k -s '<secret-key>' sqlite -p /db"
+    )
     # The rest comes from the configuration; the configured store is not FROM or TO.
     assert config.repo == SqliteRepo(path="/db")
     assert config.store == FilesystemStore(path="/configured")
     assert config.server.temporary_directory == "/t"
     assert config.server.cleanup_temporary_directory is False  # pict-rs: never for migrations
     # Defaults: pict-rs's /mnt/files, 32 in flight, missing files fail the run.
-    _, args = migrates(["migrate-store", "filesystem", "filesystem", "-p", "/b"])
+    config, args = migrates(["migrate-store", "filesystem", "filesystem", "-p", "/b"])
     assert args == cli.MigrateStoreArgs(
-        source=FilesystemStore(), destination=FilesystemStore(path="/b")
+        source=FilesystemStore(),
+        destination=FilesystemStore(path="/b"),
+        command="pictrs-trio migrate-store filesystem filesystem -p /b sqlite -p "
+        + os.path.abspath(config.repo.path),  # the repo as the configuration had it
     )
     assert (args.concurrency, args.skip_missing_files) == (32, False)
+
+
+def test_the_recorded_migrate_store_command_runs_again_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Global flags kept, relative paths made absolute, secrets and an endpoint's user info
+    left out, ``--abandon`` dropped; quoted for a shell."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.toml").write_text("")
+    argv = ["-c", "p.toml", "--log-format", "json", "migrate-store", "--abandon",
+            "--concurrency=4", "filesystem", "--path=media dir", "object-storage",
+            "--endpoint", "https://user:pw@s3.example.com/?x=1", "-b", "m", "-r", "r", "-a",
+            "key", "--secret-key=sec", "--session-token", "tok", "sqlite", "-p", "db"]  # fmt: skip
+    _, args = migrates(argv)
+    assert args.abandon
+    assert args.command == (
+        f"pictrs-trio -c {tmp_path}/p.toml --log-format json migrate-store --concurrency=4 "
+        f"filesystem '--path={tmp_path}/media dir' object-storage --endpoint "
+        "https://s3.example.com/ -b m -r r -a key '--secret-key=<secret-key>' --session-token "
+        f"'<session-token>' sqlite -p {tmp_path}/db"
+    )
+    assert "=sec'" not in args.command and " tok " not in args.command
+    assert "pw@" not in args.command
 
 
 def test_migrate_store_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -313,7 +344,9 @@ def test_every_pict_rs_run_flag_exists_and_maps_to_a_real_key() -> None:
     for flag in (*cli.GLOBAL_FLAGS, *cli.RUN_FLAGS):
         assert flag.key is None or flag.key in keys, flag
     for word, (section, _, flags, _) in cli.SUBCOMMANDS.items():
-        if word not in {"sled", "postgres"}:  # refused before their keys matter
+        if not section:  # `jobs watch`: its flags are its own, not configuration
+            assert all(f.key is None for f in flags), word
+        elif word not in {"sled", "postgres"}:  # refused before their keys matter
             assert all(f.key in keys and f.key.startswith(section) for f in flags), word
 
 
@@ -449,3 +482,155 @@ def test_ctrl_c_while_starting_is_one_line(capsys: pytest.CaptureFixture[str]) -
     for runner in (interrupted, interrupted_in_a_nursery):
         assert cli.main(["run"], runner=runner, env={}) == 130
         assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("[server]\napi_key = 98765432123\n", "server.api_key = <redacted> (file "),
+        (
+            '[store]\ntype = "object_storage"\nsecret_key = ["topsecretvalue"]\n',
+            "store.secret_key = <redacted> (file ",
+        ),
+        (
+            '[media]\nexternal_validation = "ftp://user:hunter2@val.example/x?token=zzz"\n',
+            "media.external_validation = 'ftp://<redacted>@val.example/x?<redacted>' (file ",
+        ),
+        (
+            '[media]\nexternal_validation = "https://k:hunter2@[::1/x?zzz=1"\n',
+            "media.external_validation = 'https://<redacted>@[::1/x?<redacted>' (file ",
+        ),
+    ],
+)
+def test_config_errors_never_show_a_secret(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, toml: str, says: str
+) -> None:
+    """A bad value of a secret key is named, never shown; a URL loses its user, password and
+    query (the keys check-config redacts, config.SECRET_KEYS and URL_KEYS)."""
+    file = _written(tmp_path, toml)
+    err = fails(["-c", str(file), "run"], capsys)
+    assert says in err, err
+    for secret in ("98765432123", "topsecretvalue", "hunter2", "zzz"):
+        assert secret not in err
+
+
+def test_a_secret_from_the_environment_is_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"PICTRS__MEDIA__EXTERNAL_VALIDATION": "ftp://u:hunter2@v.example/?sig=zzz"}
+    err = fails(["run"], capsys, env=env)
+    assert err == (
+        "error: media.external_validation = 'ftp://<redacted>@v.example/?<redacted>' "
+        "(environment variable PICTRS__MEDIA__EXTERNAL_VALIDATION): expected an absolute "
+        "http:// or https:// URL with a host\n"
+    )
+
+
+def test_object_storage_alone_warns_of_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """store.signature_duration is on NOT_ACTING, and it is unset: no warning (it was
+    compared with the default filesystem store, which has no such key)."""
+    argv = ["check-config", "object-storage", "-e", "http://127.0.0.1:9000", "-u", "-b", "b",
+            "-r", "us-east-1", "-a", "a", "-s", "s"]  # fmt: skip
+    assert cli.main(argv, env={}) == 0
+    assert capsys.readouterr().err == ""
+    env = {"PICTRS__STORE__SIGNATURE_DURATION": "15"}
+    assert cli.main(argv, env=env) == 0
+    assert capsys.readouterr().err == (
+        "warning: store.signature_duration is set but not acting: requests are signed one by "
+        "one, never presigned (pict-rs 0.5.17 dropped it too)\n"
+    )
+
+
+BUCKET_FLAGS = ["-b", "pictrs", "-r", "us-east-1", "-a", "a", "-s", "s"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        ("minio:9000", "error: store.endpoint 'minio:9000' is not an http(s) URL: it needs "
+                       "http:// or https:// in front, like 'http://minio:9000'\n"),
+        ("127.0.0.1:18500", "error: store.endpoint '127.0.0.1:18500' is not an http(s) URL: it "
+                            "needs http:// or https:// in front, like 'http://127.0.0.1:18500'\n"),
+        ("ftp://u:hunter2@minio:9000", "error: store.endpoint 'ftp://<redacted>@minio:9000' is "
+                                       "not an http(s) URL: it needs http:// or https://\n"),
+        ("u:hunter2@minio:9000", "error: store.endpoint '<redacted>@minio:9000' is not an "
+                                 "http(s) URL: it needs http:// or https:// in front\n"),
+        ("http://[::1:9000", "error: store.endpoint 'http://[::1:9000' is not a URL: Invalid "
+                             "IPv6 URL\n"),
+    ],
+)  # fmt: skip
+def test_an_endpoint_is_shown_as_typed(
+    capsys: pytest.CaptureFixture[str], endpoint: str, says: str
+) -> None:
+    argv = ["check-config", "object-storage", "-e", endpoint, "-u", *BUCKET_FLAGS]
+    assert cli.main(argv, env={}) == 2
+    assert capsys.readouterr().err == says
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host"),
+    [("http://127.0.0.1:18500", "an IP address"), ("http://[::1]:9000", "an IP address"),
+     ("http://localhost:9000", "localhost")],
+)  # fmt: skip
+def test_virtual_host_style_needs_a_host_name(
+    capsys: pytest.CaptureFixture[str], endpoint: str, host: str
+) -> None:
+    argv = ["check-config", "object-storage", "-e", endpoint, *BUCKET_FLAGS]
+    assert cli.main(argv, env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: store.endpoint '{endpoint}' is {host}: ")
+    assert "set store.use_path_style = true (-u, PICTRS__STORE__USE_PATH_STYLE=true)" in err
+    assert cli.main([*argv, "-u"], env={}) == 0  # path style: fine
+    capsys.readouterr()
+
+
+def test_preprocess_steps_errors_name_their_source(capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(["run", "--media-preprocess-steps", "thumbnail=abc"], capsys)
+    assert err == (
+        "error: media.preprocess_steps = 'thumbnail=abc' (command line): thumbnail: 'abc' is "
+        "not an unsigned integer\n"
+    )
+    env = {"PICTRS__MEDIA__PREPROCESS_STEPS": "resize=10&bogus=1"}
+    assert fails(["run"], capsys, env=env).startswith(
+        "error: media.preprocess_steps = 'resize=10&bogus=1' (environment variable "
+        "PICTRS__MEDIA__PREPROCESS_STEPS): "
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("7weeks", "'weeks' is not a unit"),
+        ("7", "no unit after 7"),
+        ("d", "no number in front"),
+        ("1.5d", "'.5d' is not a unit"),
+    ],
+)
+def test_a_retention_error_lists_the_units(
+    capsys: pytest.CaptureFixture[str], value: str, says: str
+) -> None:
+    err = fails(["run", "--media-retention-proxy", value], capsys)
+    assert err == (
+        f"error: media.retention.proxy = {value!r} (command line): {says}: a retention is a "
+        "whole number and a unit, m, h, d or y (or minute, hour, day, year, also plural; s "
+        "or second for seconds), like 30m, 12h, 7d or 1y\n"
+    )
+
+
+def test_retention_units_in_capitals_as_pict_rs() -> None:
+    assert run(["run", "--media-retention-proxy", "7D"]).media.retention.proxy == "7D"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://u:hunter2@val example/x", "'http://<redacted>@val example/x' (command line): "
+                                           "the host 'val example' cannot have ' ' in it"),
+        ("http://val|example/x", "'http://val|example/x' (command line): the host "
+                                 "'val|example' cannot have '|' in it"),
+        ("http://[::1/x", "'http://[::1/x' (command line): not a URL: Invalid IPv6 URL"),
+    ],
+)  # fmt: skip
+def test_a_validator_url_with_a_bad_host_is_refused(
+    capsys: pytest.CaptureFixture[str], url: str, says: str
+) -> None:
+    err = fails(["run", "--media-external-validation", url], capsys)
+    assert err == f"error: media.external_validation = {says}\n"

@@ -387,6 +387,15 @@ def test_external_validation_must_be_an_http_url(url: str) -> None:
     assert load(env={"PICTRS__MEDIA__EXTERNAL_VALIDATION": ok}).media.external_validation == ok
 
 
+@pytest.mark.parametrize("url", ["localhost:4317", "grpc://collector:4317", "http://:4317"])
+def test_opentelemetry_url_must_be_an_http_url(url: str) -> None:
+    """The exporter speaks gRPC over http:// (plain) or https:// (TLS), as pict-rs's tonic."""
+    message = error(env={"PICTRS__TRACING__OPENTELEMETRY__URL": url})
+    assert message.startswith(f"tracing.opentelemetry.url = {url!r} (environment variable")
+    ok = "https://tempo.internal:4317"
+    assert load(env={"PICTRS__TRACING__OPENTELEMETRY__URL": ok}).tracing.opentelemetry.url == ok
+
+
 def test_allowed_networks_from_each_layer(tmp_path: Path) -> None:
     assert load().client.allowed_networks == []
     file = write(tmp_path, '[client]\nallowed_networks = ["10.0.0.0/8", "fd00::/8"]\n')
@@ -560,14 +569,16 @@ def test_keys_not_acting_warn_only_when_set() -> None:
     assert load_all().inactive == ()
     env = {
         "PICTRS__METRICS__PROMETHEUS_ADDRESS": "127.0.0.1:9000",
-        "PICTRS__TRACING__OPENTELEMETRY__URL": "http://127.0.0.1:4317",
+        "PICTRS__TRACING__OPENTELEMETRY__URL": "http://127.0.0.1:4317",  # acting: no warning
+        "PICTRS__TRACING__CONSOLE__ADDRESS": "127.0.0.1:6669",
         "PICTRS__MEDIA__MAGICK__MAX_AREA": "20000",  # the default: no warning
     }
     loaded = load_all(env=env)
     assert loaded.ignored == ()
     assert loaded.inactive == (
-        "metrics.prometheus_address is set but not acting: no Prometheus endpoint yet",
-        "tracing.opentelemetry.url is set but not acting: no OpenTelemetry export yet",
+        "tracing.console.address is set but not acting: tokio-console inspects the tasks of "
+        "pict-rs's Rust runtime; trio has no such console, so nothing listens there (spans: "
+        "tracing.opentelemetry)",
     )
     assert loaded.warnings == loaded.inactive
     assert set(config.NOT_ACTING) <= set(config.leaf_keys())
@@ -609,6 +620,10 @@ def test_env_keys_of_object_storage_survive_run_object_storage() -> None:
         ({"region": ""}, "store.region is empty"),
         ({"bucket_name": "a/b"}, "store.bucket_name 'a/b' is not a bucket name"),
         ({"public_endpoint": "cdn.example.com"}, "store.public_endpoint 'cdn.example.com'"),
+        (
+            {"public_endpoint": "https://cdn.example.com:99999/m"},
+            "store.public_endpoint 'https://cdn.example.com:99999/m': bad port",
+        ),
         (
             {"public_endpoint": "https://u:hunter2@cdn.example.com/m?sig=hunter2"},
             "store.public_endpoint 'https://cdn.example.com/m' must not carry a user",

@@ -9,6 +9,7 @@ import trio.testing
 from loguru import logger
 
 from pictrs_trio.runtime import migrate_command as mc
+from pictrs_trio.services.abandon import Abandoned
 from pictrs_trio.services.migrate import Progress
 
 
@@ -80,3 +81,24 @@ async def test_no_bar_off_a_terminal(autojump_clock: trio.testing.MockClock) -> 
         logger.remove(sink)
     assert out.getvalue() == ""
     assert len(logged) == 2 and logged[0].startswith("migrate-store: 0/10 files (0%)")
+
+
+def test_abandon_summary_says_where_the_files_are_and_what_is_left() -> None:
+    done = Abandoned(total=5, moved_back=5, missing=1, removed=4, finished=True)
+    lines = mc.abandon_summary(done, "filesystem -p /a", "filesystem -p /b")
+    assert lines[0] == (
+        "migrate-store --abandon: moved back 5 of 5 files; missing 1; failed 0; removed 4 "
+        "copies from filesystem -p /b"
+    )
+    assert lines[1].startswith("Abandoned: the repo names the files in filesystem -p /a again")
+    assert "1 files were missing from filesystem -p /a" in lines[2]
+    assert len(lines) == 3
+
+    kept = Abandoned(total=5, moved_back=3, missing=1, failed=1, kept=2, unreachable="gone")
+    lines = mc.abandon_summary(kept, "filesystem -p /a", "filesystem -p /b")
+    assert lines[1].startswith("Unfinished: 2 moved files were left moved")
+    assert "--skip-missing-files" in lines[1] and "without --abandon" in lines[1]
+    assert lines[2] == (
+        "Copies in filesystem -p /b were not removed (gone): remove them with that folder or "
+        "bucket, if it is still there."
+    )

@@ -7,7 +7,14 @@ import email.utils
 
 import pytest
 
-from pictrs_trio.http.read import ReadAnswer, ReadRequest, Stored, decide, etag_for
+from pictrs_trio.http.read import (
+    ReadAnswer,
+    ReadRequest,
+    Stored,
+    decide,
+    etag_for,
+    probable_span,
+)
 from pictrs_trio.repo.records import Details
 from pictrs_trio.rules.errors import RangeNotSatisfiable
 from pictrs_trio.rules.formats import Fmt, Kind, MediaFormat
@@ -159,3 +166,33 @@ def test_empty_file() -> None:
 def test_last_modified_is_an_http_date() -> None:
     parsed = email.utils.parsedate_to_datetime(head(answer())[b"last-modified"].decode())
     assert parsed == CREATED.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "guess"),
+    [
+        ({}, (0, None)),
+        ({"range": b"bytes=0-"}, (0, None)),
+        ({"range": b"bytes=10-19"}, (10, 20)),
+        ({"range": b"BYTES = 990-5000"}, (990, 5001)),
+        ({"range": b"bytes=2000-"}, (2000, None)),  # past the end: decide says 416
+        ({"range": b"bytes=10-19", "if_range": ETAG}, (10, 20)),
+        # The length first: a suffix, several ranges, a reversed or unparseable one.
+        ({"range": b"bytes=-500"}, None),
+        ({"range": b"bytes=0-1,5-6"}, None),
+        ({"range": b"bytes=20-10"}, None),
+        ({"range": b"pages=1-2"}, None),
+        # Conditional requests often end in 304/412, with no bytes to open.
+        ({"if_none_match": ETAG}, None),
+        ({"if_modified_since": LAST_MODIFIED}, None),
+        ({"if_match": ETAG}, None),
+        ({"if_unmodified_since": LAST_MODIFIED}, None),
+    ],
+)
+def test_probable_span(headers: dict[str, bytes], guess: tuple[int, int | None] | None) -> None:
+    request = ReadRequest(method="GET", **headers)
+    assert probable_span(request) == guess
+    assert probable_span(ReadRequest(method="HEAD", **headers)) is None
+    if guess is not None and guess[0] < STORED.length:  # the guess is what decide sends
+        span = decide(STORED, request).span
+        assert span == (guess[0], min(guess[1] or STORED.length, STORED.length))

@@ -147,3 +147,15 @@ def test_failure_lines_are_one_short_line() -> None:
     assert describe(s3.parse_error(502, b"<html>bad gateway</html>", {})) == (
         "object storage https://s3.x bucket b failed (HTTP 502)"
     )
+
+
+def test_a_refused_read_is_told_apart() -> None:
+    assert s3.is_denied_read(s3.S3Failure(status=403))  # a HEAD: no body, no code
+    assert s3.is_denied_read(error("AccessDenied", status=403))
+    for other in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "RequestTimeTooSkewed"):
+        assert not s3.is_denied_read(error(other, status=403))
+    assert not s3.is_denied_read(error("NoSuchKey", status=404))
+    line = s3.describe_denied_read(s3.S3Failure(status=403), where="https://s3.x bucket b", key=KEY)
+    assert line.startswith(f"object storage https://s3.x bucket b denied reading {KEY} (HTTP 403)")
+    assert "s3:ListBucket" in line
+    assert "\n" not in line
