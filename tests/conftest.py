@@ -15,7 +15,7 @@ from tests.s3 import MotoServer, moto_server
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_media() -> Path:
+def shared_media() -> Path:
     for candidate in (REPO.parent / "shared" / "media", Path("/work/shared/media")):
         if candidate.is_dir():
             return candidate
@@ -33,7 +33,7 @@ def _ffmpeg(*argv: str) -> None:
 def make_samples(out: Path) -> dict[str, Path]:
     import pyvips  # tests may use libvips in-process; the server never does
 
-    media = _shared_media()
+    media = shared_media()
     s: dict[str, Path] = {}
     for name in ("cat.jpg", "earth.gif", "scene.webp", "test.png"):
         s[name] = out / name

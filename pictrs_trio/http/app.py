@@ -5,8 +5,9 @@
       POST /image[/backgrounded] -> http/upload.py (raw ASGI, the body streams from receive)
       POST /internal/import, /internal/set_not_found -> http/internal_raw.py (raw ASGI)
       anything else             -> the quart-trio app: details, deletes, claims, downloads,
-                                   process_backgrounded, /internal/*, /healthz, the JSON
-                                   404 of unknown routes and the 405 of wrong methods
+                                   process_backgrounded, /internal/*, /healthz,
+                                   /openapi.json (http/openapi.py, from http/operations.py),
+                                   the JSON 404 of unknown routes and the 405 of wrong methods
     WebSocket /internal/events  -> http/events.py  (raw ASGI: the journal's event feed)
     lifespan                    -> the quart-trio app
 
@@ -21,10 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from pictrs_trio import version
 from pictrs_trio.http import (
     access_log,
     download,
@@ -34,6 +36,8 @@ from pictrs_trio.http import (
     internal,
     internal_raw,
     metered,
+    openapi,
+    operations,
     request_span,
     serve,
     upload,
@@ -50,7 +54,7 @@ from pictrs_trio.http.exchange import (
     run_exchange,
 )
 from pictrs_trio.http.failure import answer_for, innermost
-from pictrs_trio.http.state import EXTENSION_KEY
+from pictrs_trio.http.state import CATCH_ALL, EXTENSION_KEY, wrong_method
 from pictrs_trio.rules.errors import RouteNotFound
 from pictrs_trio.services.state import AppState
 
@@ -61,8 +65,9 @@ async def handle_error(exc: Exception) -> Response:
     """Quart's half of the one error map (the exchange answers raw routes' errors)."""
     inner = innermost(exc)
     if isinstance(inner, MethodNotAllowed):
-        # A known path, another method: 405 with Allow (RFC 9110 section 15.5.6).
-        allow = inner.valid_methods
+        # A known path, another method: 405 with Allow (RFC 9110 section 15.5.6), where
+        # HEAD is never listed (``refuse_head``).
+        allow = [m for m in inner.valid_methods or () if m != "HEAD"]
         headers = {"Allow": ", ".join(allow)} if allow else None
         return Response(b"", status=405, headers=headers)
     if isinstance(inner, HTTPException):
@@ -75,11 +80,29 @@ async def handle_error(exc: Exception) -> Response:
     return Response(body, status=status, content_type="application/json")
 
 
+async def refuse_head() -> None:
+    """Before every Quart route: HEAD answers 405, as in pict-rs, which answers it only for
+    stored media (the raw routes of http/serve.py). werkzeug adds HEAD to every GET rule,
+    and served like its GET, a HEAD of a delete, a claim or a download would do what the
+    GET does, unseen. Under /internal the key is checked first, as for every answer there."""
+    rule = request.url_rule
+    if request.method != "HEAD" or rule is None or rule.endpoint == CATCH_ALL:
+        return
+    if request.blueprint == internal.bp.name:
+        await internal.check_api_key()
+    raise wrong_method(rule.rule)
+
+
 def quart_app(state: AppState) -> QuartTrio:
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder=None)  # pict-rs serves no /static
     app.extensions[EXTENSION_KEY] = state
-    for module in (image, variants, download, internal, health):
+    # Built once here, not per request: GET /openapi.json sends these bytes.
+    app.extensions[openapi.EXTENSION_KEY] = openapi.encode_document(
+        operations.OPERATIONS, version()
+    )
+    for module in (image, variants, download, internal, health, openapi):
         app.register_blueprint(module.bp)
+    app.before_request(refuse_head)
     app.register_error_handler(Exception, handle_error)
     return app
 

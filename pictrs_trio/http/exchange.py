@@ -496,7 +496,14 @@ async def _handle(exchange: Exchange, handler: Handler, deadline: float) -> None
             await _failed(exchange, innermost(exc))
         return
     failure: BaseException | None = None
-    with trio.CancelScope(deadline=deadline) as scope:
+    with trio.CancelScope() as scope:
+        # The deadline is set once inside: a scope entered with a deadline already past
+        # (X-Request-Deadline: 0) is cancelled at once, so a handler that made its head
+        # before any checkpoint (a 405, a 401) could not send it whole (the drain before the
+        # head, the rest of the answer) and hypercorn answered an empty 500. Set here, a
+        # past deadline cancels the request at its first checkpoint, pict-rs's "first poll",
+        # unless the head was made by then (``_begin`` lifts the deadline).
+        scope.deadline = deadline
         exchange._request_scope = scope
         try:
             await handler(exchange)

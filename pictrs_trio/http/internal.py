@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 from quart import Blueprint, Response, request
 
-from pictrs_trio.http.state import app_state, empty, json_response
+from pictrs_trio.http.state import app_state, empty, json_response, wrong_method
 from pictrs_trio.http.wire import WireDetails, encode, wire_details
 from pictrs_trio.repo.records import Hash
 from pictrs_trio.rules import ids, jobs
@@ -274,5 +274,10 @@ async def export() -> Response:
 
 @bp.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
 async def unknown(_rest: str) -> Response:
-    """Unknown internal paths: 401 without a key (above), 404 with one."""
+    """Unknown internal paths: 401 without a key (above), 404 with one. A known path asked
+    with another method lands here too (this rule takes every method): 405 with Allow, as
+    on every other path (pict-rs: actix's 405 of a resource)."""
+    refused = wrong_method(request.path)
+    if refused.valid_methods:
+        raise refused
     raise RouteNotFound("Not found")

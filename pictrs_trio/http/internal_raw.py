@@ -11,7 +11,7 @@ import msgspec
 
 from pictrs_trio.http import upload
 from pictrs_trio.http.exchange import Exchange
-from pictrs_trio.http.internal import require_api_key
+from pictrs_trio.http.internal import Ok, require_api_key
 from pictrs_trio.http.wire import encode
 from pictrs_trio.rules import ids
 from pictrs_trio.rules.errors import (
@@ -61,10 +61,6 @@ async def import_files(state: AppState, exchange: Exchange) -> None:
     """pict-rs ``import``: POST /image's rules and answer, with the given aliases."""
     _check_key(state, exchange)
     await upload.ingest_parts(state, exchange, import_alias, {"import": "inline"})
-
-
-class Ok(msgspec.Struct, frozen=True, kw_only=True):
-    msg: str = "ok"
 
 
 async def _json_body(exchange: Exchange) -> bytes:

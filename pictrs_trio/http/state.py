@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 from quart import Response, current_app
+from werkzeug.exceptions import MethodNotAllowed
 
 from pictrs_trio.services.state import AppState
 
@@ -28,3 +29,20 @@ def empty(status: int) -> Response:
     response = Response(b"", status=status)
     del response.headers["Content-Type"]
     return response
+
+
+CATCH_ALL = "internal.unknown"  # the rule of unknown /internal paths (http/internal.py)
+
+
+def wrong_method(rule: str) -> MethodNotAllowed:
+    """The 405 for a request to ``rule`` (a url_map rule's text) with a method none of its
+    routes takes; Allow lists theirs. HEAD is not among them: pict-rs answers it only for
+    stored media (raw routes, ``http/serve.py``), though werkzeug adds it to every GET rule
+    (``http/app.py`` ``refuse_head``)."""
+    allowed = {
+        method
+        for each in current_app.url_map.iter_rules()
+        if each.rule == rule and each.endpoint != CATCH_ALL
+        for method in each.methods or ()
+    }
+    return MethodNotAllowed(valid_methods=sorted(allowed - {"HEAD"}))

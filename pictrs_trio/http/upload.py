@@ -110,4 +110,6 @@ async def wrong_method(state: AppState, exchange: Exchange) -> None:
     await exchange.answer(405, [(b"allow", b"POST"), (b"content-length", b"0")])
 
 
-ROUTES = {"/image": upload, "/image/backgrounded": upload_backgrounded}
+UPLOAD = "/image"
+BACKGROUNDED = "/image/backgrounded"
+ROUTES = {UPLOAD: upload, BACKGROUNDED: upload_backgrounded}

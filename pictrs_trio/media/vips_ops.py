@@ -181,9 +181,16 @@ def _exact(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
     return image
 
 
-def apply(image: pyvips.Image, steps: Sequence[Step], full: tuple[int, int]) -> pyvips.Image:
+def apply(
+    image: pyvips.Image,
+    steps: Sequence[Step],
+    full: tuple[int, int],
+    in_memory_mb: int = EngineLimits().in_memory_mb,
+) -> pyvips.Image:
     """Run ``steps`` (planned for a ``full``-sized image) on ``image``, which the decoder
-    may have delivered smaller: crops before the first scale are mapped to its size."""
+    may have delivered smaller: crops before the first scale are mapped to its size.
+    ``in_memory_mb``: the most a blur followed by other steps may keep in memory
+    (``_computed``)."""
     sx, sy = image.width / full[0], image.height / full[1]
     filtered = any(isinstance(s, BlurBy) or (isinstance(s, ScaleTo) and s.kernel != NEAREST)
                    for s in steps)  # fmt: skip
@@ -191,7 +198,7 @@ def apply(image: pyvips.Image, steps: Sequence[Step], full: tuple[int, int]) -> 
     band_format = image.format
     if premultiplied:  # filters must not bleed the colour of transparent pixels
         image = image.premultiply()
-    for step in steps:
+    for index, step in enumerate(steps):
         if isinstance(step, CropBox):
             left, top = round(step.left * sx), round(step.top * sy)
             width = min(image.width - left, max(1, round(step.width * sx)))
@@ -205,16 +212,40 @@ def apply(image: pyvips.Image, steps: Sequence[Step], full: tuple[int, int]) -> 
             sx = sy = 1.0
         else:
             image = image.gaussblur(step.sigma, min_ampl=BLUR_MIN_AMPL)
+            if index + 1 < len(steps):
+                image = _computed(image, in_memory_mb)
     if premultiplied:
         image = image.unpremultiply().cast(band_format)
     return image
 
 
-def _frames(image: pyvips.Image, width: int, height: int, job: Render) -> list[pyvips.Image]:
+_BAND_BYTES = {"uchar": 1, "char": 1, "ushort": 2, "short": 2, "uint": 4, "int": 4, "float": 4}
+
+
+def _computed(image: pyvips.Image, in_memory_mb: int) -> pyvips.Image:
+    """``image`` computed once, whole: in memory up to ``in_memory_mb``, else in a temporary
+    file that libvips maps and removes (as it does for decodes over its disc threshold).
+
+    libvips evaluates on demand, region by region, and keeps nothing: a step after a blur
+    that asks for sparse rows (a nearest-neighbour shrink) or overlapping regions (a
+    filtered one) made it compute the blur's tall kernel again for each (30 s instead of 1
+    for blur=60&thumbnail=256 on a 1.6 MP photo). A blur that is the last step streams
+    into the saver instead."""
+    size = image.width * image.height * image.bands * _BAND_BYTES.get(image.format, 8)
+    if size <= in_memory_mb << 20:
+        return image.copy_memory()
+    computed = image.new_temp_file("%s.v")
+    image.write(computed)
+    return computed
+
+
+def _frames(
+    image: pyvips.Image, width: int, height: int, job: Render, in_memory_mb: int
+) -> list[pyvips.Image]:
     """Each frame processed on its own, so no filter or crop crosses a frame boundary."""
     steps = plan(width, height, job.ops)
     count = image.height // height
-    return [apply(image.crop(0, i * height, width, height), steps, (width, height))
+    return [apply(image.crop(0, i * height, width, height), steps, (width, height), in_memory_mb)
             for i in range(count)]  # fmt: skip
 
 
@@ -280,9 +311,10 @@ def render(
     if animated and not job.ops and job.out_fmt != "apng":
         frames = [image]  # nothing to do per frame: the pages go to the saver as they are
     elif animated:
-        frames = _frames(image, width, height, job)
+        frames = _frames(image, width, height, job, limits.in_memory_mb)
     else:
-        frames = [apply(image, plan(width, height, job.ops), (width, height))]
+        steps = plan(width, height, job.ops)
+        frames = [apply(image, steps, (width, height), limits.in_memory_mb)]
     if job.out_fmt == "apng":
         _save_apng(frames, image, job.dst)
     else:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from typing import Annotated
 
 import msgspec
 
@@ -410,8 +411,12 @@ def status_of(exc: BaseException) -> int:
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """pict-rs's error JSON. ``code`` is always an ``ErrorCode`` value (a failed backgrounded
+    upload's is read back from the repo as text); its schema, and so GET /openapi.json's,
+    lists them all."""
+
     msg: str
-    code: str
+    code: Annotated[str, msgspec.Meta(extra_json_schema={"enum": [c.value for c in ErrorCode]})]
 
 
 _encode = msgspec.json.Encoder().encode

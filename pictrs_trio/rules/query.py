@@ -10,9 +10,9 @@ from pictrs_trio.rules.errors import InvalidProcessPath, InvalidQuery
 from pictrs_trio.rules.validate import UploadLimits
 
 PROCESS_OPERATIONS = frozenset({"identity", "thumbnail", "resize", "crop", "blur"})
-_LIMIT_INTS = ("max_width", "max_height", "max_area", "max_frame_count", "max_file_size")
-_LIMIT_BOOLS = ("allow_image", "allow_animation", "allow_video")
-_MAX = {"max_width": 0xFFFF, "max_height": 0xFFFF}
+LIMIT_INTS = ("max_width", "max_height", "max_area", "max_frame_count", "max_file_size")
+LIMIT_BOOLS = ("allow_image", "allow_animation", "allow_video")
+LIMIT_MAX = {"max_width": 0xFFFF, "max_height": 0xFFFF}
 
 
 def parse_bool(key: str, value: str) -> bool:
@@ -85,9 +85,9 @@ def parse_upload_query(
     limits: dict[str, int | bool] = {}
     operations: list[tuple[str, str]] = []
     for key, value in pairs:
-        if key in _LIMIT_INTS:
-            limits[key] = parse_uint(key, value, _MAX.get(key, 0xFFFF_FFFF))
-        elif key in _LIMIT_BOOLS:
+        if key in LIMIT_INTS:
+            limits[key] = parse_uint(key, value, LIMIT_MAX.get(key, 0xFFFF_FFFF))
+        elif key in LIMIT_BOOLS:
             limits[key] = parse_bool(key, value)
         elif key.lower() in PROCESS_OPERATIONS:
             operations.append((key, value))

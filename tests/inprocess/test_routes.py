@@ -35,6 +35,18 @@ KEY = {"X-Api-Token": API_KEY}
         ("GET", "/image/download?url=notaurl", {}, 400, "invalid-query"),
         ("GET", "/internal/aliases?alias=x", {}, 401, "invalid-api-token"),
         ("GET", "/internal/nope", KEY, 404, "not-found"),
+        ("PUT", "/internal/aliases", KEY, 405, None),
+        ("GET", "/internal/purge", KEY, 405, None),
+        ("PUT", "/internal/aliases", {}, 401, "invalid-api-token"),
+        # HEAD only on stored media, as in pict-rs (werkzeug would add it to every GET).
+        ("HEAD", f"/image/delete/token/{UNKNOWN}", {}, 405, None),
+        ("HEAD", "/image/backgrounded/claim?upload_id=nope", {}, 405, None),
+        ("HEAD", "/image/download?url=notaurl", {}, 405, None),
+        ("HEAD", "/healthz", {}, 405, None),
+        ("HEAD", "/internal/aliases", {}, 401, None),  # the key first; a HEAD has no body
+        ("HEAD", "/internal/aliases", KEY, 405, None),
+        ("HEAD", "/internal/prune_missing", KEY, 405, None),
+        ("HEAD", "/internal/nope", KEY, 404, None),
         ("GET", "/internal/nope", {}, 401, "invalid-api-token"),
         ("POST", f"/internal/delete?alias={UNKNOWN}", KEY, 404, None),
         ("POST", f"/image/original/{UNKNOWN}", {}, 405, None),
@@ -72,11 +84,27 @@ async def test_route_answers(
     assert r.status_code == status, r.text
     if status == 405:
         assert r.headers["allow"]  # RFC 9110 section 15.5.6: what the path takes
+        assert ("HEAD" in r.headers["allow"]) == path.startswith("/image/original")
     if code is None:
         assert r.content == b""
     else:
         assert r.headers["content-type"] == "application/json"
         assert r.json()["code"] == code
+
+
+async def test_a_head_of_a_delete_deletes_nothing(
+    client: httpx.AsyncClient, samples: dict[str, Path]
+) -> None:
+    """Link checkers and caches send HEAD: it must not do what the GET of a delete does."""
+    done = (await upload(client, samples["test.png"])).json()["files"][0]
+    url = f"/image/delete/{done['delete_token']}/{done['file']}"
+    head = await client.head(url)
+    assert head.status_code == 405 and head.headers["allow"] == "DELETE, GET, OPTIONS"
+    assert (await client.get(f"/image/original/{done['file']}")).status_code == 200
+    assert (await client.get(url)).status_code == 204
+    assert (await client.get(f"/image/original/{done['file']}")).status_code == 404
+    allow = (await client.head("/internal/prune_missing", headers=KEY)).headers["allow"]
+    assert allow == "GET, OPTIONS, POST"
 
 
 async def test_every_form_of_a_read_answers_alike(

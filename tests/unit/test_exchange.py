@@ -335,6 +335,37 @@ async def test_request_deadline_gives_408_and_the_connection_is_kept() -> None:
     assert b"connection" not in peer.headers
 
 
+@pytest.mark.parametrize("rules", [RULES, UPLOAD], ids=["quart", "upload"])
+async def test_an_answer_made_at_once_goes_out_past_the_deadline(
+    autojump_clock: trio.abc.Clock, rules: BodyRules
+) -> None:
+    """A deadline already past (X-Request-Deadline: 0) with a body, and a handler that
+    answers in its first step (a 405, a 401): the head is made in time, so it goes out,
+    after the body is drained as for any early answer. Found by schemathesis (a TRACE of
+    /image with a body): the drain ran in the request's cancelled scope, so nothing was
+    answered and hypercorn sent an empty 500."""
+
+    async def wrong_method(exchange: Exchange) -> None:
+        await exchange.answer(405, [(b"allow", b"POST"), (b"content-length", b"0")])
+
+    peer = Peer([b"x" * CHUNK] * 8)
+    headers = [*body_headers(8 * CHUNK), (b"x-request-deadline", b"0")]
+    await exchange_with(peer, wrong_method, rules, method="TRACE", headers=headers)
+    assert peer.status == 405
+    assert peer.received == 8 * CHUNK and b"connection" not in peer.headers
+    # A body too big to drain: the answer closes the connection, and still ends.
+    peer = Peer([CHUNK_X] * 300, more=True)
+    chunked = [*body_headers(None), (b"x-request-deadline", b"0")]
+    await exchange_with(peer, wrong_method, RULES, method="TRACE", headers=chunked)
+    assert peer.status == 405 and peer.headers[b"connection"] == b"close"
+    assert peer.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    # A handler that waits first is still cancelled at once: 408.
+    peer = Peer([b"x" * CHUNK] * 8)
+    await exchange_with(peer, slow_200, rules, method="GET", headers=headers)
+    assert peer.status == 408 and json.loads(peer.body)["code"] == "request-timeout"
+    assert trio.current_time() - peer.start < 1
+
+
 async def test_a_bad_deadline_is_400_and_the_body_is_drained() -> None:
     peer = Peer([b"x" * CHUNK] * 8)
     headers = [*body_headers(8 * CHUNK), (b"x-request-deadline", b"soon")]
