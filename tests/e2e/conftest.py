@@ -3,7 +3,10 @@
 The server stores media in a folder, or in a bucket of moto's S3 server (tests/s3.py). A
 module that sets ``STORES = ("filesystem", "object")`` and uses the ``store_kind`` fixture
 (``pytestmark = pytest.mark.usefixtures("store_kind")``) runs each of its tests on both;
-every ``Server`` a test starts then uses that test's store.
+every ``Server`` a test starts then uses that test's store. A test of such a module whose
+store does nothing it would not do on the folder (the store contract,
+tests/integration/test_store_contract.py, covers the bucket's own behaviour) says so with
+``@pytest.mark.stores("filesystem")``, and runs once.
 """
 
 from __future__ import annotations
@@ -205,8 +208,11 @@ class Server:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run a module's tests on each store its ``STORES`` names."""
+    """Run a module's tests on each store its ``STORES`` names, or its ``stores`` mark."""
     stores = getattr(metafunc.module, "STORES", None)
+    marked = metafunc.definition.get_closest_marker("stores")
+    if marked is not None:
+        stores = marked.args
     if stores and "store_kind" in metafunc.fixturenames:
         metafunc.parametrize("store_kind", stores, indirect=True, scope="session")
 
