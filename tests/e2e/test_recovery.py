@@ -1,10 +1,16 @@
 """Crash recovery as operators meet it: a store that holds another program's files, a
 renderer killed while others wait for it, and kill -9 again and again while variants render
 and backgrounded work runs. Recovery acts on what the journal recorded, never on files
-merely because no row mentions them."""
+merely because no row mentions them.
+
+The kills run on the filesystem store and on object storage (tests/e2e/conftest.py): a
+render killed while saving leaves a temp file, or an object put (a multipart upload begun)
+but never committed. After recovery the store holds exactly what rows reference, the
+bucket no unfinished multipart upload, and every variant decodes whole at its size."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -22,7 +28,11 @@ from tests.e2e.conftest import Server
 from tests.e2e.test_crash import API_KEY, claim, referenced_identifiers, wait_jobs_idle
 from tests.e2e.test_upload_serve_delete import upload
 
+STORES = ("filesystem", "object")  # for the tests that use ``store_kind``
+
 MONTHS = 120 * 24 * 3600
+BIG = (3600, 4161)  # big_image's size
+SMALL = (640, 360)  # test.png's
 
 
 def pict_rs_identifier(created: float, extension: str) -> str:
@@ -75,11 +85,49 @@ def big_image(path: Path, samples: dict[str, Path]) -> Path:
     return path
 
 
+def fit(size: tuple[int, int], box: int) -> tuple[int, int]:
+    """pict-rs's ``thumbnail``/``resize`` geometry (ImageMagick ``NxN>``): shrink only,
+    aspect kept, each side rounded half up."""
+    width, height = size
+    scale = min(1.0, box / max(width, height))
+    return max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))
+
+
+def decoded_size(data: bytes) -> tuple[int, int]:
+    """Width and height of ``data`` decoded to the last pixel: a file cut short fails."""
+    image = pyvips.Image.new_from_buffer(data, "", fail_on="truncated").copy_memory()
+    return image.width, image.height
+
+
+def wait_nothing_half_written(srv: Server, timeout: float = 30) -> None:
+    """Recovery (the next owner's reap, then the RemoveFiles jobs of the dead one's
+    intents) leaves no intent, a store holding exactly the files rows reference (no temp
+    file, no object put but never committed) and, in a bucket, no multipart upload begun
+    and never completed or aborted. Waits for it, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        on_disk, rows, intents = files_and_rows(srv)
+        unfinished = []
+        if srv.store_kind == "object":
+            assert srv.moto is not None
+            unfinished = srv.moto.uploads(srv.bucket)
+        settled = on_disk == rows and not intents and not unfinished
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert intents == set()
+    assert rows - on_disk == set(), "rows whose file is missing"
+    assert on_disk - rows == set(), "files no row references"
+    assert unfinished == [], "multipart uploads left unfinished"
+
+
+@pytest.mark.usefixtures("store_kind")
 def test_a_waiting_request_takes_over_from_a_killed_renderer(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
-    """Two servers on one repo; A renders a slow variant, B's request for it waits on A's
-    lease. A is killed: B renders it itself at once, not after a 35 s wait and a 500."""
+    """Two servers on one repo and store; A renders a slow variant, B's request for it
+    waits on A's lease. A is killed: B renders it itself at once, not after a 35 s wait and
+    a 500, and nothing A was writing is left behind."""
     a = Server(tmp_path).start()
     b = Server(tmp_path).start()
     try:
@@ -100,6 +148,7 @@ def test_a_waiting_request_takes_over_from_a_killed_renderer(
                 began = time.monotonic()
                 r = httpx.get(b.url + url, timeout=60)
                 outcome["b"] = (r.status_code, time.monotonic() - began)
+                outcome["b_body"] = r.content
 
             first = threading.Thread(target=ask_a)
             first.start()
@@ -120,6 +169,13 @@ def test_a_waiting_request_takes_over_from_a_killed_renderer(
         assert status == 200
         assert took < 25  # its own render, begun when A died; a dead lease costs ~35 s
         assert outcome["a"] in ("RemoteProtocolError", "ReadError")
+        wait_nothing_half_written(b)
+        assert decoded_size(outcome["b_body"]) == BIG  # type: ignore[arg-type]
+        with b.client() as c:  # and as stored: served again from the store, whole
+            again = c.get(url)
+            assert again.status_code == 200
+            assert decoded_size(again.content) == BIG
+            assert again.content == outcome["b_body"]
     finally:
         a.stop()
         b.stop()
@@ -152,6 +208,7 @@ def files_and_rows(srv: Server) -> tuple[set[str], set[str], set[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store_kind")
 def test_sigkill_while_rendering_and_working_in_the_background(
     tmp_path: Path, samples: dict[str, Path]
 ) -> None:
@@ -168,12 +225,16 @@ def test_sigkill_while_rendering_and_working_in_the_background(
     lock = threading.Lock()
     counter = iter(range(1_000_000))
 
+    sizes: dict[str, tuple[int, int]] = {}  # query (requested or queued) -> its variant's size
+
     def renderer(stop: threading.Event) -> None:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             while not stop.is_set():
-                query = f"/image/process.webp?src={photo}&resize={200 + next(counter)}&blur=3"
+                box = 200 + next(counter)
+                query = f"/image/process.webp?src={photo}&resize={box}&blur=3"
                 with lock:
                     requested.add(query)
+                    sizes[query] = fit(BIG, box)
                 try:
                     client.get(query)
                 except httpx.TransportError:
@@ -182,7 +243,8 @@ def test_sigkill_while_rendering_and_working_in_the_background(
     def backgrounder(stop: threading.Event) -> None:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             while not stop.is_set():
-                query = f"src={small}&thumbnail={20 + next(counter)}"
+                box = 20 + next(counter)
+                query = f"src={small}&thumbnail={box}"
                 try:
                     r = client.get(f"/image/process_backgrounded.webp?{query}")
                 except httpx.TransportError:
@@ -190,6 +252,7 @@ def test_sigkill_while_rendering_and_working_in_the_background(
                 if r.status_code == 202:
                     with lock:
                         queued.add(query)
+                        sizes[query] = fit(SMALL, box)
 
     def uploader(stop: threading.Event) -> None:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
@@ -228,6 +291,7 @@ def test_sigkill_while_rendering_and_working_in_the_background(
                 r = c.get(query)
                 slowest = max(slowest, time.monotonic() - began)
                 assert r.status_code == 200, (query, r.status_code, r.text)
+                assert decoded_size(r.content) == sizes[query], query
             # Every variant queued before a kill is rendered by its job after the restart.
             deadline = time.monotonic() + 60
             pending = set(queued)
@@ -237,6 +301,10 @@ def test_sigkill_while_rendering_and_working_in_the_background(
                         pending.discard(query)
                 time.sleep(0.2)
             assert pending == set(), f"{len(pending)} queued variants never generated"
+            for query in sorted(queued):
+                r = c.get(f"/image/process.webp?{query}")
+                assert r.status_code == 200, (query, r.status_code, r.text)
+                assert decoded_size(r.content) == sizes[query], query
             for upload_id in uploads:
                 assert claim(c, upload_id).status_code in (200, 422), upload_id
             wait_jobs_idle(c)
@@ -246,7 +314,4 @@ def test_sigkill_while_rendering_and_working_in_the_background(
         )
     finally:
         assert srv.stop() == 0
-    on_disk, rows, intents = files_and_rows(srv)
-    assert intents == set()
-    assert rows - on_disk == set(), "rows whose file is missing"
-    assert on_disk - rows == set(), "files no row references"
+    wait_nothing_half_written(srv, timeout=0)  # stopped: nothing more will change
