@@ -33,6 +33,10 @@ STORES = ("filesystem", "object")  # for the tests that use ``store_kind``
 MONTHS = 120 * 24 * 3600
 BIG = (3600, 4161)  # big_image's size
 SMALL = (640, 360)  # test.png's
+# Between the backgrounded requests of the kill test: work queued all the time, at a rate
+# the engine stays behind of, not as fast as the machine can answer 202 (hundreds of jobs
+# that every restart, and the final wait, must then get through).
+PACE = 0.05
 
 
 def pict_rs_identifier(created: float, extension: str) -> str:
@@ -253,6 +257,7 @@ def test_sigkill_while_rendering_and_working_in_the_background(
                     with lock:
                         queued.add(query)
                         sizes[query] = fit(SMALL, box)
+                stop.wait(PACE)
 
     def uploader(stop: threading.Event) -> None:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
@@ -267,6 +272,7 @@ def test_sigkill_while_rendering_and_working_in_the_background(
                 if r.status_code == 202:
                     with lock:
                         uploads[r.json()["uploads"][0]["upload_id"]] = samples["test.png"]
+                stop.wait(PACE)
 
     for _ in range(4):
         stop = threading.Event()
