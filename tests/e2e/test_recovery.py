@@ -10,6 +10,7 @@ bucket no unfinished multipart upload, and every variant decodes whole at its si
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -26,7 +27,9 @@ import pyvips
 
 from tests.e2e.conftest import Server
 from tests.e2e.test_crash import API_KEY, claim, referenced_identifiers, wait_jobs_idle
+from tests.e2e.test_object_storage import StallingProxy
 from tests.e2e.test_upload_serve_delete import upload
+from tests.s3 import MotoServer
 
 STORES = ("filesystem", "object")  # for the tests that use ``store_kind``
 
@@ -181,6 +184,59 @@ def test_a_waiting_request_takes_over_from_a_killed_renderer(
             assert decoded_size(again.content) == BIG
             assert again.content == outcome["b_body"]
     finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_renderer_killed_mid_multipart_upload_leaves_none_behind(
+    tmp_path: Path, samples: dict[str, Path], moto: MotoServer
+) -> None:
+    """Object storage, caught at the worst moment: A's variant (a PNG of some 22 MB, three
+    parts) is mid multipart upload, a proxy holding its second part, when A is killed
+    while B's request for it waits on A's lease. B renders and stores the variant itself,
+    and recovery aborts A's upload: the bucket holds the original and B's variant, whole,
+    and no multipart upload."""
+    proxy = StallingProxy(moto.endpoint)
+    a = Server(tmp_path, store="object", moto=moto)
+    a.store_endpoint = proxy.endpoint  # A's parts go through the proxy
+    b = Server(tmp_path, store="object", moto=moto)  # one bucket, B straight to moto
+    try:
+        a.start()
+        b.start()
+        with b.client() as c:
+            alias = upload(c, big_image(tmp_path / "big.jpg", samples)).json()["files"][0]["file"]
+        url = f"/image/process.png?src={alias}&resize=5000"  # full size: 3600x4161
+        outcome: dict[str, tuple[int, bytes]] = {}
+
+        def ask_a() -> None:
+            with contextlib.suppress(httpx.TransportError):  # killed under it
+                httpx.get(a.url + url, timeout=60)
+
+        def ask_b() -> None:
+            r = httpx.get(b.url + url, timeout=60)
+            outcome["b"] = (r.status_code, r.content)
+
+        first = threading.Thread(target=ask_a)
+        first.start()
+        assert proxy.stalled.wait(30), "A's upload never reached its second part"
+        assert proxy.first_part.wait(30), "A's first part was never stored"
+        assert len(moto.uploads(a.bucket)) == 1
+        second = threading.Thread(target=ask_b)
+        second.start()
+        time.sleep(0.5)  # B waits on A's lease
+        assert leases(b), "A no longer holds the render lease"
+        a.stop(signal.SIGKILL)
+        first.join(30)
+        second.join(60)
+        status, body = outcome["b"]
+        assert status == 200
+        wait_nothing_half_written(b)
+        assert decoded_size(body) == BIG
+        with b.client() as c:
+            again = c.get(url)
+            assert (again.status_code, again.content) == (200, body)
+    finally:
+        proxy.close()
         a.stop()
         b.stop()
 
