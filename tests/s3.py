@@ -47,15 +47,18 @@ class MotoServer:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto exited {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.endpoint}/moto-api/", timeout=1).status_code < 500:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        with httpx.Client(timeout=1) as probe:  # one client: httpx.get builds a TLS context each
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"moto exited {self.proc.returncode}: {self.log.read_text()}"
+                    )
+                try:
+                    if probe.get(f"{self.endpoint}/moto-api/").status_code < 500:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
         raise RuntimeError(f"moto did not start: {self.log.read_text()}")
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def assert_error(r, status: int, code: str | None = None) -> None:
         assert body["code"] == code
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the refusals that must leave its store empty: each finds it as empty
+    as the last one left it (max_file_count 3, as ``fresh_server``)."""
+    root = tmp_path_factory.mktemp("refusals")
+    srv = Server(root, ["--max-file-count", "3"], store="filesystem").start()
+    yield srv
+    srv.stop()
+
+
 @pytest.mark.parametrize(
     ("name", "code"),
     [
@@ -53,28 +64,28 @@ def assert_error(r, status: int, code: str | None = None) -> None:
     ],
 )
 def test_rejected_files_leave_nothing(
-    fresh_server: Server, samples: dict[str, Path], name: str, code: str | None
+    refusing: Server, samples: dict[str, Path], name: str, code: str | None
 ) -> None:
-    with fresh_server.client() as c:
+    with refusing.client() as c:
         # a misleading file name and Content-Type must not matter
         files = [("images[]", ("photo.png", samples[name].read_bytes(), "image/png"))]
         r = c.post("/image", files=files)
         assert 400 <= r.status_code < 500
         assert_error(r, r.status_code, code)
         assert c.get("/healthz").status_code == 200
-    assert fresh_server.stored_files(expect=0) == []
+    assert refusing.stored_files(expect=0) == []
 
 
-def test_png_bomb_refused_fast(fresh_server: Server) -> None:
+def test_png_bomb_refused_fast(refusing: Server) -> None:
     bomb = png_bomb(60000, 60000)
-    with fresh_server.client() as c:
+    with refusing.client() as c:
         started = time.monotonic()
         r = c.post("/image", files=[("images[]", ("bomb.png", bomb, "image/png"))])
         elapsed = time.monotonic() - started
         assert_error(r, 400, "validate-width")
         assert c.get("/healthz").status_code == 200
     print(f"60000x60000 PNG refused in {elapsed * 1000:.1f} ms")
-    assert fresh_server.stored_files(expect=0) == []
+    assert refusing.stored_files(expect=0) == []
 
 
 def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
@@ -103,8 +114,8 @@ def test_limits(fresh_server: Server, samples: dict[str, Path]) -> None:
         assert len(fresh_server.stored_files(expect=1)) == 1
 
 
-def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> None:
-    with fresh_server.client() as c:
+def test_multipart_problems(refusing: Server, samples: dict[str, Path]) -> None:
+    with refusing.client() as c:
         r = upload(c, *[samples["test.png"]] * 4)  # max_file_count is 3
         assert_error(r, 400, "file-upload-error")
         r = c.post("/image", data={"text": "hello"}, files={"other": ("x.txt", b"x")})
@@ -121,7 +132,7 @@ def test_multipart_problems(fresh_server: Server, samples: dict[str, Path]) -> N
         r = upload(c, samples["test.png"], samples["random.bin"])
         assert 400 <= r.status_code < 500
         assert c.get("/healthz").status_code == 200
-    assert fresh_server.stored_files(expect=0) == []
+    assert refusing.stored_files(expect=0) == []
 
 
 def test_file_too_large(tmp_path: Path, samples: dict[str, Path]) -> None:

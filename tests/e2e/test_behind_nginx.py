@@ -83,12 +83,13 @@ class Nginx:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/healthz", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
+        with httpx.Client(timeout=1) as probe:  # one client: httpx.get builds a TLS context each
+            while time.monotonic() < deadline:
+                try:
+                    probe.get(self.url + "/healthz")
+                    return
+                except httpx.TransportError:
+                    time.sleep(0.05)
         self.stop()
         raise RuntimeError((root / "error.log").read_text())
 

@@ -21,7 +21,9 @@ from tests.e2e.test_jobs import claim
 from tests.e2e.test_process import decode, wait_for
 from tests.e2e.test_upload_serve_delete import upload
 
-# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+# Downloads and proxied media run on the filesystem store and on object storage
+# (tests/e2e/conftest.py); read-only refusals (before any store) and retention (removal, as
+# any job removes files) on the filesystem store only.
 STORES = ("filesystem", "object")
 pytestmark = pytest.mark.usefixtures("store_kind")
 
@@ -94,9 +96,15 @@ def remote(samples: dict[str, Path]) -> Iterator[Remote]:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("dl"), ["--api-key", API_KEY], env=ALLOW_LOOPBACK).start()
-    yield s
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, store_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """One server per store for the module. It names the store itself: a module fixture is
+    made before the per-test fixture that picks the store for ``Server(...)``."""
+    moto = request.getfixturevalue("moto") if store_kind == "object" else None
+    root = tmp_path_factory.mktemp("dl")
+    s = Server(root, ["--api-key", API_KEY], env=ALLOW_LOOPBACK, store=store_kind, moto=moto)
+    yield s.start()
     s.stop()
 
 
@@ -192,6 +200,7 @@ def test_download_errors(srv: Server, remote: Remote) -> None:
         assert len(srv.stored_files(expect=before)) == before
 
 
+@pytest.mark.stores("filesystem")
 def test_read_only(tmp_path: Path, remote: Remote) -> None:
     s = Server(tmp_path, ["--read-only", "--api-key", API_KEY], env=ALLOW_LOOPBACK).start()
     try:
@@ -318,6 +327,7 @@ def test_proxy_concurrent_first_requests(srv: Server, remote: Remote) -> None:
     assert len(srv.stored_files(expect=before + 1)) == before + 1
 
 
+@pytest.mark.stores("filesystem")
 def test_proxy_retention(tmp_path: Path, remote: Remote) -> None:
     env = {"PICTRS__MEDIA__RETENTION__PROXY": "2s", **ALLOW_LOOPBACK}
     s = Server(tmp_path, ["--api-key", API_KEY], env=env).start()

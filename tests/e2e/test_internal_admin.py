@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -30,7 +31,19 @@ def admin_server(root: Path, *args: str) -> Server:
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Server:
+    """A server of the test's own, for tests that count what the whole repo or store holds."""
     return admin_server(tmp_path).start()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, samples: dict[str, Path]) -> Iterator[Server]:
+    """One server for the tests that change nothing another one looks at: the refused
+    imports (the alias "taken.png" is imported here, once) and routes that do not exist."""
+    srv = admin_server(tmp_path_factory.mktemp("admin")).start()
+    with srv.client() as c:
+        assert import_files(c, {"taken.png": samples["test.png"]}).status_code == 201
+    yield srv
+    srv.stop()
 
 
 def files_of(c: httpx.Client, *paths: Path) -> list[str]:
@@ -95,15 +108,14 @@ def test_import_keeps_the_file_name_as_alias(srv: Server, samples: dict[str, Pat
     ],
 )
 def test_import_refuses_bad_or_taken_aliases(
-    srv: Server, samples: dict[str, Path], name: str, code: str
+    shared: Server, samples: dict[str, Path], name: str, code: str
 ) -> None:
-    with srv.client() as c:
-        assert import_files(c, {"taken.png": samples["test.png"]}).status_code == 201
-        before = srv.stored_files()
+    with shared.client() as c:
+        before = shared.stored_files()
         r = import_files(c, {name: samples["earth.gif"]})
         assert r.status_code == 400, r.text
         assert r.json()["code"] == code
-        assert srv.stored_files(expect=len(before)) == before  # nothing left behind
+        assert shared.stored_files(expect=len(before)) == before  # nothing left behind
         no_key = import_files(c, {"other.png": samples["test.png"]}, headers={})
         assert no_key.status_code == 401
         assert no_key.json()["code"] == "invalid-api-token"
@@ -372,9 +384,9 @@ def test_export_restores_to_a_fresh_server(tmp_path: Path, samples: dict[str, Pa
     ],
 )
 def test_unknown_routes_answer_json(
-    srv: Server, method: str, path: str, headers: dict[str, str], status: int, code: str
+    shared: Server, method: str, path: str, headers: dict[str, str], status: int, code: str
 ) -> None:
-    with srv.client() as c:
+    with shared.client() as c:
         r = c.request(method, path, headers=headers)
         assert r.status_code == status
         assert r.headers["content-type"] == "application/json"

@@ -8,15 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.conftest import Server
 from tests.e2e.test_process import wait_for
 from tests.e2e.test_upload_serve_delete import upload
 
-# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
-STORES = ("filesystem", "object")
-pytestmark = pytest.mark.usefixtures("store_kind")
+# On the filesystem store only: what these jobs do to a store (read a raw upload back,
+# remove files) is the store contract's (tests/integration/test_store_contract.py), and
+# backgrounded uploads on object storage are claimed after kills in test_crash.py.
 
 API_KEY = "test-api-key"
 

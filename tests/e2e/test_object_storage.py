@@ -241,6 +241,10 @@ def test_a_bucket_is_audited_once_a_week(
     assert moto.keys(first.bucket) == ["aa/bb/theirs.png"]
 
 
+# Issue 10's must-show: a migration of 300 files into a bucket, killed halfway and resumed.
+FILES = 300
+
+
 def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: MotoServer) -> None:
     """300 files from a folder into a bucket: SIGKILL halfway, run again, and each run says
     how many it moved; then a server on the bucket serves every alias byte-identical, and
@@ -251,7 +255,7 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
 
     async def fill_a() -> Filled:
         async with open_sqlite_repo(db) as repo, open_file_store(a) as store:
-            return await fill(repo, store, 300, variant_every=0, motion_every=0)
+            return await fill(repo, store, FILES, variant_every=0, motion_every=0)
 
     filled = trio.run(fill_a)
     env = {**os.environ, "PICTRS__SERVER__TEMPORARY_DIRECTORY": str(tmp_path / "tmp")}
@@ -269,7 +273,7 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     moved = _moved(db)
-    assert 100 <= moved < 300, (moved, (tmp_path / "killed.log").read_text())
+    assert 100 <= moved < FILES, (moved, (tmp_path / "killed.log").read_text())
     # The server refuses, naming the very command to run again: every flag as typed (-u,
     # -r, -a), the secret key left out.
     refused = subprocess.run(
@@ -289,7 +293,7 @@ def test_migrate_store_to_a_bucket_killed_halfway_resumes(tmp_path: Path, moto: 
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert f"moved {300 - moved} files" in second.stdout, second.stdout
+    assert f"moved {FILES - moved} files" in second.stdout, second.stdout
     assert f"skipped {moved} (moved before)" in second.stdout
 
     expected = stored(db, filled)

@@ -10,7 +10,9 @@ import pytest
 from tests.e2e.conftest import Server
 from tests.e2e.test_upload_serve_delete import upload
 
-# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+# Variants saved, served, lost, raced for and cancelled run on the filesystem store and on
+# object storage (tests/e2e/conftest.py); sizes and query parsing, the same whatever stores
+# the bytes, run on the filesystem store only.
 STORES = ("filesystem", "object")
 pytestmark = pytest.mark.usefixtures("store_kind")
 
@@ -54,6 +56,7 @@ def aliases(server: Server, samples: dict[str, Path]) -> dict[str, str]:
         return {n: f["file"] for n, f in zip(names, r.json()["files"], strict=True)}
 
 
+@pytest.mark.stores("filesystem")
 @pytest.mark.parametrize(
     ("name", "query", "ext", "size", "n_pages"),
     [
@@ -145,6 +148,7 @@ def test_concurrent_requests_render_once(fresh_server: Server, samples: dict[str
     assert len(fresh_server.stored_files(expect=2)) == 2  # the original and one variant
 
 
+@pytest.mark.stores("filesystem")
 @pytest.mark.parametrize(
     ("query", "status", "code"),
     [
@@ -168,6 +172,7 @@ def test_bad_process_queries(
         assert c.get("/healthz").status_code == 200
 
 
+@pytest.mark.stores("filesystem")
 def test_unknown_alias_is_empty_404(server: Server) -> None:
     with server.client() as c:
         r = c.get("/image/process.webp?src=00000000-0000-4000-8000-000000000000.png&thumbnail=9")
@@ -175,6 +180,7 @@ def test_unknown_alias_is_empty_404(server: Server) -> None:
         assert r.content == b""
 
 
+@pytest.mark.stores("filesystem")
 def test_upload_preprocess_operations(server: Server, samples: dict[str, Path]) -> None:
     with server.client() as c:
         r = upload(c, samples["cat.jpg"], query="?resize=100")
@@ -235,7 +241,7 @@ def test_variant_file_lost_is_rendered_again(
 
 
 def test_render_within_the_request_deadline(
-    fresh_server: Server, samples: dict[str, Path], tmp_path: Path
+    server: Server, samples: dict[str, Path], tmp_path: Path
 ) -> None:
     """A first-time render runs under the request's X-Request-Deadline: past it the client
     gets 408 at once, the render is cancelled (nothing recorded), and the engine serves the
@@ -246,7 +252,7 @@ def test_render_within_the_request_deadline(
 
     big = tmp_path / "big.jpg"  # 3600x4161: a strong blur of it takes seconds
     pyvips.Image.jpegload(str(samples["cat.jpg"])).resize(3).jpegsave(str(big), Q=85)
-    with fresh_server.client() as c:
+    with server.client() as c:
         alias = upload(c, big).json()["files"][0]["file"]
         url = f"/image/process.png?src={alias}&blur=60"
         began = time.monotonic()

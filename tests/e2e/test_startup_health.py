@@ -124,11 +124,12 @@ def test_no_second_instance_joins_a_port(tmp_path: Path, samples: dict[str, Path
 
 def wait_status(url: str, status: int, timeout: float = 20) -> httpx.Response:
     deadline = time.monotonic() + timeout
-    while True:
-        r = httpx.get(url + "/healthz", timeout=10)
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.1)
+    with httpx.Client(timeout=10) as c:  # one client: httpx.get builds a TLS context per call
+        while True:
+            r = c.get(url + "/healthz")
+            if r.status_code == status or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
 
 
 def test_healthz_when_the_store_cannot_be_written(tmp_path: Path) -> None:

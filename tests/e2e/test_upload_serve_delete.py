@@ -10,7 +10,9 @@ import pytest
 
 from tests.e2e.conftest import Server
 
-# The whole module runs on the filesystem store and on object storage (tests/e2e/conftest.py).
+# Uploads, reads (ranges too) and deletes run on the filesystem store and on object storage
+# (tests/e2e/conftest.py); what happens before the store or only in the repo (formats,
+# metadata, routes, tokens) runs on the filesystem store only.
 STORES = ("filesystem", "object")
 pytestmark = pytest.mark.usefixtures("store_kind")
 
@@ -93,6 +95,7 @@ def _round_trip(server: Server, samples: dict[str, Path]) -> None:
     assert server.stored_files(expect=0) == []
 
 
+@pytest.mark.stores("filesystem")
 def test_metadata_stripped_losslessly(
     server: Server, samples: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -123,6 +126,7 @@ def test_metadata_stripped_losslessly(
     assert (a - b).abs().max() == 0
 
 
+@pytest.mark.stores("filesystem")
 def test_orientation_applied(server: Server, samples: dict[str, Path], tmp_path: Path) -> None:
     import pyvips
 
@@ -138,6 +142,7 @@ def test_orientation_applied(server: Server, samples: dict[str, Path], tmp_path:
     assert not any("Orientation" in k or "GPS" in k for k in tags)
 
 
+@pytest.mark.stores("filesystem")
 @pytest.mark.parametrize(
     ("name", "expect"),
     [
@@ -177,6 +182,7 @@ def test_identical_uploads_share_one_file(fresh_server: Server, samples: dict[st
     assert fresh_server.stored_files(expect=0) == []
 
 
+@pytest.mark.stores("filesystem")
 def test_wrong_delete_token(server: Server, samples: dict[str, Path]) -> None:
     with server.client() as c:
         entry = upload(c, samples["scene.webp"]).json()["files"][0]
@@ -221,6 +227,7 @@ def test_ranges_and_head(server: Server, samples: dict[str, Path]) -> None:
         assert c.head("/image/original/nope.png").status_code == 404
 
 
+@pytest.mark.stores("filesystem")
 def test_unknown_alias_and_routes(server: Server) -> None:
     with server.client() as c:
         r = c.get("/image/original/3f0c9a57-1d2e-4b8a-9c61-0e5f4b2a7d10.png")
@@ -236,6 +243,7 @@ def test_unknown_alias_and_routes(server: Server) -> None:
         assert c.get("/healthz").status_code == 200
 
 
+@pytest.mark.stores("filesystem")
 def test_request_deadline(server: Server, samples: dict[str, Path]) -> None:
     import time
 
