@@ -21,14 +21,14 @@ _BYTECODE = pytest.StashKey[tuple[Path, str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The suite starts some 200 Python processes: servers and their engine workers,
-    migrate-store and jobs runs, start-ups meant to fail, moto. Where the environment sets
-    PYTHONDONTWRITEBYTECODE (this machine does, as docker/Dockerfile does), none of them
-    keeps bytecode, so each compiled every module it imports again: half of a server
-    start's CPU (0.9 of 1.8 s), and a minute and a half of the suite. They share one cache
-    in a temporary folder instead (PYTHONPYCACHEPREFIX), which leaves the source trees as
-    clean as the variable asks. Where bytecode is written anyway, or a prefix is set,
-    nothing changes."""
+    """The suite starts some 400 Python processes: about 110 servers with their engine
+    workers, migrate-store and jobs runs, start-ups meant to fail, moto. Where the
+    environment sets PYTHONDONTWRITEBYTECODE (this machine does, as docker/Dockerfile
+    does), none of them keeps bytecode, so each compiled every module it imports again:
+    half of a server start's CPU (0.9 of 1.8 s), over two minutes of the suite. They share
+    one cache in a temporary folder instead (PYTHONPYCACHEPREFIX), which leaves the source
+    trees as clean as the variable asks. Where bytecode is written anyway, or a prefix is
+    set, nothing changes."""
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
         return
     prefix = Path(tempfile.mkdtemp(prefix="pictrs-trio-tests-pycache-"))
