@@ -2,7 +2,8 @@
 multipart upload cut off by SIGKILL that recovery aborts at the next start, and a
 ``migrate-store`` from a folder into a bucket, killed halfway and resumed.
 
-(The rest of the e2e suite runs on object storage too: modules with ``STORES``.)
+(The e2e tests of modules with ``STORES`` that go through the store run on object
+storage too: uploads, reads, deletes, variants, downloads, crashes and recovery.)
 """
 
 from __future__ import annotations
