@@ -146,14 +146,13 @@ class PictrsApp:
         if state.metrics.enabled:
             self._entry = metered.metered(self._entry, state.metrics)
         self._entry = request_span.traced(self._entry, state.tracer, self.quart.url_map)
-        self.stopping = False  # answers say Connection: close from now on
-        self._stopped = trio.Event()  # event feeds close with "going away"
+        # Set at shutdown: answers say Connection: close, event feeds close ("going away").
+        self._stopped = trio.Event()
         self._in_flight = 0
         self._quiet = trio.Event()
 
     def stop(self) -> None:
         """Shutdown began: every answer from now on closes its connection."""
-        self.stopping = True
         self._stopped.set()
 
     async def wait_quiet(self) -> None:
@@ -162,7 +161,7 @@ class PictrsApp:
             await self._quiet.wait()
 
     def _closing(self) -> bool:
-        return self.stopping
+        return self._stopped.is_set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._entry(scope, receive, send)
